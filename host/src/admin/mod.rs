@@ -1,0 +1,60 @@
+//! The HTTP endpoint: `GET /health` and `GET /metrics`.
+//!
+//! Architecture invariant: handlers read in-memory state only (the latest snapshot and
+//! the metrics registry), so `/health` keeps answering while the state store is down.
+
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+
+use crate::health::{Snapshot, Status};
+
+/// What the daemon shares with the HTTP handlers.
+pub struct Shared {
+    latest: RwLock<Option<Snapshot>>,
+    metrics: PrometheusHandle,
+}
+
+impl Shared {
+    pub fn new(metrics: PrometheusHandle, latest: Option<Snapshot>) -> Arc<Self> {
+        Arc::new(Self { latest: RwLock::new(latest), metrics })
+    }
+
+    pub fn set_latest(&self, snapshot: Snapshot) {
+        *self.latest.write().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
+    }
+
+    pub fn latest(&self) -> Option<Snapshot> {
+        self.latest.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(shared)
+}
+
+/// 200 when operational or degraded; 503 on error or before the first check.
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.latest() {
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "unknown", "message": "no check has run yet" })),
+        )
+            .into_response(),
+        Some(snapshot) => {
+            let code = if snapshot.status == Status::Error { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+            (code, axum::Json(snapshot)).into_response()
+        }
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let body = shared.metrics.render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}

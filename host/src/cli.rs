@@ -1,0 +1,162 @@
+//! The command line: `run`, `check`, `jobs`, `trigger`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+use crate::daemon::{self, Trigger};
+use crate::store::Outcome;
+use crate::tasks::Event;
+
+#[derive(Debug, Parser)]
+#[command(name = "warden", version, about = "Keeps a web service healthy from the outside")]
+pub struct Cli {
+    /// The schedule file.
+    #[arg(long, global = true, default_value = "schedules.toml", env = "WARDEN_CONFIG")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the scheduler, the jobs and the HTTP endpoint until SIGTERM.
+    Run {
+        /// Address for /health and /metrics.
+        #[arg(long, env = "WARDEN_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Check the schedule file and list every problem in it.
+    Check,
+    /// List jobs: schedule, next three fire times, last run.
+    Jobs,
+    /// Run one job now and print its outcome; exits non-zero when it fails.
+    Trigger {
+        /// The job's name.
+        job: String,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("WARDEN_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Loads the file or prints every problem in it.
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    config::load(path).map_err(|errors| {
+        eprintln!("{errors}");
+        eprintln!("{}: {} problem(s) found", path.display(), errors.0.len());
+        ExitCode::FAILURE
+    })
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = match load(&cli.config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    match cli.command {
+        Command::Check => {
+            println!("{}: OK ({} jobs)", cli.config.display(), config.jobs.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { listen } => {
+            daemon::run(&cli.config, config, listen).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Jobs => jobs(&config).await,
+        Command::Trigger { job } => trigger(&config, &job).await,
+    }
+}
+
+async fn jobs(config: &Config) -> anyhow::Result<ExitCode> {
+    let store = crate::store::StateStore::open(&config.state).await?;
+    let last = store.last_runs().await?;
+    let now = Utc::now();
+    for job in &config.jobs {
+        let state = if job.enabled { "" } else { " (disabled)" };
+        println!("{}{state}", job.name);
+        println!("  task      {}", job.task.kind());
+        println!("  schedule  {}", job.schedule);
+        let tz = job.schedule.tz();
+        let next: Vec<String> = job
+            .schedule
+            .upcoming(now, 3)
+            .iter()
+            .map(|t| t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z").to_string())
+            .collect();
+        println!("  next      {}", if next.is_empty() { "never".to_owned() } else { next.join(", ") });
+        match last.get(&job.name) {
+            Some(run) => {
+                let error = run.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+                println!(
+                    "  last run  {} {} ({}){error}",
+                    run.scheduled_at.0.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z"),
+                    run.outcome,
+                    run.trigger
+                );
+            }
+            None => println!("  last run  never"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn trigger(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
+    let job = config.job(name).with_context(|| {
+        let names: Vec<&str> = config.jobs.iter().map(|j| j.name.as_str()).collect();
+        format!("no job `{name}` in {}; jobs: {}", config.path.display(), names.join(", "))
+    })?;
+    let _metrics = crate::metrics::install();
+    let ctx = daemon::open(config).await?;
+    let report = daemon::execute(job, Utc::now(), Trigger::Manual, &ctx).await;
+    println!("job      {}", report.job);
+    println!("outcome  {}", report.outcome.as_str());
+    println!("took     {:.3}s", report.seconds);
+    if let Some(rows) = report.rows_affected {
+        println!("rows     {rows}");
+    }
+    if let Some(detail) = &report.detail {
+        println!("detail   {detail}");
+    }
+    if let Some(error) = &report.error {
+        println!("error    {error}");
+    }
+    match &report.event {
+        Some(Event::Snapshot(s)) => println!("{}", serde_json::to_string_pretty(s)?),
+        Some(event @ Event::Gauges { .. }) => println!("{}", serde_json::to_string_pretty(event)?),
+        None => {}
+    }
+    Ok(if report.outcome == Outcome::Ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,626 @@
+//! The checked configuration and the reader that builds it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use chrono_tz::Tz;
+use toml::de::DeTable;
+
+use super::duration::Duration;
+use super::error::{ConfigErrors, Diagnostics};
+use super::reader::{Ctx, Str, TableReader, Value};
+use crate::schedule::ScheduleSpec;
+
+/// A whole, valid `schedules.toml`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub product: String,
+    pub targets: Targets,
+    pub state: StateConfig,
+    pub alerts: Alerts,
+    pub jobs: Vec<Job>,
+}
+
+impl Config {
+    pub fn job(&self, name: &str) -> Option<&Job> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+}
+
+/// What warden watches and maintains.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Targets {
+    pub database: DbUrl,
+    /// Create the demo application schema in the target. Default: only for SQLite.
+    pub demo_schema: bool,
+    pub s3: Option<S3Target>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Target {
+    pub bucket: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub path_style: bool,
+}
+
+/// warden's own tables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateConfig {
+    pub url: DbUrl,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alerts {
+    pub admin: Vec<String>,
+    pub from: String,
+    pub smtp: Option<String>,
+    pub cooldown: Duration,
+    pub mail_dir: PathBuf,
+}
+
+/// A database URL, with relative SQLite paths resolved against the configuration's folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl DbUrl {
+    pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
+        if let Some(rest) = text.strip_prefix("sqlite:") {
+            let path = rest.trim_start_matches("//");
+            let path = path.split('?').next().unwrap_or_default();
+            if path.is_empty() {
+                return Err(format!("`{text}` names no file; write e.g. `sqlite://warden-state.db`"));
+            }
+            let path = Path::new(path);
+            let path = if path.is_absolute() { path.to_path_buf() } else { base.join(path) };
+            Ok(Self::Sqlite(path))
+        } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Ok(Self::Postgres(text.to_owned()))
+        } else {
+            Err(format!("unsupported database URL `{}`: expected `sqlite://FILE` or `postgres://…`", redact(text)))
+        }
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        matches!(self, Self::Sqlite(_))
+    }
+
+    /// For logs: never prints a password.
+    pub fn display(&self) -> String {
+        match self {
+            Self::Sqlite(p) => format!("sqlite://{}", p.display()),
+            Self::Postgres(url) => redact(url),
+        }
+    }
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A scheduled job.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    pub schedule: ScheduleSpec,
+    pub timeout: Duration,
+    pub enabled: bool,
+    pub task: Task,
+}
+
+/// Which database a maintenance task acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbRole {
+    Target,
+    State,
+}
+
+/// SQL text for both backends, or one text that works on both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PerBackend {
+    pub sqlite: Option<String>,
+    pub postgres: Option<String>,
+}
+
+impl PerBackend {
+    pub fn for_sqlite(&self, sqlite: bool) -> Option<&str> {
+        if sqlite { self.sqlite.as_deref() } else { self.postgres.as_deref() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Task {
+    Probe { checks: Vec<Check> },
+    PoolStats,
+    PgActivity,
+    SqlGauge { db: DbRole, metric: String, query: PerBackend },
+    Prune(Prune),
+    Sql(SqlStatement),
+}
+
+impl Task {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Task::Probe { .. } => "probe",
+            Task::PoolStats => "pool-stats",
+            Task::PgActivity => "pg-activity",
+            Task::SqlGauge { .. } => "sql-gauge",
+            Task::Prune(_) => "prune",
+            Task::Sql(_) => "sql",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    pub kind: CheckKind,
+    pub critical: bool,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    Db,
+    S3,
+    Sql { query: PerBackend },
+}
+
+#[derive(Debug, Clone)]
+pub struct Prune {
+    pub db: DbRole,
+    pub table: String,
+    pub column: String,
+    pub older_than: Duration,
+    pub batch_size: u64,
+    pub time_budget: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SqlStatement {
+    pub db: DbRole,
+    /// Run repeatedly until it affects no rows; `{batch}` is replaced by `batch_size`.
+    pub statement: PerBackend,
+    pub batch_size: u64,
+    pub time_budget: Duration,
+}
+
+pub const TASK_KINDS: &[&str] = &["probe", "pool-stats", "pg-activity", "sql-gauge", "prune", "sql"];
+const COMMON_JOB_KEYS: &[&str] = &["name", "every", "cron", "tz", "jitter", "timeout", "enabled", "task", "description"];
+
+fn task_keys(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "probe" => &["checks"],
+        "sql-gauge" => &["db", "metric", "query"],
+        "prune" => &["db", "table", "column", "older_than", "batch_size", "time_budget"],
+        "sql" => &["db", "statement", "batch_size", "time_budget"],
+        _ => &[],
+    }
+}
+
+const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_BATCH: u64 = 1000;
+const DEFAULT_BUDGET: Duration = Duration::from_secs(30);
+const MAX_BATCH: u64 = 1_000_000;
+
+pub(super) fn read(src: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    let mut ctx = Ctx { diag: Diagnostics::new(src, path), env };
+    let (root, syntax) = DeTable::parse_recoverable(src);
+    for e in syntax {
+        let span = e.span().unwrap_or(0..0);
+        ctx.diag.error(span, "", e.message().trim().to_owned());
+    }
+    if !ctx.diag.is_empty() {
+        return Err(ctx.diag.into_errors());
+    }
+    let base = super::base_dir(path);
+    let root_value: Value<'_> = toml::Spanned::new(root.span(), toml::de::DeValue::Table(root.into_inner()));
+    let config = read_root(&root_value, &base, path, &mut ctx);
+    match config {
+        Some(config) if ctx.diag.is_empty() => Ok(config),
+        _ => Err(ctx.diag.into_errors()),
+    }
+}
+
+fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> Option<Config> {
+    let mut t = TableReader::new(root, "", ctx)?;
+    match t.get("version").map(|v| (v, v.get_ref().as_integer().map(|i| i.as_str().to_owned()))) {
+        Some((_, Some(v))) if v == "1" => {}
+        Some((value, _)) => ctx.diag.error(value.span(), "version", "unsupported version; this warden reads `version = 1`"),
+        None => ctx.diag.error(0..0, "version", "missing required field `version` (write `version = 1`)"),
+    }
+    let product = t.string(ctx, "product").map_or_else(|| "warden".to_owned(), |s| s.value);
+    let targets = t.get("targets").and_then(|v| read_targets(v, base, ctx));
+    let state = match t.get("state") {
+        Some(v) => read_state(v, base, ctx),
+        None => Some(StateConfig { url: DbUrl::Sqlite(base.join("warden-state.db")) }),
+    };
+    let alerts = match t.get("alerts") {
+        Some(v) => read_alerts(v, base, ctx),
+        None => Some(default_alerts(base)),
+    };
+    let mut jobs = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    if let Some(items) = t.array(ctx, "job") {
+        for (i, item) in items.iter().enumerate() {
+            if let Some((job, name_span)) = read_job(item, i, ctx) {
+                let line = super::error::line_col(ctx_src(ctx), name_span.start).0;
+                if let Some(first) = seen.get(&job.name) {
+                    let msg = format!("duplicate job name `{}` (first defined on line {first})", job.name);
+                    ctx.diag.error(name_span, format!("job \"{}\".name", job.name), msg);
+                    continue;
+                }
+                seen.insert(job.name.clone(), line);
+                jobs.push(job);
+            }
+        }
+    }
+    t.finish(ctx, &["version", "product", "targets", "state", "alerts", "job"]);
+    let targets = match targets {
+        Some(t) => t,
+        None if root.get_ref().as_table().is_some_and(|t| t.get("targets").is_some()) => return None,
+        None => Targets { database: DbUrl::Sqlite(base.join("demo-app.db")), demo_schema: true, s3: None },
+    };
+    Some(Config { path: path.to_path_buf(), product, targets, state: state?, alerts: alerts?, jobs })
+}
+
+fn ctx_src<'s>(ctx: &Ctx<'s>) -> &'s str {
+    ctx.diag.src()
+}
+
+fn read_targets(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> Option<Targets> {
+    let mut t = TableReader::new(value, "targets", ctx)?;
+    let database = match t.string(ctx, "database") {
+        Some(s) => parse_url(&s, "targets.database", base, ctx),
+        None => Some(DbUrl::Sqlite(base.join("demo-app.db"))),
+    };
+    let demo_schema = t.bool(ctx, "demo_schema");
+    let s3 = match t.get("s3") {
+        Some(v) => read_s3(v, ctx),
+        None => Some(None),
+    };
+    t.finish(ctx, &["database", "demo_schema", "s3"]);
+    let database = database?;
+    let demo_schema = demo_schema.unwrap_or(database.is_sqlite());
+    Some(Targets { database, demo_schema, s3: s3? })
+}
+
+fn read_s3(value: &Value<'_>, ctx: &mut Ctx<'_>) -> Option<Option<S3Target>> {
+    let mut t = TableReader::new(value, "targets.s3", ctx)?;
+    let bucket = t.required_string(ctx, "bucket");
+    let endpoint = t.string(ctx, "endpoint").map(|s| s.value).filter(|s| !s.is_empty());
+    let region = t.string(ctx, "region").map_or_else(|| "us-east-1".to_owned(), |s| s.value);
+    let path_style = t.bool(ctx, "path_style").unwrap_or(true);
+    t.finish(ctx, &["bucket", "endpoint", "region", "path_style"]);
+    let bucket = bucket?.value;
+    // An empty bucket (e.g. `${S3_BUCKET:-}`) means S3 is not configured, as in the original monitor.
+    if bucket.is_empty() {
+        return Some(None);
+    }
+    Some(Some(S3Target { bucket, endpoint, region, path_style }))
+}
+
+fn read_state(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> Option<StateConfig> {
+    let mut t = TableReader::new(value, "state", ctx)?;
+    let url = match t.string(ctx, "url") {
+        Some(s) => parse_url(&s, "state.url", base, ctx),
+        None => Some(DbUrl::Sqlite(base.join("warden-state.db"))),
+    };
+    t.finish(ctx, &["url"]);
+    Some(StateConfig { url: url? })
+}
+
+fn default_alerts(base: &Path) -> Alerts {
+    Alerts {
+        admin: Vec::new(),
+        from: "warden@localhost".into(),
+        smtp: None,
+        cooldown: Duration::from_secs(300),
+        mail_dir: base.join("mail"),
+    }
+}
+
+fn read_alerts(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> Option<Alerts> {
+    let mut t = TableReader::new(value, "alerts", ctx)?;
+    let mut alerts = default_alerts(base);
+    if let Some(admin) = t.strings(ctx, "admin") {
+        for a in &admin {
+            if !a.value.contains('@') {
+                ctx.diag.error(a.span.clone(), "alerts.admin", format!("`{}` is not an email address", a.value));
+            }
+        }
+        alerts.admin = admin.into_iter().map(|s| s.value).collect();
+    }
+    if let Some(from) = t.string(ctx, "from") {
+        alerts.from = from.value;
+    }
+    alerts.smtp = t.string(ctx, "smtp").map(|s| s.value).filter(|s| !s.is_empty());
+    if let Some(c) = t.duration(ctx, "cooldown") {
+        alerts.cooldown = c;
+    }
+    if let Some(dir) = t.string(ctx, "mail_dir") {
+        alerts.mail_dir = base.join(dir.value);
+    }
+    t.finish(ctx, &["admin", "from", "smtp", "cooldown", "mail_dir"]);
+    Some(alerts)
+}
+
+fn parse_url(s: &Str, field: &str, base: &Path, ctx: &mut Ctx<'_>) -> Option<DbUrl> {
+    match DbUrl::parse(&s.value, base) {
+        Ok(url) => Some(url),
+        Err(message) => {
+            ctx.diag.error(s.span.clone(), field, message);
+            None
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.len() <= 64
+}
+
+/// `table` or `schema.table`, each part a plain SQL identifier.
+pub fn valid_identifier(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('.').collect();
+    parts.len() <= 2
+        && parts.iter().all(|p| {
+            let mut chars = p.chars();
+            chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+fn read_job(value: &Value<'_>, index: usize, ctx: &mut Ctx<'_>) -> Option<(Job, std::ops::Range<usize>)> {
+    let mut t = TableReader::new(value, format!("job #{}", index + 1), ctx)?;
+    let name = t.required_string(ctx, "name");
+    if let Some(n) = &name {
+        if valid_name(&n.value) {
+            t.scope = format!("job \"{}\"", n.value);
+        } else {
+            let msg = format!("invalid job name `{}`: use lowercase letters, digits, `-` and `_`", n.value);
+            ctx.diag.error(n.span.clone(), t.field("name"), msg);
+        }
+    }
+    let jitter = t.duration(ctx, "jitter").unwrap_or_default();
+    let tz = match t.string(ctx, "tz") {
+        Some(s) => match s.value.parse::<Tz>() {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                let msg = format!("unknown time zone `{}`: use an IANA name such as `Europe/Berlin` or `UTC`", s.value);
+                ctx.diag.error(s.span, t.field("tz"), msg);
+                None
+            }
+        },
+        None => Some(Tz::UTC),
+    };
+    let schedule = match (t.has("every"), t.has("cron")) {
+        (true, true) => {
+            let span = t.get("cron").map(|v| v.span()).unwrap_or(t.span.clone());
+            t.get("every");
+            ctx.diag.error(span, t.field("cron"), "set either `every` or `cron`, not both");
+            None
+        }
+        (false, false) => {
+            ctx.diag.error(t.span.clone(), t.field("every"), "missing schedule: set `every = \"30s\"` or `cron = \"0 15 3 * * *\"`");
+            None
+        }
+        (true, false) => {
+            if t.has("tz") {
+                let span = t.get("tz").map(|v| v.span()).unwrap_or_default();
+                ctx.diag.error(span, t.field("tz"), "`tz` applies to `cron` schedules only");
+            }
+            t.duration(ctx, "every").and_then(|p| match ScheduleSpec::every(p, jitter) {
+                Ok(s) => Some(s),
+                Err(msg) => {
+                    let span = t.get("every").map(|v| v.span()).unwrap_or_default();
+                    ctx.diag.error(span, t.field("every"), msg);
+                    None
+                }
+            })
+        }
+        (false, true) => {
+            let tz = tz.unwrap_or(Tz::UTC);
+            t.parsed(ctx, "cron", |text| ScheduleSpec::cron(text, tz, jitter))
+        }
+    };
+    let timeout = t.duration(ctx, "timeout").unwrap_or(DEFAULT_JOB_TIMEOUT);
+    if timeout.is_zero() {
+        let span = t.get("timeout").map(|v| v.span()).unwrap_or_default();
+        ctx.diag.error(span, t.field("timeout"), "timeout must be longer than zero");
+    }
+    let enabled = t.bool(ctx, "enabled").unwrap_or(true);
+    let _description = t.string(ctx, "description");
+    let kind = t.required_string(ctx, "task");
+    let task = match &kind {
+        Some(k) if TASK_KINDS.contains(&k.value.as_str()) => read_task(&k.value, &mut t, ctx),
+        Some(k) => {
+            let msg = format!("unknown task kind `{}`, expected one of: {}", k.value, TASK_KINDS.join(", "));
+            ctx.diag.error(k.span.clone(), t.field("task"), msg);
+            None
+        }
+        None => None,
+    };
+    let kind_name = kind.as_ref().map(|k| k.value.clone()).unwrap_or_default();
+    let mut known: Vec<&str> = COMMON_JOB_KEYS.to_vec();
+    known.extend_from_slice(task_keys(&kind_name));
+    let valid_kind = TASK_KINDS.contains(&kind_name.as_str());
+    t.finish_with(ctx, &known, &|key| {
+        if !valid_kind {
+            // The task is already reported; its own keys cannot be judged.
+            return TASK_KINDS.iter().any(|k| task_keys(k).contains(&key)).then(String::new);
+        }
+        let owners: Vec<&str> = TASK_KINDS.iter().copied().filter(|k| task_keys(k).contains(&key)).collect();
+        (!owners.is_empty()).then(|| {
+            format!("field `{key}` does not apply to task `{kind_name}` (it belongs to: {})", owners.join(", "))
+        })
+    });
+    let name = name?;
+    let job = Job { name: name.value, schedule: schedule?, timeout, enabled, task: task? };
+    Some((job, name.span))
+}
+
+fn read_db_role(t: &mut TableReader<'_, '_>, ctx: &mut Ctx<'_>) -> Option<DbRole> {
+    match t.string(ctx, "db") {
+        None => Some(DbRole::Target),
+        Some(s) => match s.value.as_str() {
+            "target" => Some(DbRole::Target),
+            "state" => Some(DbRole::State),
+            other => {
+                let msg = format!("unknown database `{other}`, expected `target` or `state`");
+                ctx.diag.error(s.span, t.field("db"), msg);
+                None
+            }
+        },
+    }
+}
+
+/// A string, or `{ sqlite = "...", postgres = "..." }`.
+fn read_per_backend(t: &mut TableReader<'_, '_>, ctx: &mut Ctx<'_>, key: &str, required: bool) -> Option<PerBackend> {
+    let Some(value) = t.get(key) else {
+        if required {
+            ctx.diag.error(t.span.clone(), t.field(key), format!("missing required field `{key}`"));
+        }
+        return None;
+    };
+    if let Some(text) = value.get_ref().as_str() {
+        return match super::env::expand(text, ctx.env) {
+            Ok(text) => Some(PerBackend { sqlite: Some(text.clone()), postgres: Some(text) }),
+            Err(msg) => {
+                ctx.diag.error(value.span(), t.field(key), msg);
+                None
+            }
+        };
+    }
+    let mut inner = TableReader::new(value, t.field(key), ctx)?;
+    let sqlite = inner.string(ctx, "sqlite").map(|s| s.value);
+    let postgres = inner.string(ctx, "postgres").map(|s| s.value);
+    inner.finish(ctx, &["sqlite", "postgres"]);
+    if sqlite.is_none() && postgres.is_none() {
+        ctx.diag.error(value.span(), t.field(key), "give SQL for `sqlite`, `postgres` or both");
+        return None;
+    }
+    Some(PerBackend { sqlite, postgres })
+}
+
+fn read_task(kind: &str, t: &mut TableReader<'_, '_>, ctx: &mut Ctx<'_>) -> Option<Task> {
+    match kind {
+        "probe" => read_checks(t, ctx).map(|checks| Task::Probe { checks }),
+        "pool-stats" => Some(Task::PoolStats),
+        "pg-activity" => Some(Task::PgActivity),
+        "sql-gauge" => {
+            let db = read_db_role(t, ctx);
+            let metric = t.required_string(ctx, "metric");
+            if let Some(m) = &metric {
+                if !valid_identifier(&m.value) || m.value.contains('.') {
+                    let msg = format!("invalid metric name `{}`: use letters, digits and `_`", m.value);
+                    ctx.diag.error(m.span.clone(), t.field("metric"), msg);
+                }
+            }
+            let query = read_per_backend(t, ctx, "query", true);
+            Some(Task::SqlGauge { db: db?, metric: metric?.value, query: query? })
+        }
+        "prune" => {
+            let db = read_db_role(t, ctx);
+            let ident = |t: &mut TableReader<'_, '_>, ctx: &mut Ctx<'_>, key: &str| {
+                let s = t.required_string(ctx, key)?;
+                if valid_identifier(&s.value) {
+                    Some(s.value)
+                } else {
+                    let msg = format!("invalid SQL identifier `{}`: expected `name` or `schema.name`", s.value);
+                    ctx.diag.error(s.span, t.field(key), msg);
+                    None
+                }
+            };
+            let table = ident(t, ctx, "table");
+            let column = ident(t, ctx, "column");
+            let older_than = t.duration(ctx, "older_than");
+            if older_than.is_none() && !t.has("older_than") {
+                ctx.diag.error(t.span.clone(), t.field("older_than"), "missing required field `older_than`");
+            }
+            let batch_size = t.count(ctx, "batch_size", MAX_BATCH).unwrap_or(DEFAULT_BATCH);
+            let time_budget = t.duration(ctx, "time_budget").unwrap_or(DEFAULT_BUDGET);
+            Some(Task::Prune(Prune {
+                db: db?,
+                table: table?,
+                column: column?,
+                older_than: older_than?,
+                batch_size,
+                time_budget,
+            }))
+        }
+        "sql" => {
+            let db = read_db_role(t, ctx);
+            let statement = read_per_backend(t, ctx, "statement", true);
+            let batch_size = t.count(ctx, "batch_size", MAX_BATCH).unwrap_or(DEFAULT_BATCH);
+            let time_budget = t.duration(ctx, "time_budget").unwrap_or(DEFAULT_BUDGET);
+            Some(Task::Sql(SqlStatement { db: db?, statement: statement?, batch_size, time_budget }))
+        }
+        _ => None,
+    }
+}
+
+fn read_checks(t: &mut TableReader<'_, '_>, ctx: &mut Ctx<'_>) -> Option<Vec<Check>> {
+    if !t.has("checks") {
+        ctx.diag.error(t.span.clone(), t.field("checks"), "missing required field `checks`");
+        return None;
+    }
+    let items = t.array(ctx, "checks")?;
+    let mut checks: Vec<Check> = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let Some(mut c) = TableReader::new(item, format!("{}[{i}]", t.field("checks")), ctx) else {
+            ok = false;
+            continue;
+        };
+        let name = c.required_string(ctx, "name");
+        let kind = c.required_string(ctx, "kind");
+        let kind = match kind.as_ref().map(|k| k.value.as_str()) {
+            Some("db") => Some(CheckKind::Db),
+            Some("s3") => Some(CheckKind::S3),
+            Some("sql") => read_per_backend(&mut c, ctx, "query", true).map(|query| CheckKind::Sql { query }),
+            Some(other) => {
+                let span = kind.as_ref().map(|k| k.span.clone()).unwrap_or_default();
+                let msg = format!("unknown check kind `{other}`, expected one of: db, s3, sql");
+                ctx.diag.error(span, c.field("kind"), msg);
+                None
+            }
+            None => None,
+        };
+        let critical = c.bool(ctx, "critical");
+        let timeout = c.duration(ctx, "timeout").unwrap_or(DEFAULT_CHECK_TIMEOUT);
+        c.finish(ctx, &["name", "kind", "query", "critical", "timeout"]);
+        match (name, kind) {
+            (Some(name), Some(kind)) => {
+                if checks.iter().any(|c| c.name == name.value) {
+                    let msg = format!("duplicate check name `{}`", name.value);
+                    ctx.diag.error(name.span, t.field("checks"), msg);
+                    ok = false;
+                    continue;
+                }
+                let critical = critical.unwrap_or(kind == CheckKind::Db);
+                checks.push(Check { name: name.value, kind, critical, timeout });
+            }
+            _ => ok = false,
+        }
+    }
+    if checks.is_empty() && ok {
+        ctx.diag.error(t.span.clone(), t.field("checks"), "a probe needs at least one check");
+        return None;
+    }
+    ok.then_some(checks)
+}

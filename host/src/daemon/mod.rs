@@ -1,0 +1,205 @@
+//! `warden run`: the long-running process. Owns the scheduler, spawns job runs, serves
+//! HTTP, reloads the configuration, and shuts down cleanly on SIGTERM or Ctrl-C.
+
+mod execute;
+mod watch;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+pub use execute::{RunReport, Trigger, execute};
+
+use crate::admin::{self, Shared};
+use crate::config::{self, Config, Job};
+use crate::schedule::{Fire, Scheduler};
+use crate::store::StateStore;
+use crate::targets::Targets;
+use crate::tasks::{Event, TaskContext};
+
+/// How long running jobs get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The loop wakes at least this often, so a wall-clock jump is noticed.
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+/// Opens the state store and targets for a configuration.
+pub async fn open(config: &Config) -> anyhow::Result<TaskContext> {
+    let store = StateStore::open(&config.state).await?;
+    let targets = Targets::open(&config.targets).await?;
+    Ok(TaskContext { targets, store })
+}
+
+struct Daemon {
+    path: PathBuf,
+    config: Config,
+    jobs: HashMap<String, Arc<Job>>,
+    ctx: TaskContext,
+    scheduler: Scheduler,
+    shared: Arc<Shared>,
+    running: JoinSet<String>,
+}
+
+/// Runs until SIGTERM or Ctrl-C.
+pub async fn run(path: &Path, config: Config, listen: SocketAddr) -> anyhow::Result<()> {
+    let metrics = crate::metrics::install();
+    let ctx = open(&config).await?;
+    let latest = ctx.store.latest_health().await.unwrap_or_else(|e| {
+        warn!(error = %e, "could not read the last health snapshot");
+        None
+    });
+    let shared = Shared::new(metrics, latest);
+
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    info!(addr = %listener.local_addr()?, "serving /health and /metrics");
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = admin::router(shared.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move { drop(http_stopped.await) }).await
+    });
+
+    let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
+    let _watcher = watch::watch_file(path, reload_tx.clone());
+    watch::watch_sighup(reload_tx);
+
+    let mut daemon = Daemon {
+        path: path.to_path_buf(),
+        jobs: HashMap::new(),
+        ctx,
+        scheduler: Scheduler::new(rand::random()),
+        shared,
+        running: JoinSet::new(),
+        config: config.clone(),
+    };
+    info!(
+        config = %path.display(),
+        jobs = config.jobs.len(),
+        target = %config.targets.database.display(),
+        state = %config.state.url.display(),
+        "warden started"
+    );
+    daemon.load_jobs(&config).await;
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let sleep = daemon
+            .scheduler
+            .next_wake()
+            .map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(MAX_SLEEP)
+            .min(MAX_SLEEP);
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {
+                for fire in daemon.scheduler.due(Utc::now()) {
+                    daemon.start(fire, Trigger::Schedule);
+                }
+            }
+            Some(done) = daemon.running.join_next() => match done {
+                Ok(job) => daemon.scheduler.finished(&job),
+                Err(e) => error!(error = %e, "a job task panicked"),
+            },
+            Some(()) = reload_rx.recv() => {
+                // Editors write in several steps: let the file settle, then read it once.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                while reload_rx.try_recv().is_ok() {}
+                daemon.reload().await;
+            }
+            _ = term.recv() => { info!("SIGTERM received, shutting down"); break; }
+            _ = tokio::signal::ctrl_c() => { info!("interrupt received, shutting down"); break; }
+        }
+    }
+
+    if !daemon.running.is_empty() {
+        info!(running = daemon.running.len(), "waiting for running jobs");
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while daemon.running.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(running = daemon.running.len(), "jobs still running at shutdown were stopped");
+            daemon.running.abort_all();
+        }
+    }
+    let _ = stop_http.send(());
+    server.await??;
+    info!("warden stopped");
+    Ok(())
+}
+
+impl Daemon {
+    async fn load_jobs(&mut self, config: &Config) {
+        let last_ran = self.ctx.store.last_ran().await.unwrap_or_else(|e| {
+            warn!(error = %e, "could not read past runs; catch-up assumes none");
+            HashMap::new()
+        });
+        self.jobs = config.jobs.iter().map(|j| (j.name.clone(), Arc::new(j.clone()))).collect();
+        let specs = config.jobs.iter().map(|j| (j.name.clone(), j.schedule.clone(), j.enabled));
+        for fire in self.scheduler.load(specs, Utc::now(), &last_ran) {
+            self.start(fire, Trigger::CatchUp);
+        }
+    }
+
+    fn start(&mut self, fire: Fire, trigger: Trigger) {
+        let Some(job) = self.jobs.get(fire.job()).cloned() else { return };
+        match fire {
+            Fire::Run { scheduled, .. } => {
+                let ctx = self.ctx.clone();
+                let shared = self.shared.clone();
+                self.running.spawn(async move {
+                    let report = execute(&job, scheduled, trigger, &ctx).await;
+                    if let Some(Event::Snapshot(snapshot)) = report.event {
+                        shared.set_latest(snapshot);
+                    }
+                    job.name.clone()
+                });
+            }
+            Fire::SkipOverlap { scheduled, .. } => {
+                warn!(job = %job.name, %scheduled, "previous run still going; occurrence skipped");
+                crate::metrics::record_run(&job.name, "skipped", 0.0);
+                let store = self.ctx.store.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = store.record_skip(&job.name, scheduled, "previous run still going").await {
+                        warn!(job = %job.name, error = %e, "could not record the skip");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Reads the file again; a valid one is swapped in, an invalid one is refused and the
+    /// running configuration stays. Runs in flight finish with the job they started with.
+    async fn reload(&mut self) {
+        let new = match config::load(&self.path) {
+            Ok(new) => new,
+            Err(errors) => {
+                crate::metrics::record_reload(false);
+                error!(problems = errors.0.len(), "configuration refused; the running one stays:\n{errors}");
+                return;
+            }
+        };
+        if new.state != self.config.state {
+            warn!("`state.url` changes take effect at the next restart; the running store stays");
+        }
+        if new.targets != self.config.targets {
+            match Targets::open(&new.targets).await {
+                Ok(targets) => self.ctx.targets = targets,
+                Err(e) => {
+                    crate::metrics::record_reload(false);
+                    error!(error = %e, "configuration refused; the running one stays");
+                    return;
+                }
+            }
+        }
+        crate::metrics::record_reload(true);
+        info!(jobs = new.jobs.len(), "configuration reloaded");
+        self.load_jobs(&new).await;
+        self.config = new;
+    }
+}

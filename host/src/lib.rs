@@ -1,0 +1,13 @@
+//! warden: keeps a web service healthy from the outside. See ARCHITECTURE.md.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod db;
+pub mod health;
+pub mod metrics;
+pub mod schedule;
+pub mod store;
+pub mod targets;
+pub mod tasks;

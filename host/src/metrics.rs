@@ -1,0 +1,63 @@
+//! Prometheus metrics: one process-wide recorder, rendered by `GET /metrics`.
+//!
+//! Names: `warden_job_runs_total{job,outcome}`, `warden_job_duration_seconds{job}`,
+//! `warden_status` (0 operational, 1 degraded, 2 error), `warden_check_up{check}`,
+//! `warden_check_duration_seconds{check}`, `warden_config_reloads_total{result}` and one
+//! gauge per task measurement (`warden_db_pool_*`, `warden_pg_*`, `warden_storage_fill_*`).
+
+use std::sync::OnceLock;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::health::Snapshot;
+use crate::tasks::Gauge;
+
+const DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns its handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), DURATION_BUCKETS)
+                .expect("the bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding program); then ours
+            // renders nothing, which `/metrics` shows plainly rather than crashing.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+pub fn record_run(job: &str, outcome: &str, seconds: f64) {
+    counter!("warden_job_runs_total", "job" => job.to_owned(), "outcome" => outcome.to_owned()).increment(1);
+    if outcome != "skipped" {
+        histogram!("warden_job_duration_seconds", "job" => job.to_owned()).record(seconds);
+    }
+}
+
+pub fn record_snapshot(snapshot: &Snapshot) {
+    gauge!("warden_status").set(snapshot.status.level());
+    for check in &snapshot.checks {
+        let up = if check.ok { 1.0 } else { 0.0 };
+        gauge!("warden_check_up", "check" => check.name.clone()).set(up);
+        gauge!("warden_check_duration_seconds", "check" => check.name.clone()).set(check.duration_ms as f64 / 1000.0);
+    }
+}
+
+pub fn record_gauges(gauges: &[Gauge]) {
+    for g in gauges {
+        let labels: Vec<metrics::Label> =
+            g.labels.iter().map(|(k, v)| metrics::Label::new(k.clone(), v.clone())).collect();
+        gauge!(format!("warden_{}", g.name), labels).set(g.value);
+    }
+}
+
+pub fn record_reload(ok: bool) {
+    counter!("warden_config_reloads_total", "result" => if ok { "ok" } else { "refused" }).increment(1);
+}

@@ -1,0 +1,205 @@
+//! One timer heap for all jobs: overlap skip, catch-up at start, jitter.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use chrono::{DateTime, Utc};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::ScheduleSpec;
+
+/// What the scheduler decided for one due occurrence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fire {
+    /// Run the job; `scheduled` is the occurrence's unjittered time (the claim key).
+    Run { job: String, scheduled: DateTime<Utc> },
+    /// The previous run is still going: this occurrence is skipped (and recorded).
+    SkipOverlap { job: String, scheduled: DateTime<Utc> },
+}
+
+impl Fire {
+    pub fn job(&self) -> &str {
+        match self {
+            Fire::Run { job, .. } | Fire::SkipOverlap { job, .. } => job,
+        }
+    }
+}
+
+/// The next occurrence of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Planned {
+    pub scheduled: DateTime<Utc>,
+    /// `scheduled` plus this occurrence's jitter.
+    pub fire_at: DateTime<Utc>,
+}
+
+struct Entry {
+    name: String,
+    spec: ScheduleSpec,
+    enabled: bool,
+    running: bool,
+    next: Option<Planned>,
+}
+
+/// The scheduler core. Holds no IO handles; see the module invariant.
+pub struct Scheduler {
+    entries: Vec<Entry>,
+    by_name: HashMap<String, usize>,
+    heap: BinaryHeap<Reverse<(i64, u64, usize)>>,
+    seq: u64,
+    rng: SmallRng,
+}
+
+impl Scheduler {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            entries: Vec::new(),
+            by_name: HashMap::new(),
+            heap: BinaryHeap::new(),
+            seq: 0,
+            rng: SmallRng::seed_from_u64(seed),
+        }
+    }
+
+    /// Replaces the job set. Jobs keep their running flag and, when their schedule is
+    /// unchanged, their planned occurrence. New or rescheduled jobs whose latest
+    /// occurrence at or before `now` is newer than their last recorded run (or that
+    /// never ran) fire at once: that is the catch-up after downtime, and the first
+    /// probe at start-up.
+    pub fn load(
+        &mut self,
+        jobs: impl IntoIterator<Item = (String, ScheduleSpec, bool)>,
+        now: DateTime<Utc>,
+        last_runs: &HashMap<String, DateTime<Utc>>,
+    ) -> Vec<Fire> {
+        let mut old: HashMap<String, Entry> = self.entries.drain(..).map(|e| (e.name.clone(), e)).collect();
+        self.by_name.clear();
+        self.heap.clear();
+        let mut fires = Vec::new();
+        for (name, spec, enabled) in jobs {
+            let previous = old.remove(&name);
+            let running = previous.as_ref().is_some_and(|p| p.running);
+            let unchanged = previous
+                .as_ref()
+                .is_some_and(|p| p.enabled == enabled && p.spec.to_string() == spec.to_string());
+            let mut entry = Entry { name: name.clone(), spec, enabled, running, next: None };
+            if enabled {
+                if unchanged {
+                    entry.next = previous.and_then(|p| p.next);
+                }
+                if entry.next.is_none() {
+                    if let Some(scheduled) = catch_up(&entry.spec, last_runs.get(&name).copied(), now) {
+                        fires.push(decide(&mut entry, scheduled));
+                    }
+                    entry.next = plan(&mut self.rng, &entry.spec, now);
+                }
+            }
+            let slot = self.entries.len();
+            if let Some(next) = entry.next {
+                self.push(next.fire_at, slot);
+            }
+            self.by_name.insert(name, slot);
+            self.entries.push(entry);
+        }
+        fires
+    }
+
+    /// When the earliest planned occurrence is due, if any job is planned.
+    pub fn next_wake(&self) -> Option<DateTime<Utc>> {
+        self.heap
+            .peek()
+            .map(|Reverse((_, _, slot))| self.entries[*slot].next.map(|p| p.fire_at))
+            .and_then(|t| t)
+    }
+
+    /// Every occurrence due at `now`, each job re-planned after it.
+    pub fn due(&mut self, now: DateTime<Utc>) -> Vec<Fire> {
+        let mut fires = Vec::new();
+        let now_ms = now.timestamp_millis();
+        while let Some(Reverse((at, _, slot))) = self.heap.peek().copied() {
+            if at > now_ms {
+                break;
+            }
+            self.heap.pop();
+            let entry = &mut self.entries[slot];
+            let Some(planned) = entry.next.take() else { continue };
+            fires.push(decide(entry, planned.scheduled));
+            // Plan after the occurrence itself, or after `now` when the wake-up was late:
+            // a missed stretch fires once, then the schedule continues without a burst.
+            let after = planned.scheduled.max(now - chrono::Duration::milliseconds(1));
+            entry.next = plan(&mut self.rng, &entry.spec, after);
+            if let Some(next) = entry.next {
+                self.seq += 1;
+                self.heap.push(Reverse((next.fire_at.timestamp_millis(), self.seq, slot)));
+            }
+        }
+        fires
+    }
+
+    /// The job's run has ended; its next occurrence may run.
+    pub fn finished(&mut self, job: &str) {
+        if let Some(&slot) = self.by_name.get(job) {
+            self.entries[slot].running = false;
+        }
+    }
+
+    /// Marks a job running outside the timer (a manual trigger); false if it already is.
+    pub fn start_manual(&mut self, job: &str) -> bool {
+        match self.by_name.get(job) {
+            Some(&slot) if !self.entries[slot].running => {
+                self.entries[slot].running = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn planned(&self, job: &str) -> Option<Planned> {
+        self.by_name.get(job).and_then(|&slot| self.entries[slot].next)
+    }
+
+    pub fn is_running(&self, job: &str) -> bool {
+        self.by_name.get(job).is_some_and(|&slot| self.entries[slot].running)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn push(&mut self, at: DateTime<Utc>, slot: usize) {
+        self.seq += 1;
+        self.heap.push(Reverse((at.timestamp_millis(), self.seq, slot)));
+    }
+}
+
+fn decide(entry: &mut Entry, scheduled: DateTime<Utc>) -> Fire {
+    let job = entry.name.clone();
+    if entry.running {
+        Fire::SkipOverlap { job, scheduled }
+    } else {
+        entry.running = true;
+        Fire::Run { job, scheduled }
+    }
+}
+
+fn plan(rng: &mut SmallRng, spec: &ScheduleSpec, after: DateTime<Utc>) -> Option<Planned> {
+    let scheduled = spec.next_after(after)?;
+    let jitter = i64::try_from(spec.jitter().std().as_millis()).unwrap_or(i64::MAX);
+    let delay = if jitter > 0 { rng.random_range(0..jitter) } else { 0 };
+    Some(Planned { scheduled, fire_at: scheduled + chrono::Duration::milliseconds(delay) })
+}
+
+/// The occurrence a job must run at start-up, if any: its latest occurrence at or
+/// before `now`, when that is newer than its last recorded run or it never ran.
+pub fn catch_up(spec: &ScheduleSpec, last_run: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let latest = spec.latest_at_or_before(now)?;
+    match last_run {
+        Some(last) if last >= latest => None,
+        _ => Some(latest),
+    }
+}

@@ -1,0 +1,10 @@
+//! Scheduling: when each job fires, and the timer heap that fires them.
+//!
+//! Architecture invariant: nothing here does IO or reads the system clock; every
+//! function takes `now`, so tests drive time by hand and the bench drives it fast.
+
+mod core;
+mod spec;
+
+pub use core::{Fire, Planned, Scheduler};
+pub use spec::ScheduleSpec;

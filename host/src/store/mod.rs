@@ -1,0 +1,251 @@
+//! The state store: warden's own tables (`health_history`, `job_runs`, `policy_state`,
+//! `outbox`) on SQLite or PostgreSQL.
+//!
+//! Architecture invariant: the store never touches the target database, and nothing
+//! outside this module writes warden's tables.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::migrate::Migrator;
+
+use crate::config::{DbUrl, StateConfig};
+use crate::db::{Pool, PoolSettings, Ts};
+use crate::health::{Snapshot, Status};
+use crate::with_pool;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// The schema warden's tables live in on PostgreSQL.
+pub const PG_SCHEMA: &str = "warden";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store {url}: {source}")]
+    Open { url: String, source: sqlx::Error },
+    #[error("state store {url}: migrations failed: {source}")]
+    Migrate { url: String, source: sqlx::migrate::MigrateError },
+    #[error("state store: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("state store: stored health snapshot is unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Running,
+    Ok,
+    Failed,
+    Timeout,
+    Skipped,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Running => "running",
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Timeout => "timeout",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// A row of `job_runs`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RunRow {
+    pub id: i64,
+    pub job: String,
+    pub scheduled_at: Ts,
+    pub trigger: String,
+    pub replica: String,
+    pub started_at: Ts,
+    pub finished_at: Option<Ts>,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub rows_affected: Option<i64>,
+    pub detail: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct HealthRow {
+    job: String,
+    checked_at: Ts,
+    status: String,
+    duration_ms: i64,
+    checks: String,
+}
+
+/// The state store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    pool: Pool,
+    replica: String,
+}
+
+const RUN_COLUMNS: &str =
+    "id, job, scheduled_at, trigger, replica, started_at, finished_at, outcome, error, rows_affected, detail";
+
+impl StateStore {
+    /// Opens the store and runs its migrations, creating the SQLite file (or the Postgres
+    /// schema) on first start.
+    pub async fn open(config: &StateConfig) -> Result<Self, StoreError> {
+        let url = config.url.display();
+        let settings = PoolSettings { max_connections: 5, acquire_timeout: Duration::from_secs(5), lazy: false };
+        if let DbUrl::Postgres(_) = &config.url {
+            // The schema must exist before the pool's search_path can point at it.
+            let plain = Pool::open(&config.url, settings, None).await.map_err(|source| StoreError::Open { url: url.clone(), source })?;
+            plain
+                .execute(&format!("CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}"))
+                .await
+                .map_err(|source| StoreError::Open { url: url.clone(), source })?;
+            plain.close().await;
+        }
+        let pool = Pool::open(&config.url, settings, Some(PG_SCHEMA))
+            .await
+            .map_err(|source| StoreError::Open { url: url.clone(), source })?;
+        let migrated = match &pool {
+            Pool::Sqlite(p) => SQLITE_MIGRATIONS.run(p).await,
+            Pool::Postgres(p) => POSTGRES_MIGRATIONS.run(p).await,
+        };
+        migrated.map_err(|source| StoreError::Migrate { url, source })?;
+        let replica = format!("{}-{}", hostname(), std::process::id());
+        Ok(Self { pool, replica })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Claims an occurrence by inserting its `job_runs` row. `None` means another
+    /// process (or an earlier run of this one) already claimed it.
+    pub async fn claim(&self, job: &str, scheduled: DateTime<Utc>, trigger: &str) -> Result<Option<i64>, StoreError> {
+        let sql = "INSERT INTO job_runs (job, scheduled_at, trigger, replica, started_at, outcome) \
+                   VALUES ($1, $2, $3, $4, $5, 'running') ON CONFLICT (job, scheduled_at) DO NOTHING RETURNING id";
+        let now = Ts(Utc::now());
+        let id: Option<i64> = with_pool!(&self.pool, |p| {
+            sqlx::query_scalar(sql)
+                .bind(job)
+                .bind(Ts(scheduled))
+                .bind(trigger)
+                .bind(&self.replica)
+                .bind(now)
+                .fetch_optional(p)
+                .await?
+        });
+        Ok(id)
+    }
+
+    /// Records an occurrence skipped because the previous run was still going.
+    pub async fn record_skip(&self, job: &str, scheduled: DateTime<Utc>, reason: &str) -> Result<(), StoreError> {
+        let sql = "INSERT INTO job_runs (job, scheduled_at, trigger, replica, started_at, finished_at, outcome, detail) \
+                   VALUES ($1, $2, 'schedule', $3, $4, $4, 'skipped', $5) ON CONFLICT (job, scheduled_at) DO NOTHING";
+        let now = Ts(Utc::now());
+        with_pool!(&self.pool, |p| {
+            sqlx::query(sql).bind(job).bind(Ts(scheduled)).bind(&self.replica).bind(now).bind(reason).execute(p).await.map(|_| ())?
+        });
+        Ok(())
+    }
+
+    pub async fn finish(
+        &self,
+        id: i64,
+        outcome: Outcome,
+        error: Option<&str>,
+        rows_affected: Option<u64>,
+        detail: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let sql = "UPDATE job_runs SET finished_at = $2, outcome = $3, error = $4, rows_affected = $5, detail = $6 WHERE id = $1";
+        let rows = rows_affected.map(|r| i64::try_from(r).unwrap_or(i64::MAX));
+        with_pool!(&self.pool, |p| {
+            sqlx::query(sql)
+                .bind(id)
+                .bind(Ts(Utc::now()))
+                .bind(outcome.as_str())
+                .bind(error)
+                .bind(rows)
+                .bind(detail)
+                .execute(p)
+                .await
+                .map(|_| ())?
+        });
+        Ok(())
+    }
+
+    /// The newest run of every job that has one.
+    pub async fn last_runs(&self) -> Result<HashMap<String, RunRow>, StoreError> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM job_runs WHERE id IN (SELECT MAX(id) FROM job_runs GROUP BY job)"
+        );
+        let rows: Vec<RunRow> = with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).fetch_all(p).await?);
+        Ok(rows.into_iter().map(|r| (r.job.clone(), r)).collect())
+    }
+
+    /// The latest occurrence each job actually ran (skips do not count): the input to catch-up.
+    pub async fn last_ran(&self) -> Result<HashMap<String, DateTime<Utc>>, StoreError> {
+        let sql = "SELECT job, MAX(scheduled_at) FROM job_runs WHERE outcome <> 'skipped' GROUP BY job";
+        let rows: Vec<(String, Ts)> = with_pool!(&self.pool, |p| sqlx::query_as(sql).fetch_all(p).await?);
+        Ok(rows.into_iter().map(|(job, ts)| (job, ts.0)).collect())
+    }
+
+    /// A job's runs, newest first.
+    pub async fn runs(&self, job: &str, limit: i64) -> Result<Vec<RunRow>, StoreError> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM job_runs WHERE job = $1 ORDER BY id DESC LIMIT $2");
+        Ok(with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(job).bind(limit).fetch_all(p).await?))
+    }
+
+    pub async fn insert_health(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let sql = "INSERT INTO health_history (job, checked_at, status, duration_ms, checks) VALUES ($1, $2, $3, $4, $5)";
+        let checks = serde_json::to_string(&snapshot.checks).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let duration = i64::try_from(snapshot.duration_ms).unwrap_or(i64::MAX);
+        with_pool!(&self.pool, |p| {
+            sqlx::query(sql)
+                .bind(&snapshot.job)
+                .bind(Ts(snapshot.checked_at))
+                .bind(snapshot.status.as_str())
+                .bind(duration)
+                .bind(&checks)
+                .execute(p)
+                .await
+                .map(|_| ())?
+        });
+        Ok(())
+    }
+
+    /// The newest stored snapshot, so `/health` answers right after a restart.
+    pub async fn latest_health(&self) -> Result<Option<Snapshot>, StoreError> {
+        let sql = "SELECT job, checked_at, status, duration_ms, checks FROM health_history ORDER BY id DESC LIMIT 1";
+        let row: Option<HealthRow> = with_pool!(&self.pool, |p| sqlx::query_as(sql).fetch_optional(p).await?);
+        let Some(row) = row else { return Ok(None) };
+        let status = Status::parse(&row.status).ok_or_else(|| StoreError::Corrupt(row.status.clone()))?;
+        let checks = serde_json::from_str(&row.checks).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Some(Snapshot {
+            job: row.job,
+            status,
+            checked_at: row.checked_at.0,
+            duration_ms: u64::try_from(row.duration_ms).unwrap_or_default(),
+            checks,
+        }))
+    }
+
+    pub async fn count_health(&self) -> Result<i64, StoreError> {
+        Ok(with_pool!(&self.pool, |p| sqlx::query_scalar("SELECT COUNT(*) FROM health_history").fetch_one(p).await?))
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}

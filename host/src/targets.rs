@@ -1,0 +1,90 @@
+//! The targets: the application's database and S3 bucket that warden watches and maintains.
+//!
+//! Architecture invariant: target handles are opened lazily, so warden starts and keeps
+//! running while a target is down (that is what it reports); nothing here creates the
+//! application's tables unless `targets.demo_schema` asks for the demo schema.
+
+use std::time::Duration;
+
+use aws_config::environment::EnvironmentVariableCredentialsProvider;
+use aws_sdk_s3::config::{BehaviorVersion, Region, retry::RetryConfig};
+use sqlx::migrate::Migrator;
+
+use crate::config;
+use crate::db::{Pool, PoolSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("target database {url}: {source}")]
+    Open { url: String, source: sqlx::Error },
+    #[error("target database {url}: creating the demo schema failed: {source}")]
+    Demo { url: String, source: sqlx::migrate::MigrateError },
+}
+
+/// Open handles to the targets.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    pub db: Pool,
+    pub s3: Option<S3Bucket>,
+    pub config: config::Targets,
+}
+
+/// The configured bucket and a client for it.
+#[derive(Debug, Clone)]
+pub struct S3Bucket {
+    pub client: aws_sdk_s3::Client,
+    pub bucket: String,
+}
+
+impl Targets {
+    /// Opens the target pool lazily and, when asked, creates the demo schema.
+    pub async fn open(config: &config::Targets) -> Result<Self, TargetError> {
+        let url = config.database.display();
+        let settings = PoolSettings { max_connections: 5, acquire_timeout: Duration::from_secs(10), lazy: true };
+        let db = Pool::open(&config.database, settings, None)
+            .await
+            .map_err(|source| TargetError::Open { url: url.clone(), source })?;
+        let targets = Self { db, s3: config.s3.as_ref().map(S3Bucket::new), config: config.clone() };
+        if config.demo_schema {
+            targets.create_demo_schema().await.map_err(|source| TargetError::Demo { url, source })?;
+        }
+        Ok(targets)
+    }
+
+    async fn create_demo_schema(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        // Versions 1001+ so the demo schema can share a SQLite file with warden's own tables.
+        let mut sqlite: Migrator = sqlx::migrate!("../migrations/demo/sqlite");
+        let mut postgres: Migrator = sqlx::migrate!("../migrations/demo/postgres");
+        match &self.db {
+            Pool::Sqlite(p) => sqlite.set_ignore_missing(true).run(p).await,
+            Pool::Postgres(p) => postgres.set_ignore_missing(true).run(p).await,
+        }
+    }
+}
+
+impl S3Bucket {
+    pub fn new(target: &config::S3Target) -> Self {
+        let mut builder = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(target.region.clone()))
+            .credentials_provider(EnvironmentVariableCredentialsProvider::new())
+            .force_path_style(target.path_style)
+            // A probe reports what it sees now; the check's timeout bounds it.
+            .retry_config(RetryConfig::disabled());
+        if let Some(endpoint) = &target.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        Self { client: aws_sdk_s3::Client::from_conf(builder.build()), bucket: target.bucket.clone() }
+    }
+
+    /// Connectivity: the bucket exists and the credentials may reach it.
+    pub async fn head(&self) -> Result<(), String> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("S3 bucket `{}`: {}", self.bucket, aws_sdk_s3::error::DisplayErrorContext(e)))
+    }
+}

@@ -1,0 +1,90 @@
+//! Built-in host tasks: what a due job does. Each task returns what it saw as an event;
+//! the daemon records it and (later) hands it to the policies subscribed to the job.
+//!
+//! Architecture invariant: tasks never write warden's state tables themselves and never
+//! send anything; they read or maintain the target (or prune the state store when a job
+//! says `db = "state"`) and report.
+
+mod gauges;
+mod maintenance;
+mod probe;
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::{DbRole, Job, Task};
+use crate::db::Pool;
+use crate::health::Snapshot;
+use crate::store::StateStore;
+use crate::targets::Targets;
+
+pub use probe::run_probe;
+
+/// What a task needs: the targets and the state store (for `db = "state"` maintenance).
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    pub targets: Targets,
+    pub store: StateStore,
+}
+
+impl TaskContext {
+    fn db(&self, role: DbRole) -> &Pool {
+        match role {
+            DbRole::Target => &self.targets.db,
+            DbRole::State => self.store.pool(),
+        }
+    }
+}
+
+/// A labelled measurement, exported as `warden_<name>` on `/metrics`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Gauge {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// What a task saw, for the store, the metrics and the policies.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Event {
+    Snapshot(Snapshot),
+    Gauges { gauges: Vec<Gauge> },
+}
+
+/// The result of a successful task.
+#[derive(Debug, Clone, Default)]
+pub struct TaskOutput {
+    pub rows_affected: Option<u64>,
+    pub detail: Option<String>,
+    pub event: Option<Event>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("{0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("no SQL for the {backend} backend in this job")]
+    NoSqlForBackend { backend: &'static str },
+}
+
+/// Runs a job's task once. The caller bounds it with the job's timeout.
+pub async fn run(job: &Job, ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
+    match &job.task {
+        Task::Probe { checks } => {
+            let snapshot = run_probe(&job.name, checks, &ctx.targets).await;
+            let detail = format!("status {}", snapshot.status.as_str());
+            Ok(TaskOutput { detail: Some(detail), event: Some(Event::Snapshot(snapshot)), ..Default::default() })
+        }
+        Task::PoolStats => Ok(gauges::pool_stats(&ctx.targets.db)),
+        Task::PgActivity => gauges::pg_activity(&ctx.targets.db).await,
+        Task::SqlGauge { db, metric, query } => gauges::sql_gauge(ctx.db(*db), metric, query).await,
+        Task::Prune(prune) => maintenance::prune(ctx.db(prune.db), prune).await,
+        Task::Sql(sql) => maintenance::sql_batches(ctx.db(sql.db), sql).await,
+    }
+}
+
+fn budget_spent(started: std::time::Instant, budget: Duration) -> bool {
+    started.elapsed() >= budget
+}

@@ -1,0 +1,71 @@
+//! The `probe` task: named checks, each bounded by its own timeout, run concurrently.
+
+use std::time::Instant;
+
+use chrono::Utc;
+use futures_util::future::join_all;
+
+use crate::config::{Check, CheckKind};
+use crate::health::{CheckResult, Snapshot, derive_status};
+use crate::targets::Targets;
+use crate::with_pool;
+
+/// Runs every check; a hung dependency becomes a failed check at its timeout.
+pub async fn run_probe(job: &str, checks: &[Check], targets: &Targets) -> Snapshot {
+    let checked_at = Utc::now();
+    let started = Instant::now();
+    let results = join_all(checks.iter().map(|check| run_check(check, targets))).await;
+    Snapshot {
+        job: job.to_owned(),
+        status: derive_status(&results),
+        checked_at,
+        duration_ms: millis(started),
+        checks: results,
+    }
+}
+
+async fn run_check(check: &Check, targets: &Targets) -> CheckResult {
+    let started = Instant::now();
+    let work = async {
+        match &check.kind {
+            CheckKind::Db => with_pool!(&targets.db, |p| sqlx::query("SELECT 1").fetch_one(p).await.map(|_| ()))
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            CheckKind::S3 => match &targets.s3 {
+                // Not configured counts as OK, as in the original monitor.
+                None => Ok(()),
+                Some(bucket) => bucket.head().await,
+            },
+            CheckKind::Sql { query } => match query.for_sqlite(targets.db.is_sqlite()) {
+                None => Err(format!("no query for the {} backend", targets.db.backend())),
+                Some(sql) => with_pool!(&targets.db, |p| sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_optional(p).await.map(|_| ()))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            },
+        }
+    };
+    let outcome = match tokio::time::timeout(check.timeout.std(), work).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("timed out after {}", check.timeout)),
+    };
+    CheckResult {
+        name: check.name.clone(),
+        kind: kind_name(&check.kind).to_owned(),
+        critical: check.critical,
+        ok: outcome.is_ok(),
+        error: outcome.err(),
+        duration_ms: millis(started),
+    }
+}
+
+fn kind_name(kind: &CheckKind) -> &'static str {
+    match kind {
+        CheckKind::Db => "db",
+        CheckKind::S3 => "s3",
+        CheckKind::Sql { .. } => "sql",
+    }
+}
+
+fn millis(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
