@@ -57,7 +57,8 @@ impl Pool {
                 let pool = SqlitePoolOptions::new()
                     .max_connections(settings.max_connections)
                     .acquire_timeout(settings.acquire_timeout);
-                let pool = if settings.lazy { pool.connect_lazy_with(options) } else { pool.connect_with(options).await? };
+                let pool =
+                    if settings.lazy { pool.connect_lazy_with(options) } else { pool.connect_with(options).await? };
                 Ok(Pool::Sqlite(pool))
             }
             DbUrl::Postgres(url) => {
@@ -68,7 +69,8 @@ impl Pool {
                 let pool = PgPoolOptions::new()
                     .max_connections(settings.max_connections)
                     .acquire_timeout(settings.acquire_timeout);
-                let pool = if settings.lazy { pool.connect_lazy_with(options) } else { pool.connect_with(options).await? };
+                let pool =
+                    if settings.lazy { pool.connect_lazy_with(options) } else { pool.connect_with(options).await? };
                 Ok(Pool::Postgres(pool))
             }
         }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use aws_config::environment::EnvironmentVariableCredentialsProvider;
-use aws_sdk_s3::config::{BehaviorVersion, Region, retry::RetryConfig};
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
 use sqlx::migrate::Migrator;
 
 use crate::config;
@@ -67,10 +67,15 @@ impl S3Bucket {
         let mut builder = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(target.region.clone()))
-            .credentials_provider(EnvironmentVariableCredentialsProvider::new())
             .force_path_style(target.path_style)
             // A probe reports what it sees now; the check's timeout bounds it.
             .retry_config(RetryConfig::disabled());
+        builder = match &target.access_key {
+            Some((id, secret)) => {
+                builder.credentials_provider(Credentials::new(id, secret, None, None, "schedules.toml"))
+            }
+            None => builder.credentials_provider(EnvironmentVariableCredentialsProvider::new()),
+        };
         if let Some(endpoint) = &target.endpoint {
             builder = builder.endpoint_url(endpoint);
         }

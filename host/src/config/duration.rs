@@ -48,9 +48,8 @@ impl TryFrom<&str> for Duration {
             if digits == 0 {
                 return Err(format!("invalid duration `{text}`: {hint}"));
             }
-            let number: u64 = rest[..digits]
-                .parse()
-                .map_err(|_| format!("invalid duration `{text}`: number too large"))?;
+            let number: u64 =
+                rest[..digits].parse().map_err(|_| format!("invalid duration `{text}`: number too large"))?;
             rest = &rest[digits..];
             let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
             let unit = &rest[..unit_len];
@@ -84,7 +83,7 @@ impl fmt::Display for Duration {
                 secs %= size;
             }
         }
-        if ms % 1000 != 0 {
+        if !ms.is_multiple_of(1000) {
             write!(f, "{}ms", ms % 1000)?;
         }
         Ok(())

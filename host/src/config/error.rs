@@ -55,13 +55,8 @@ impl<'s> Diagnostics<'s> {
 
     pub(crate) fn error(&mut self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) {
         let (line, column) = line_col(self.src, span.start);
-        let error = ConfigError {
-            file: self.file.to_path_buf(),
-            line,
-            column,
-            field: field.into(),
-            message: message.into(),
-        };
+        let error =
+            ConfigError { file: self.file.to_path_buf(), line, column, field: field.into(), message: message.into() };
         self.errors.push((span.start, error));
     }
 

@@ -43,6 +43,8 @@ pub struct S3Target {
     pub endpoint: Option<String>,
     pub region: String,
     pub path_style: bool,
+    /// Explicit keys; when absent the standard `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` apply.
+    pub access_key: Option<(String, String)>,
 }
 
 /// warden's own tables.
@@ -197,7 +199,8 @@ pub struct SqlStatement {
 }
 
 pub const TASK_KINDS: &[&str] = &["probe", "pool-stats", "pg-activity", "sql-gauge", "prune", "sql"];
-const COMMON_JOB_KEYS: &[&str] = &["name", "every", "cron", "tz", "jitter", "timeout", "enabled", "task", "description"];
+const COMMON_JOB_KEYS: &[&str] =
+    &["name", "every", "cron", "tz", "jitter", "timeout", "enabled", "task", "description"];
 
 fn task_keys(kind: &str) -> &'static [&'static str] {
     match kind {
@@ -238,7 +241,9 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
     let mut t = TableReader::new(root, "", ctx)?;
     match t.get("version").map(|v| (v, v.get_ref().as_integer().map(|i| i.as_str().to_owned()))) {
         Some((_, Some(v))) if v == "1" => {}
-        Some((value, _)) => ctx.diag.error(value.span(), "version", "unsupported version; this warden reads `version = 1`"),
+        Some((value, _)) => {
+            ctx.diag.error(value.span(), "version", "unsupported version; this warden reads `version = 1`")
+        }
         None => ctx.diag.error(0..0, "version", "missing required field `version` (write `version = 1`)"),
     }
     let product = t.string(ctx, "product").map_or_else(|| "warden".to_owned(), |s| s.value);
@@ -303,13 +308,24 @@ fn read_s3(value: &Value<'_>, ctx: &mut Ctx<'_>) -> Option<Option<S3Target>> {
     let endpoint = t.string(ctx, "endpoint").map(|s| s.value).filter(|s| !s.is_empty());
     let region = t.string(ctx, "region").map_or_else(|| "us-east-1".to_owned(), |s| s.value);
     let path_style = t.bool(ctx, "path_style").unwrap_or(true);
-    t.finish(ctx, &["bucket", "endpoint", "region", "path_style"]);
+    let key_id = t.string(ctx, "access_key_id").filter(|s| !s.value.is_empty());
+    let secret = t.string(ctx, "secret_access_key").filter(|s| !s.value.is_empty());
+    let access_key = match (key_id, secret) {
+        (Some(id), Some(secret)) => Some((id.value, secret.value)),
+        (None, None) => None,
+        (Some(s), None) | (None, Some(s)) => {
+            let msg = "give both `access_key_id` and `secret_access_key`, or neither";
+            ctx.diag.error(s.span, "targets.s3", msg);
+            None
+        }
+    };
+    t.finish(ctx, &["bucket", "endpoint", "region", "path_style", "access_key_id", "secret_access_key"]);
     let bucket = bucket?.value;
     // An empty bucket (e.g. `${S3_BUCKET:-}`) means S3 is not configured, as in the original monitor.
     if bucket.is_empty() {
         return Some(None);
     }
-    Some(Some(S3Target { bucket, endpoint, region, path_style }))
+    Some(Some(S3Target { bucket, endpoint, region, path_style, access_key }))
 }
 
 fn read_state(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> Option<StateConfig> {
@@ -416,7 +432,11 @@ fn read_job(value: &Value<'_>, index: usize, ctx: &mut Ctx<'_>) -> Option<(Job, 
             None
         }
         (false, false) => {
-            ctx.diag.error(t.span.clone(), t.field("every"), "missing schedule: set `every = \"30s\"` or `cron = \"0 15 3 * * *\"`");
+            ctx.diag.error(
+                t.span.clone(),
+                t.field("every"),
+                "missing schedule: set `every = \"30s\"` or `cron = \"0 15 3 * * *\"`",
+            );
             None
         }
         (true, false) => {
@@ -525,11 +545,9 @@ fn read_task(kind: &str, t: &mut TableReader<'_, '_>, ctx: &mut Ctx<'_>) -> Opti
         "sql-gauge" => {
             let db = read_db_role(t, ctx);
             let metric = t.required_string(ctx, "metric");
-            if let Some(m) = &metric {
-                if !valid_identifier(&m.value) || m.value.contains('.') {
-                    let msg = format!("invalid metric name `{}`: use letters, digits and `_`", m.value);
-                    ctx.diag.error(m.span.clone(), t.field("metric"), msg);
-                }
+            if let Some(m) = metric.as_ref().filter(|m| !valid_identifier(&m.value) || m.value.contains('.')) {
+                let msg = format!("invalid metric name `{}`: use letters, digits and `_`", m.value);
+                ctx.diag.error(m.span.clone(), t.field("metric"), msg);
             }
             let query = read_per_backend(t, ctx, "query", true);
             Some(Task::SqlGauge { db: db?, metric: metric?.value, query: query? })

@@ -182,8 +182,12 @@ impl<'a, 'i> TableReader<'a, 'i> {
             if self.used.contains(&name) {
                 continue;
             }
-            let message = misplaced(name)
-                .unwrap_or_else(|| format!("unknown field `{name}`, expected one of: {}", known.join(", ")));
+            let message = match misplaced(name) {
+                // Empty: the key cannot be judged here and another error already covers it.
+                Some(m) if m.is_empty() => continue,
+                Some(m) => m,
+                None => format!("unknown field `{name}`, expected one of: {}", known.join(", ")),
+            };
             ctx.diag.error(key.span(), self.field(name), message);
         }
     }

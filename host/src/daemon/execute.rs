@@ -95,7 +95,9 @@ pub async fn execute(job: &Job, scheduled: DateTime<Utc>, trigger: Trigger, ctx:
     }
     metrics::record_run(&job.name, outcome.as_str(), seconds);
     match &error {
-        None => info!(job = %job.name, outcome = outcome.as_str(), seconds, detail = output.detail.as_deref().unwrap_or(""), "job finished"),
+        None => {
+            info!(job = %job.name, outcome = outcome.as_str(), seconds, detail = output.detail.as_deref().unwrap_or(""), "job finished")
+        }
         Some(e) => warn!(job = %job.name, outcome = outcome.as_str(), seconds, error = %e, "job failed"),
     }
     RunReport {

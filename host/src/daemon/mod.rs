@@ -45,6 +45,8 @@ struct Daemon {
     scheduler: Scheduler,
     shared: Arc<Shared>,
     running: JoinSet<String>,
+    /// The text of the configuration now running, so an unchanged file is not reloaded.
+    loaded_text: Option<String>,
 }
 
 /// Runs until SIGTERM or Ctrl-C.
@@ -77,6 +79,7 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr) -> anyhow::Res
         shared,
         running: JoinSet::new(),
         config: config.clone(),
+        loaded_text: std::fs::read_to_string(path).ok(),
     };
     info!(
         config = %path.display(),
@@ -89,6 +92,10 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr) -> anyhow::Res
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
+        // Fire what is due first, whichever branch woke us: no event can starve the timer.
+        for fire in daemon.scheduler.due(Utc::now()) {
+            daemon.start(fire, Trigger::Schedule);
+        }
         let sleep = daemon
             .scheduler
             .next_wake()
@@ -96,11 +103,7 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr) -> anyhow::Res
             .unwrap_or(MAX_SLEEP)
             .min(MAX_SLEEP);
         tokio::select! {
-            _ = tokio::time::sleep(sleep) => {
-                for fire in daemon.scheduler.due(Utc::now()) {
-                    daemon.start(fire, Trigger::Schedule);
-                }
-            }
+            _ = tokio::time::sleep(sleep) => {}
             Some(done) = daemon.running.join_next() => match done {
                 Ok(job) => daemon.scheduler.finished(&job),
                 Err(e) => error!(error = %e, "a job task panicked"),
@@ -118,10 +121,8 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr) -> anyhow::Res
 
     if !daemon.running.is_empty() {
         info!(running = daemon.running.len(), "waiting for running jobs");
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while daemon.running.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(SHUTDOWN_GRACE, async { while daemon.running.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             warn!(running = daemon.running.len(), "jobs still running at shutdown were stopped");
             daemon.running.abort_all();
@@ -176,6 +177,11 @@ impl Daemon {
     /// Reads the file again; a valid one is swapped in, an invalid one is refused and the
     /// running configuration stays. Runs in flight finish with the job they started with.
     async fn reload(&mut self) {
+        let text = std::fs::read_to_string(&self.path).ok();
+        if text.is_some() && text == self.loaded_text {
+            info!("configuration unchanged");
+            return;
+        }
         let new = match config::load(&self.path) {
             Ok(new) => new,
             Err(errors) => {
@@ -199,6 +205,7 @@ impl Daemon {
         }
         crate::metrics::record_reload(true);
         info!(jobs = new.jobs.len(), "configuration reloaded");
+        self.loaded_text = text;
         self.load_jobs(&new).await;
         self.config = new;
     }

@@ -2,7 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::ModifyKind;
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -13,7 +14,14 @@ pub fn watch_file(path: &Path, tx: mpsc::UnboundedSender<()>) -> Option<notify::
     let dir: PathBuf = crate::config::base_dir(path);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
-            if event.paths.iter().any(|p| p.file_name() == Some(file_name.as_os_str())) {
+            // Reading the file (ours included) is not a change.
+            let change = matches!(
+                event.kind,
+                EventKind::Create(_)
+                    | EventKind::Remove(_)
+                    | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
+            );
+            if change && event.paths.iter().any(|p| p.file_name() == Some(file_name.as_os_str())) {
                 let _ = tx.send(());
             }
         }

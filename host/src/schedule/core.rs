@@ -80,9 +80,8 @@ impl Scheduler {
         for (name, spec, enabled) in jobs {
             let previous = old.remove(&name);
             let running = previous.as_ref().is_some_and(|p| p.running);
-            let unchanged = previous
-                .as_ref()
-                .is_some_and(|p| p.enabled == enabled && p.spec.to_string() == spec.to_string());
+            let unchanged =
+                previous.as_ref().is_some_and(|p| p.enabled == enabled && p.spec.to_string() == spec.to_string());
             let mut entry = Entry { name: name.clone(), spec, enabled, running, next: None };
             if enabled {
                 if unchanged {
@@ -107,10 +106,7 @@ impl Scheduler {
 
     /// When the earliest planned occurrence is due, if any job is planned.
     pub fn next_wake(&self) -> Option<DateTime<Utc>> {
-        self.heap
-            .peek()
-            .map(|Reverse((_, _, slot))| self.entries[*slot].next.map(|p| p.fire_at))
-            .and_then(|t| t)
+        self.heap.peek().map(|Reverse((_, _, slot))| self.entries[*slot].next.map(|p| p.fire_at)).and_then(|t| t)
     }
 
     /// Every occurrence due at `now`, each job re-planned after it.

@@ -8,3 +8,6 @@ mod spec;
 
 pub use core::{Fire, Planned, Scheduler};
 pub use spec::ScheduleSpec;
+
+#[cfg(test)]
+mod tests;

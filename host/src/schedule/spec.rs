@@ -32,7 +32,12 @@ impl ScheduleSpec {
                 ));
             }
         };
-        let expr = cron::Schedule::from_str(&full).map_err(|e| format!("invalid cron expression `{text}`: {e}"))?;
+        let expr = cron::Schedule::from_str(&full).map_err(|e| {
+            // The cron crate repeats the expression with a caret; its last line is the reason.
+            let text_of_error = e.to_string();
+            let reason = text_of_error.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or_default().to_owned();
+            format!("invalid cron expression `{text}`: {reason}")
+        })?;
         if expr.upcoming(tz).next().is_none() {
             return Err(format!("cron expression `{text}` never fires"));
         }
@@ -68,9 +73,7 @@ impl ScheduleSpec {
                 let next = (t.div_euclid(p) + 1) * p;
                 Utc.timestamp_millis_opt(next).single()
             }
-            Self::Cron { expr, tz, .. } => {
-                expr.after(&after.with_timezone(tz)).next().map(|t| t.with_timezone(&Utc))
-            }
+            Self::Cron { expr, tz, .. } => expr.after(&after.with_timezone(tz)).next().map(|t| t.with_timezone(&Utc)),
         }
     }
 

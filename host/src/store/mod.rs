@@ -98,7 +98,9 @@ impl StateStore {
         let settings = PoolSettings { max_connections: 5, acquire_timeout: Duration::from_secs(5), lazy: false };
         if let DbUrl::Postgres(_) = &config.url {
             // The schema must exist before the pool's search_path can point at it.
-            let plain = Pool::open(&config.url, settings, None).await.map_err(|source| StoreError::Open { url: url.clone(), source })?;
+            let plain = Pool::open(&config.url, settings, None)
+                .await
+                .map_err(|source| StoreError::Open { url: url.clone(), source })?;
             plain
                 .execute(&format!("CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}"))
                 .await
@@ -113,7 +115,7 @@ impl StateStore {
             Pool::Postgres(p) => POSTGRES_MIGRATIONS.run(p).await,
         };
         migrated.map_err(|source| StoreError::Migrate { url, source })?;
-        let replica = format!("{}-{}", hostname(), std::process::id());
+        let replica = format!("{}-{}-{:04x}", hostname(), std::process::id(), rand::random::<u16>());
         Ok(Self { pool, replica })
     }
 
@@ -150,7 +152,15 @@ impl StateStore {
                    VALUES ($1, $2, 'schedule', $3, $4, $4, 'skipped', $5) ON CONFLICT (job, scheduled_at) DO NOTHING";
         let now = Ts(Utc::now());
         with_pool!(&self.pool, |p| {
-            sqlx::query(sql).bind(job).bind(Ts(scheduled)).bind(&self.replica).bind(now).bind(reason).execute(p).await.map(|_| ())?
+            sqlx::query(sql)
+                .bind(job)
+                .bind(Ts(scheduled))
+                .bind(&self.replica)
+                .bind(now)
+                .bind(reason)
+                .execute(p)
+                .await
+                .map(|_| ())?
         });
         Ok(())
     }
@@ -182,10 +192,9 @@ impl StateStore {
 
     /// The newest run of every job that has one.
     pub async fn last_runs(&self) -> Result<HashMap<String, RunRow>, StoreError> {
-        let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM job_runs WHERE id IN (SELECT MAX(id) FROM job_runs GROUP BY job)"
-        );
-        let rows: Vec<RunRow> = with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).fetch_all(p).await?);
+        let sql = format!("SELECT {RUN_COLUMNS} FROM job_runs WHERE id IN (SELECT MAX(id) FROM job_runs GROUP BY job)");
+        let rows: Vec<RunRow> =
+            with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).fetch_all(p).await?);
         Ok(rows.into_iter().map(|r| (r.job.clone(), r)).collect())
     }
 
@@ -199,11 +208,16 @@ impl StateStore {
     /// A job's runs, newest first.
     pub async fn runs(&self, job: &str, limit: i64) -> Result<Vec<RunRow>, StoreError> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM job_runs WHERE job = $1 ORDER BY id DESC LIMIT $2");
-        Ok(with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(job).bind(limit).fetch_all(p).await?))
+        Ok(with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(job)
+            .bind(limit)
+            .fetch_all(p)
+            .await?))
     }
 
     pub async fn insert_health(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
-        let sql = "INSERT INTO health_history (job, checked_at, status, duration_ms, checks) VALUES ($1, $2, $3, $4, $5)";
+        let sql =
+            "INSERT INTO health_history (job, checked_at, status, duration_ms, checks) VALUES ($1, $2, $3, $4, $5)";
         let checks = serde_json::to_string(&snapshot.checks).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let duration = i64::try_from(snapshot.duration_ms).unwrap_or(i64::MAX);
         with_pool!(&self.pool, |p| {

@@ -53,7 +53,7 @@ pub async fn sql_gauge(pool: &Pool, metric: &str, query: &PerBackend) -> Result<
     let mut gauges = Vec::new();
     let rows = with_pool!(pool, |p| {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(p).await?;
-        rows.iter().take(MAX_GAUGE_ROWS).map(|row| read_row(row)).collect::<Vec<_>>()
+        rows.iter().take(MAX_GAUGE_ROWS).map(read_row).collect::<Vec<_>>()
     });
     let row_count = rows.len();
     for (labels, values) in rows {

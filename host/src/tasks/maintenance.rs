@@ -17,14 +17,18 @@ pub async fn prune(pool: &Pool, prune: &Prune) -> Result<TaskOutput, TaskError> 
     let column = quote_ident(&prune.column);
     // The row handle differs: `rowid` on SQLite, `ctid` on Postgres.
     let row_id = if pool.is_sqlite() { "rowid" } else { "ctid" };
-    let sql = format!(
-        "DELETE FROM {table} WHERE {row_id} IN (SELECT {row_id} FROM {table} WHERE {column} < $1 LIMIT $2)"
-    );
+    let sql =
+        format!("DELETE FROM {table} WHERE {row_id} IN (SELECT {row_id} FROM {table} WHERE {column} < $1 LIMIT $2)");
     let batch = i64::try_from(prune.batch_size).unwrap_or(i64::MAX);
     let started = Instant::now();
     let (mut total, mut batches) = (0u64, 0u32);
     loop {
-        let n = with_pool!(pool, |p| sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(cutoff).bind(batch).execute(p).await?.rows_affected());
+        let n = with_pool!(pool, |p| sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(cutoff)
+            .bind(batch)
+            .execute(p)
+            .await?
+            .rows_affected());
         total += n;
         batches += 1;
         if n < prune.batch_size {
@@ -34,12 +38,17 @@ pub async fn prune(pool: &Pool, prune: &Prune) -> Result<TaskOutput, TaskError> 
             return Ok(budget_note(total, batches));
         }
     }
-    Ok(TaskOutput { rows_affected: Some(total), detail: Some(format!("{total} rows in {batches} batches")), event: None })
+    Ok(TaskOutput {
+        rows_affected: Some(total),
+        detail: Some(format!("{total} rows in {batches} batches")),
+        event: None,
+    })
 }
 
 /// Runs the statement (with `{batch}` replaced) until it affects no rows.
 pub async fn sql_batches(pool: &Pool, task: &SqlStatement) -> Result<TaskOutput, TaskError> {
-    let text = task.statement.for_sqlite(pool.is_sqlite()).ok_or(TaskError::NoSqlForBackend { backend: pool.backend() })?;
+    let text =
+        task.statement.for_sqlite(pool.is_sqlite()).ok_or(TaskError::NoSqlForBackend { backend: pool.backend() })?;
     let sql = text.replace("{batch}", &task.batch_size.to_string());
     let started = Instant::now();
     let (mut total, mut batches) = (0u64, 0u32);
@@ -54,7 +63,11 @@ pub async fn sql_batches(pool: &Pool, task: &SqlStatement) -> Result<TaskOutput,
             return Ok(budget_note(total, batches));
         }
     }
-    Ok(TaskOutput { rows_affected: Some(total), detail: Some(format!("{total} rows in {batches} batches")), event: None })
+    Ok(TaskOutput {
+        rows_affected: Some(total),
+        detail: Some(format!("{total} rows in {batches} batches")),
+        event: None,
+    })
 }
 
 fn budget_note(total: u64, batches: u32) -> TaskOutput {

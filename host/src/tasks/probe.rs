@@ -38,9 +38,12 @@ async fn run_check(check: &Check, targets: &Targets) -> CheckResult {
             },
             CheckKind::Sql { query } => match query.for_sqlite(targets.db.is_sqlite()) {
                 None => Err(format!("no query for the {} backend", targets.db.backend())),
-                Some(sql) => with_pool!(&targets.db, |p| sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_optional(p).await.map(|_| ()))
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
+                Some(sql) => with_pool!(&targets.db, |p| sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .fetch_optional(p)
+                    .await
+                    .map(|_| ()))
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             },
         }
     };

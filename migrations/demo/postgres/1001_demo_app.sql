@@ -59,7 +59,7 @@ INSERT INTO tower_sessions.session (id, data, expiry_date) VALUES ('demo-session
 INSERT INTO device_cursor (device_id, user_id, last_pulled_seq) VALUES
     ('ada-phone', 1, 40), ('ada-laptop', 1, 45), ('grace-phone', 2, 5);
 INSERT INTO sync_log (user_id, seq, created_at)
-SELECT 1, i, now() - make_interval(days => 100 - i) FROM generate_series(1, 60) AS i;
+SELECT 1, i, now() - make_interval(days => 100 - i, hours => 12) FROM generate_series(1, 60) AS i;
 INSERT INTO sync_log (user_id, seq, created_at)
 SELECT 2, i, now() - make_interval(days => 20 - i) FROM generate_series(1, 10) AS i;
 INSERT INTO oauth_code (code, user_id, expires_at, used_at) VALUES

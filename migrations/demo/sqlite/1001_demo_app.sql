@@ -56,12 +56,13 @@ INSERT INTO users (id, email, status_alerts, tier) VALUES
 INSERT INTO creator_storage (creator_id, tier, bytes_used) VALUES
     (1, 'pro', 53687091200), (2, 'free', 1020054732), (3, 'free', 104857600);
 INSERT INTO session (id, data, expiry_date) VALUES ('demo-session', x'00', datetime('now', '+14 days'));
+-- Entry ages sit half a day off whole days, so no row is on a retention boundary.
 -- User 1 has two devices; both pulled up to seq 40. User 2 has one device at seq 5.
 INSERT INTO device_cursor (device_id, user_id, last_pulled_seq) VALUES
     ('ada-phone', 1, 40), ('ada-laptop', 1, 45), ('grace-phone', 2, 5);
 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60)
 INSERT INTO sync_log (user_id, seq, created_at)
-SELECT 1, i, datetime('now', printf('-%d days', 100 - i)) FROM n;
+SELECT 1, i, datetime('now', printf('-%d days', 100 - i), '-12 hours') FROM n;
 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10)
 INSERT INTO sync_log (user_id, seq, created_at)
 SELECT 2, i, datetime('now', printf('-%d days', 20 - i)) FROM n;

@@ -1,0 +1,211 @@
+//! The scheduler as a specification: time is passed in, never read.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+
+use super::core::catch_up;
+use super::{Fire, ScheduleSpec, Scheduler};
+use crate::config::Duration;
+
+fn t(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+}
+
+fn d(text: &str) -> Duration {
+    Duration::try_from(text).unwrap()
+}
+
+fn every(period: &str) -> ScheduleSpec {
+    ScheduleSpec::every(d(period), Duration::default()).unwrap()
+}
+
+fn cron(expr: &str, tz: Tz) -> ScheduleSpec {
+    ScheduleSpec::cron(expr, tz, Duration::default()).unwrap()
+}
+
+#[test]
+fn every_is_aligned_to_the_epoch_so_replicas_agree() {
+    let s = every("30s");
+    assert_eq!(s.next_after(t("2026-01-01T00:00:07Z")), Some(t("2026-01-01T00:00:30Z")));
+    assert_eq!(s.next_after(t("2026-01-01T00:00:30Z")), Some(t("2026-01-01T00:01:00Z")));
+    assert_eq!(
+        every("5m").upcoming(t("2026-01-01T00:03:00Z"), 3),
+        vec![t("2026-01-01T00:05:00Z"), t("2026-01-01T00:10:00Z"), t("2026-01-01T00:15:00Z")]
+    );
+}
+
+#[test]
+fn cron_fires_in_utc_by_default() {
+    let s = cron("0 15 3 * * *", Tz::UTC);
+    assert_eq!(
+        s.upcoming(t("2026-05-01T12:00:00Z"), 3),
+        vec![t("2026-05-02T03:15:00Z"), t("2026-05-03T03:15:00Z"), t("2026-05-04T03:15:00Z")]
+    );
+}
+
+#[test]
+fn five_field_crontab_lines_fire_at_second_zero() {
+    let s = cron("*/5 * * * *", Tz::UTC);
+    assert_eq!(s.next_after(t("2026-05-01T12:01:30Z")), Some(t("2026-05-01T12:05:00Z")));
+}
+
+#[test]
+fn cron_follows_the_time_zone_across_a_dst_change() {
+    // Europe/Berlin springs forward on 2026-03-29: 03:00 local is 02:00 UTC before, 01:00 UTC after.
+    let s = cron("0 0 3 * * *", "Europe/Berlin".parse().unwrap());
+    assert_eq!(
+        s.upcoming(t("2026-03-27T12:00:00Z"), 3),
+        vec![t("2026-03-28T02:00:00Z"), t("2026-03-29T01:00:00Z"), t("2026-03-30T01:00:00Z")]
+    );
+    // And back on 2026-10-25.
+    assert_eq!(s.upcoming(t("2026-10-24T12:00:00Z"), 2), vec![t("2026-10-25T02:00:00Z"), t("2026-10-26T02:00:00Z")]);
+}
+
+#[test]
+fn a_local_time_skipped_by_dst_does_not_fire_that_day() {
+    // 02:30 does not exist in Berlin on 2026-03-29.
+    let s = cron("0 30 2 * * *", "Europe/Berlin".parse().unwrap());
+    let next: Vec<_> = s.upcoming(t("2026-03-28T12:00:00Z"), 2);
+    assert_eq!(next, vec![t("2026-03-30T00:30:00Z"), t("2026-03-31T00:30:00Z")]);
+}
+
+#[test]
+fn bad_schedules_are_refused() {
+    assert!(ScheduleSpec::cron("0 15 3 * *  * * *", Tz::UTC, d("0s")).unwrap_err().contains("fields"));
+    assert!(ScheduleSpec::cron("0 61 3 * * *", Tz::UTC, d("0s")).unwrap_err().contains("invalid cron"));
+    assert!(ScheduleSpec::every(d("0s"), d("0s")).is_err());
+}
+
+#[test]
+fn latest_occurrence_at_or_before() {
+    let s = cron("0 15 3 * * *", Tz::UTC);
+    assert_eq!(s.latest_at_or_before(t("2026-05-02T03:15:00Z")), Some(t("2026-05-02T03:15:00Z")));
+    assert_eq!(s.latest_at_or_before(t("2026-05-02T03:14:59Z")), Some(t("2026-05-01T03:15:00Z")));
+    assert_eq!(every("30s").latest_at_or_before(t("2026-05-02T03:14:59Z")), Some(t("2026-05-02T03:14:30Z")));
+}
+
+#[test]
+fn catch_up_decision_table() {
+    let daily = cron("0 15 3 * * *", Tz::UTC);
+    let now = t("2026-05-02T12:00:00Z");
+    let table = [
+        // (last run, expected catch-up occurrence)
+        (None, Some(t("2026-05-02T03:15:00Z"))),
+        (Some(t("2026-05-01T03:15:00Z")), Some(t("2026-05-02T03:15:00Z"))), // missed today's run
+        (Some(t("2026-04-20T03:15:00Z")), Some(t("2026-05-02T03:15:00Z"))), // missed many: runs once
+        (Some(t("2026-05-02T03:15:00Z")), None),                            // today's already ran
+    ];
+    for (last, want) in table {
+        assert_eq!(catch_up(&daily, last, now), want, "last run {last:?}");
+    }
+}
+
+#[test]
+fn a_process_restarting_hourly_still_prunes_daily() {
+    // The original monitor counted ticks, so a restart every hour meant no daily work ever.
+    let daily = cron("0 15 3 * * *", Tz::UTC);
+    let mut last: HashMap<String, DateTime<Utc>> = HashMap::new();
+    let mut runs = 0;
+    for hour in 0..72 {
+        let now = t("2026-05-01T00:30:00Z") + chrono::Duration::hours(hour);
+        let mut s = Scheduler::new(1);
+        for fire in s.load([("prune".to_owned(), daily.clone(), true)], now, &last) {
+            if let Fire::Run { scheduled, .. } = fire {
+                runs += 1;
+                last.insert("prune".into(), scheduled);
+            }
+        }
+    }
+    // The first start catches up the 30 April run, then one run per day: 1 May, 2 May, 3 May.
+    assert_eq!(runs, 4);
+}
+
+#[test]
+fn due_fires_each_occurrence_once_and_replans() {
+    let mut s = Scheduler::new(7);
+    let start = t("2026-05-01T00:00:10Z");
+    let last = HashMap::from([("probe".to_owned(), t("2026-05-01T00:00:00Z"))]);
+    assert!(s.load([("probe".to_owned(), every("30s"), true)], start, &last).is_empty());
+    assert_eq!(s.next_wake(), Some(t("2026-05-01T00:00:30Z")));
+    assert!(s.due(t("2026-05-01T00:00:29Z")).is_empty());
+    let fires = s.due(t("2026-05-01T00:00:30Z"));
+    assert_eq!(fires, vec![Fire::Run { job: "probe".into(), scheduled: t("2026-05-01T00:00:30Z") }]);
+    s.finished("probe");
+    assert_eq!(s.next_wake(), Some(t("2026-05-01T00:01:00Z")));
+}
+
+#[test]
+fn overlap_skips_while_the_last_run_is_still_going() {
+    let mut s = Scheduler::new(7);
+    let last = HashMap::from([("slow".to_owned(), t("2026-05-01T00:00:00Z"))]);
+    s.load([("slow".to_owned(), every("10s"), true)], t("2026-05-01T00:00:01Z"), &last);
+    assert!(matches!(s.due(t("2026-05-01T00:00:10Z"))[..], [Fire::Run { .. }]));
+    // Still running at the next occurrence: skipped, and the one after too.
+    assert_eq!(
+        s.due(t("2026-05-01T00:00:20Z")),
+        vec![Fire::SkipOverlap { job: "slow".into(), scheduled: t("2026-05-01T00:00:20Z") }]
+    );
+    assert!(matches!(s.due(t("2026-05-01T00:00:30Z"))[..], [Fire::SkipOverlap { .. }]));
+    s.finished("slow");
+    assert!(matches!(s.due(t("2026-05-01T00:00:40Z"))[..], [Fire::Run { .. }]));
+}
+
+#[test]
+fn a_late_wake_up_fires_once_not_a_burst() {
+    let mut s = Scheduler::new(7);
+    let last = HashMap::from([("probe".to_owned(), t("2026-05-01T00:00:00Z"))]);
+    s.load([("probe".to_owned(), every("30s"), true)], t("2026-05-01T00:00:01Z"), &last);
+    // The process was paused for five minutes.
+    let fires = s.due(t("2026-05-01T00:05:05Z"));
+    assert_eq!(fires.len(), 1);
+    assert_eq!(s.next_wake(), Some(t("2026-05-01T00:05:30Z")));
+}
+
+#[test]
+fn jitter_delays_within_its_bounds_and_keeps_the_occurrence_key() {
+    let spec = ScheduleSpec::every(d("1m"), d("10s")).unwrap();
+    let mut s = Scheduler::new(42);
+    let last = HashMap::from([("j".to_owned(), t("2026-05-01T00:00:00Z"))]);
+    s.load([("j".to_owned(), spec, true)], t("2026-05-01T00:00:00Z"), &last);
+    let mut delays = Vec::new();
+    for _ in 0..500 {
+        let planned = s.planned("j").unwrap();
+        let delay = (planned.fire_at - planned.scheduled).num_milliseconds();
+        assert!((0..10_000).contains(&delay), "delay {delay} ms out of bounds");
+        assert_eq!(planned.scheduled.timestamp() % 60, 0, "the occurrence key stays aligned");
+        delays.push(delay);
+        let fires = s.due(planned.fire_at);
+        assert_eq!(fires, vec![Fire::Run { job: "j".into(), scheduled: planned.scheduled }]);
+        s.finished("j");
+    }
+    // Spread over the window, not stuck at one end.
+    assert!(delays.iter().any(|&d| d < 2_000) && delays.iter().any(|&d| d > 8_000));
+}
+
+#[test]
+fn reload_keeps_unchanged_plans_and_running_flags() {
+    let mut s = Scheduler::new(7);
+    let now = t("2026-05-01T00:00:01Z");
+    let last =
+        HashMap::from([("a".to_owned(), t("2026-05-01T00:00:00Z")), ("b".to_owned(), t("2026-05-01T00:00:00Z"))]);
+    s.load([("a".to_owned(), every("30s"), true), ("b".to_owned(), every("1m"), true)], now, &last);
+    assert!(matches!(s.due(t("2026-05-01T00:00:30Z"))[..], [Fire::Run { .. }]));
+    assert!(s.is_running("a"));
+    // `b` rescheduled, `c` added, `a` unchanged and still running.
+    let fires = s.load(
+        [
+            ("a".to_owned(), every("30s"), true),
+            ("b".to_owned(), every("2m"), true),
+            ("c".to_owned(), every("1h"), false),
+        ],
+        t("2026-05-01T00:00:31Z"),
+        &last,
+    );
+    assert!(fires.is_empty(), "b's latest 2m slot is not newer than its last run: {fires:?}");
+    assert!(s.is_running("a"));
+    assert_eq!(s.planned("a").unwrap().scheduled, t("2026-05-01T00:01:00Z"));
+    assert_eq!(s.planned("b").unwrap().scheduled, t("2026-05-01T00:02:00Z"));
+    assert_eq!(s.planned("c"), None, "a disabled job is not planned");
+}

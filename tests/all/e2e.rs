@@ -1,0 +1,239 @@
+//! End to end: the `warden` binary cargo built for these tests, driven over HTTP,
+//! signals and the command line.
+
+use std::time::Duration;
+
+use crate::support::{Daemon, schedule_dir, wait_for, warden};
+
+const PROBE_EVERY_SECOND: &str = r#"version = 1
+[[job]]
+name = "probe"
+every = "1s"
+task = "probe"
+checks = [
+  { name = "db", kind = "db", critical = true, timeout = "2s" },
+  { name = "sessions", kind = "sql", query = "SELECT EXISTS(SELECT 1 FROM session)" },
+]
+
+[[job]]
+name = "pool"
+every = "1s"
+task = "pool-stats"
+"#;
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[test]
+fn run_serves_health_and_metrics_and_exits_cleanly_on_sigterm() {
+    let (dir, config) = schedule_dir(PROBE_EVERY_SECOND);
+    let daemon = Daemon::start(dir.path(), &config);
+
+    let health = wait_for(Duration::from_secs(20), "a probe", || {
+        let (code, body) = daemon.get("/health");
+        (code == 200).then(|| json(&body))
+    });
+    assert_eq!(health["status"], "operational");
+    assert_eq!(health["job"], "probe");
+    assert!(health["checked_at"].as_str().unwrap().ends_with('Z'));
+    assert!(health["duration_ms"].is_u64());
+    let checks = health["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 2);
+    assert_eq!(checks[0]["name"], "db");
+    assert_eq!(checks[0]["ok"], true);
+    assert!(checks[1]["duration_ms"].is_u64());
+
+    let metrics = wait_for(Duration::from_secs(10), "two probe runs in /metrics", || {
+        let (_, body) = daemon.get("/metrics");
+        body.lines()
+            .any(|l| l.starts_with("warden_job_runs_total{job=\"probe\",outcome=\"ok\"}") && !l.ends_with(" 1"))
+            .then_some(body)
+    });
+    for needle in [
+        "warden_status 0",
+        "warden_check_up{check=\"db\"} 1",
+        "warden_check_up{check=\"sessions\"} 1",
+        "warden_job_duration_seconds_bucket{job=\"probe\",le=\"0.005\"}",
+        "warden_db_pool_max 5",
+        "warden_db_pool_idle",
+        "warden_db_pool_active",
+        "# TYPE warden_job_duration_seconds histogram",
+    ] {
+        assert!(metrics.contains(needle), "missing `{needle}` in:\n{metrics}");
+    }
+    // The embedded default created both SQLite files beside the schedule.
+    assert!(dir.path().join("demo-app.db").exists() && dir.path().join("warden-state.db").exists());
+
+    let log_before = daemon.log();
+    assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0), "{log_before}");
+}
+
+#[test]
+fn health_is_503_before_any_check_and_when_the_status_is_error() {
+    let (dir, config) = schedule_dir("version = 1\n[[job]]\nname = \"pool\"\nevery = \"1h\"\ntask = \"pool-stats\"\n");
+    let daemon = Daemon::start(dir.path(), &config);
+    let (code, body) = daemon.get("/health");
+    assert_eq!(code, 503);
+    assert_eq!(json(&body)["status"], "unknown");
+    drop(daemon);
+
+    let port = crate::support::free_port();
+    let body = format!(
+        "version = 1\n[targets]\ndatabase = \"postgres://postgres@127.0.0.1:{port}/gone\"\n\
+         [[job]]\nname = \"probe\"\nevery = \"1s\"\ntask = \"probe\"\nchecks = [{{ name = \"db\", kind = \"db\", timeout = \"1s\" }}]\n"
+    );
+    std::fs::write(&config, body).unwrap();
+    let daemon = Daemon::start(dir.path(), &config);
+    let health = wait_for(Duration::from_secs(20), "an error status", || {
+        let (code, body) = daemon.get("/health");
+        (code == 503 && body.contains("\"error\"")).then(|| json(&body))
+    });
+    assert_eq!(health["checks"][0]["ok"], false);
+    let (_, metrics) = daemon.get("/metrics");
+    assert!(metrics.contains("warden_status 2") && metrics.contains("warden_check_up{check=\"db\"} 0"), "{metrics}");
+}
+
+#[test]
+fn check_lists_every_problem_with_file_line_and_column() {
+    let (dir, config) = schedule_dir(
+        "version = 1\n[[job]]\nname = \"a\"\nevery = \"30 s\"\ntask = \"probe\"\n\n[[job]]\nname = \"b\"\ncron = \"0 0 25 * * *\"\ntask = \"nope\"\n",
+    );
+    let (code, stdout, stderr) = warden(dir.path(), &["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let shown = config.display().to_string();
+    for needle in [
+        format!("{shown}:4:9: job \"a\".every: invalid duration `30 s`"),
+        format!("{shown}:2:1: job \"a\".checks: missing required field `checks`"),
+        format!("{shown}:9:8: job \"b\".cron: invalid cron expression `0 0 25 * * *`"),
+        format!("{shown}:10:8: job \"b\".task: unknown task kind `nope`"),
+        format!("{shown}: 4 problem(s) found"),
+    ] {
+        assert!(stderr.contains(&needle), "missing `{needle}` in:\n{stderr}");
+    }
+
+    let (code, stdout, _) = warden(dir.path(), &["check", "--config", "../../no/such/file.toml"]);
+    assert_eq!(code, 1, "{stdout}");
+}
+
+#[test]
+fn jobs_lists_schedules_next_fires_and_last_runs() {
+    let (dir, config) = schedule_dir(
+        r#"version = 1
+[[job]]
+name = "nightly"
+cron = "0 0 3 * * *"
+tz = "Europe/Berlin"
+task = "pool-stats"
+
+[[job]]
+name = "often"
+every = "30s"
+task = "pool-stats"
+enabled = false
+"#,
+    );
+    let cfg = config.to_str().unwrap();
+    let (code, stdout, stderr) = warden(dir.path(), &["jobs", "--config", cfg]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("nightly\n  task      pool-stats\n  schedule  cron `0 0 3 * * *` Europe/Berlin"),
+        "{stdout}"
+    );
+    let next = stdout.lines().find(|l| l.starts_with("  next")).unwrap();
+    assert_eq!(next.matches("03:00:00 CE").count(), 3, "three fire times in Berlin time: {next}");
+    assert!(stdout.contains("often (disabled)"));
+    assert!(stdout.contains("  last run  never"));
+
+    let (code, stdout, _) = warden(dir.path(), &["trigger", "nightly", "--config", cfg]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("outcome  ok"), "{stdout}");
+    let (_, stdout, _) = warden(dir.path(), &["jobs", "--config", cfg]);
+    assert!(stdout.contains(" ok (manual)"), "{stdout}");
+}
+
+#[test]
+fn trigger_exits_non_zero_when_the_job_fails() {
+    let (dir, config) = schedule_dir(
+        "version = 1\n[[job]]\nname = \"broken\"\nevery = \"1h\"\ntask = \"sql\"\nstatement = \"DELETE FROM no_such_table\"\n",
+    );
+    let cfg = config.to_str().unwrap();
+    let (code, stdout, _) = warden(dir.path(), &["trigger", "broken", "--config", cfg]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("outcome  failed") && stdout.contains("no such table"), "{stdout}");
+    let (code, _, stderr) = warden(dir.path(), &["trigger", "missing", "--config", cfg]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no job `missing`") && stderr.contains("jobs: broken"), "{stderr}");
+}
+
+#[test]
+fn a_changed_schedule_is_reloaded_and_a_broken_one_refused() {
+    let (dir, config) = schedule_dir(PROBE_EVERY_SECOND);
+    let daemon = Daemon::start(dir.path(), &config);
+    wait_for(Duration::from_secs(20), "the first probe", || (daemon.get("/health").0 == 200).then_some(()));
+
+    // A valid edit: a new job appears and runs without a restart.
+    let added = format!("{PROBE_EVERY_SECOND}\n[[job]]\nname = \"added\"\nevery = \"1s\"\ntask = \"pool-stats\"\n");
+    std::fs::write(&config, &added).unwrap();
+    wait_for(Duration::from_secs(20), "the added job to run", || {
+        daemon.get("/metrics").1.contains("warden_job_runs_total{job=\"added\",outcome=\"ok\"}").then_some(())
+    });
+
+    // A broken edit is refused with the `warden check` messages; the running jobs go on.
+    std::fs::write(
+        &config,
+        added.replace("every = \"1s\"\ntask = \"pool-stats\"", "every = \"1 s\"\ntask = \"pool-stats\""),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(20), "the refusal in the log", || {
+        daemon.log().contains("configuration refused").then_some(())
+    });
+    let log = daemon.log();
+    assert!(log.contains("schedules.toml:13:9: job \"pool\".every: invalid duration `1 s`"), "{log}");
+    assert!(log.contains("schedules.toml:18:9: job \"added\".every: invalid duration `1 s`"), "{log}");
+    let runs = |body: &str| -> u64 {
+        body.lines()
+            .find(|l| l.starts_with("warden_job_runs_total{job=\"added\",outcome=\"ok\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = runs(&daemon.get("/metrics").1);
+    wait_for(Duration::from_secs(10), "the old configuration to keep running", || {
+        (runs(&daemon.get("/metrics").1) > before).then_some(())
+    });
+    assert!(daemon.get("/metrics").1.contains("warden_config_reloads_total{result=\"refused\"}"));
+
+    // SIGHUP reloads too: a fixed file is taken.
+    std::fs::write(&config, PROBE_EVERY_SECOND).unwrap();
+    daemon.signal("HUP");
+    wait_for(Duration::from_secs(20), "a reload", || {
+        daemon.log().matches("configuration reloaded").count().ge(&2).then_some(())
+    });
+    assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
+}
+
+#[test]
+fn a_daily_job_missed_while_down_runs_once_at_start_up() {
+    let (dir, config) = schedule_dir(
+        "version = 1\n[[job]]\nname = \"daily\"\ncron = \"0 15 3 * * *\"\ntask = \"prune\"\ndb = \"state\"\ntable = \"health_history\"\ncolumn = \"checked_at\"\nolder_than = \"30d\"\n",
+    );
+    let cfg = config.to_str().unwrap();
+    let runs = |dir: &std::path::Path| {
+        let (_, stdout, _) = warden(dir, &["jobs", "--config", cfg]);
+        stdout
+    };
+    for attempt in 0..2 {
+        let daemon = Daemon::start(dir.path(), &config);
+        wait_for(Duration::from_secs(20), "the catch-up run", || {
+            runs(dir.path()).contains("ok (catch-up)").then_some(())
+        });
+        assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0), "start {attempt}");
+    }
+    let db = dir.path().join("warden-state.db");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let count: i64 = rt.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM job_runs").fetch_one(&pool).await.unwrap()
+    });
+    assert_eq!(count, 1, "the second start must not run it again");
+}

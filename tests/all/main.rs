@@ -1,0 +1,9 @@
+//! One test binary for every integration test (each extra binary links ~500 MB).
+//! Areas: configuration snapshots, Postgres-backed tasks and store, S3, end to end.
+
+mod support;
+
+mod config_ui;
+mod e2e;
+mod postgres;
+mod s3;

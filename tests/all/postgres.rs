@@ -1,0 +1,307 @@
+//! Against real PostgreSQL: migrations, the probe (up, down, hung), pruning in batches,
+//! the shipped compaction and OAuth cleanup, and one run per occurrence across replicas.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use warden::config::Config;
+use warden::daemon::{Trigger, execute};
+use warden::health::Status;
+use warden::store::{Outcome, StateStore};
+use warden::tasks::{Event, TaskContext};
+
+use crate::support::{TestDb, silent_server};
+
+fn config(body: &str) -> Config {
+    warden::config::parse(body, Path::new("/tmp/warden-test/schedules.toml"), &|_| None)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The shipped schedule with DATABASE_URL pointing at `url`.
+fn shipped(url: &str) -> Config {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schedules.toml");
+    let src = std::fs::read_to_string(&path).unwrap();
+    let env = |name: &str| (name == "DATABASE_URL" || name == "WARDEN_STATE_URL").then(|| url.to_owned());
+    warden::config::parse(&src, &path, &env).unwrap()
+}
+
+fn snapshot(report: &warden::daemon::RunReport) -> &warden::health::Snapshot {
+    match &report.event {
+        Some(Event::Snapshot(s)) => s,
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+}
+
+async fn open(config: &Config) -> TaskContext {
+    warden::daemon::open(config).await.unwrap()
+}
+
+#[tokio::test]
+async fn migrations_create_the_state_tables_in_their_own_schema_and_rerun_cleanly() {
+    let db = TestDb::create().await;
+    let cfg = config(&format!("version = 1\n[state]\nurl = \"{}\"\n", db.url));
+    StateStore::open(&cfg.state).await.unwrap();
+    StateStore::open(&cfg.state).await.expect("migrations are idempotent");
+    let pool = db.pool().await;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'warden' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, ["_sqlx_migrations", "health_history", "job_runs", "outbox", "policy_state"]);
+    let public: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(public, 0, "warden creates nothing in the application's schema");
+    pool.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn the_shipped_jobs_run_green_against_postgres_with_the_demo_schema() {
+    let db = TestDb::create().await;
+    let mut cfg = shipped(&db.url);
+    cfg.targets.demo_schema = true; // "unless asked": here we ask.
+    let ctx = open(&cfg).await;
+    for job in &cfg.jobs {
+        let report = execute(job, Utc::now(), Trigger::Manual, &ctx).await;
+        assert_eq!(report.outcome, Outcome::Ok, "{}: {:?}", job.name, report.error);
+    }
+    let probe = execute(cfg.job("health-probe").unwrap(), Utc::now(), Trigger::Manual, &ctx).await;
+    let snap = snapshot(&probe);
+    assert_eq!(snap.status, Status::Operational, "{snap:?}");
+    assert_eq!(snap.checks.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["db", "s3", "sessions"]);
+    let gauges = execute(cfg.job("pg-activity").unwrap(), Utc::now(), Trigger::Manual, &ctx).await;
+    match gauges.event {
+        Some(Event::Gauges { gauges }) => {
+            let get = |n: &str| gauges.iter().find(|g| g.name == n).map(|g| g.value).unwrap();
+            assert!(get("pg_client_backends") >= 1.0);
+            assert!(get("pg_max_connections") >= get("pg_client_backends"));
+        }
+        other => panic!("{other:?}"),
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn without_being_asked_warden_never_creates_the_application_tables() {
+    let db = TestDb::create().await;
+    let cfg = shipped(&db.url);
+    assert!(!cfg.targets.demo_schema);
+    let ctx = open(&cfg).await;
+    let probe = execute(cfg.job("health-probe").unwrap(), Utc::now(), Trigger::Manual, &ctx).await;
+    let snap = snapshot(&probe);
+    // The database answers, but the application's sessions table is not there: degraded.
+    assert_eq!(snap.status, Status::Degraded, "{snap:?}");
+    let sessions = snap.checks.iter().find(|c| c.name == "sessions").unwrap();
+    assert!(sessions.error.as_deref().unwrap().contains("tower_sessions.session"), "{sessions:?}");
+    let pool = db.pool().await;
+    let public: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(public, 0);
+    pool.close().await;
+    db.drop_db().await;
+}
+
+fn probe_config(state: &str, target: &str, check_timeout: &str) -> Config {
+    config(&format!(
+        r#"version = 1
+[targets]
+database = "{target}"
+[state]
+url = "{state}"
+[[job]]
+name = "probe"
+every = "30s"
+task = "probe"
+checks = [{{ name = "db", kind = "db", timeout = "{check_timeout}" }}]
+"#
+    ))
+}
+
+#[tokio::test]
+async fn the_probe_reports_error_when_the_database_is_unreachable() {
+    let state = TestDb::create().await;
+    let port = crate::support::free_port(); // nothing listens here
+    let cfg = probe_config(&state.url, &format!("postgres://postgres@127.0.0.1:{port}/app"), "5s");
+    let ctx = open(&cfg).await;
+    let report = execute(cfg.job("probe").unwrap(), Utc::now(), Trigger::Manual, &ctx).await;
+    assert_eq!(report.outcome, Outcome::Ok, "the probe ran; what it found is the status");
+    let snap = snapshot(&report);
+    assert_eq!(snap.status, Status::Error);
+    assert!(!snap.checks[0].ok && snap.checks[0].error.is_some());
+    assert_eq!(ctx.store.latest_health().await.unwrap().unwrap().status, Status::Error, "stored in health_history");
+    state.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_hung_database_fails_the_check_at_its_timeout() {
+    let state = TestDb::create().await;
+    let (addr, _server) = silent_server();
+    let cfg = probe_config(&state.url, &format!("postgres://postgres@{addr}/app"), "1s");
+    let ctx = open(&cfg).await;
+    let started = Instant::now();
+    let report = execute(cfg.job("probe").unwrap(), Utc::now(), Trigger::Manual, &ctx).await;
+    let took = started.elapsed();
+    let snap = snapshot(&report);
+    assert_eq!(snap.status, Status::Error);
+    assert_eq!(snap.checks[0].error.as_deref(), Some("timed out after 1s"));
+    assert!(took < Duration::from_secs(4), "the probe hung for {took:?}");
+    state.drop_db().await;
+}
+
+#[tokio::test]
+async fn prune_deletes_exactly_the_old_rows_across_several_batches() {
+    let db = TestDb::create().await;
+    let pool = db.pool().await;
+    sqlx::query("CREATE TABLE events (id serial PRIMARY KEY, created_at timestamptz NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO events (created_at) SELECT now() - make_interval(days => 40 + i) FROM generate_series(1, 25) i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO events (created_at) SELECT now() - make_interval(days => 29 - i) FROM generate_series(1, 5) i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let cfg = config(&format!(
+        r#"version = 1
+[targets]
+database = "{url}"
+[state]
+url = "{url}"
+[[job]]
+name = "prune-events"
+cron = "0 0 3 * * *"
+task = "prune"
+table = "events"
+column = "created_at"
+older_than = "30d"
+batch_size = 4
+"#,
+        url = db.url
+    ));
+    let ctx = open(&cfg).await;
+    let report = execute(cfg.job("prune-events").unwrap(), Utc::now(), Trigger::Manual, &ctx).await;
+    assert_eq!(report.outcome, Outcome::Ok, "{:?}", report.error);
+    assert_eq!(report.rows_affected, Some(25));
+    assert_eq!(report.detail.as_deref(), Some("25 rows in 7 batches"));
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.unwrap();
+    let old_left: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE created_at < now() - interval '30 days'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!((left, old_left), (5, 0));
+    let run = &ctx.store.runs("prune-events", 1).await.unwrap()[0];
+    assert_eq!((run.outcome.as_str(), run.rows_affected), ("ok", Some(25)));
+    pool.close().await;
+    db.drop_db().await;
+}
+
+async fn demo_target(db: &TestDb) -> (Config, TaskContext, sqlx::PgPool) {
+    let mut cfg = shipped(&db.url);
+    cfg.targets.demo_schema = true;
+    let ctx = open(&cfg).await;
+    (cfg, ctx, db.pool().await)
+}
+
+#[tokio::test]
+async fn compaction_deletes_exactly_what_every_device_pulled_beyond_the_margin() {
+    let db = TestDb::create().await;
+    let (cfg, ctx, pool) = demo_target(&db).await;
+    // Recent entries every device pulled: inside the 7-day margin, so they stay.
+    sqlx::query("INSERT INTO sync_log (user_id, seq, created_at) VALUES (2, 0, now() - interval '2 days')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // A user with no devices: nobody pulled their entries, so nothing goes.
+    sqlx::query("INSERT INTO users (id, email) VALUES (9, 'nodevice@example.org')").execute(&pool).await.unwrap();
+    sqlx::query("INSERT INTO sync_log (user_id, seq, created_at) VALUES (9, 1, now() - interval '60 days')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let report = execute(cfg.job("compact-sync-log").unwrap(), Utc::now(), Trigger::Manual, &ctx).await;
+    assert_eq!(report.outcome, Outcome::Ok, "{:?}", report.error);
+    // User 1's devices pulled up to 40 and 45: seqs 1..=40 go. User 2's device pulled 5: 1..=5 go.
+    assert_eq!(report.rows_affected, Some(45));
+    let left: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT user_id, seq FROM sync_log ORDER BY user_id, seq").fetch_all(&pool).await.unwrap();
+    let mut want: Vec<(i64, i64)> = (41..=60).map(|s| (1, s)).collect();
+    want.push((2, 0));
+    want.extend((6..=10).map(|s| (2, s)));
+    want.push((9, 1));
+    assert_eq!(left, want);
+    pool.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn prune_of_the_sync_log_keeps_ninety_days() {
+    let db = TestDb::create().await;
+    let (cfg, ctx, pool) = demo_target(&db).await;
+    let report = execute(cfg.job("prune-sync-log").unwrap(), Utc::now(), Trigger::Manual, &ctx).await;
+    // User 1's entry i was written 100 - i days and 12 hours ago: i = 1..=10 are older than 90 days.
+    assert_eq!(report.rows_affected, Some(10), "{:?}", report.error);
+    let oldest: i64 =
+        sqlx::query_scalar("SELECT min(seq) FROM sync_log WHERE user_id = 1").fetch_one(&pool).await.unwrap();
+    assert_eq!(oldest, 11);
+    pool.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn oauth_cleanup_deletes_expired_and_used_codes_only() {
+    let db = TestDb::create().await;
+    let (cfg, ctx, pool) = demo_target(&db).await;
+    let report = execute(cfg.job("purge-oauth-codes").unwrap(), Utc::now(), Trigger::Manual, &ctx).await;
+    assert_eq!(report.rows_affected, Some(2), "{:?}", report.error);
+    let left: Vec<String> = sqlx::query_scalar("SELECT code FROM oauth_code").fetch_all(&pool).await.unwrap();
+    assert_eq!(left, ["live"]);
+    let again = execute(cfg.job("purge-oauth-codes").unwrap(), Utc::now(), Trigger::Manual, &ctx).await;
+    assert_eq!(again.rows_affected, Some(0));
+    pool.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn two_schedulers_on_one_database_run_each_occurrence_once() {
+    let db = TestDb::create().await;
+    let cfg = probe_config(&db.url, &db.url, "5s");
+    let a = open(&cfg).await;
+    let b = open(&cfg).await;
+    assert_ne!(a.store.replica(), b.store.replica(), "two processes' worth of pools");
+    let job = cfg.job("probe").unwrap();
+    let mut ran = 0;
+    for i in 0..20 {
+        let scheduled = Utc.timestamp_opt(1_800_000_000 + i * 30, 0).unwrap();
+        let (ra, rb) = tokio::join!(
+            execute(job, scheduled, Trigger::Schedule, &a),
+            execute(job, scheduled, Trigger::Schedule, &b)
+        );
+        assert!(ra.claimed_elsewhere != rb.claimed_elsewhere, "occurrence {i}: exactly one runs");
+        ran += [&ra, &rb].iter().filter(|r| r.outcome == Outcome::Ok).count();
+    }
+    assert_eq!(ran, 20);
+    let pool = db.pool().await;
+    let (runs, health): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM warden.job_runs), (SELECT count(*) FROM warden.health_history)")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((runs, health), (20, 20));
+    pool.close().await;
+    db.drop_db().await;
+}

@@ -1,0 +1,80 @@
+//! The S3 check against a real S3-compatible server (moto), started and stopped here.
+
+use std::path::Path;
+
+use chrono::Utc;
+use warden::daemon::{Trigger, execute};
+use warden::health::Status;
+use warden::tasks::Event;
+
+use crate::support::S3Server;
+
+fn config(dir: &Path, endpoint: &str, bucket: &str) -> warden::config::Config {
+    let body = format!(
+        r#"version = 1
+[targets]
+s3 = {{ bucket = "{bucket}", endpoint = "{endpoint}", access_key_id = "test", secret_access_key = "test" }}
+[[job]]
+name = "probe"
+every = "30s"
+task = "probe"
+checks = [
+  {{ name = "db", kind = "db" }},
+  {{ name = "s3", kind = "s3", timeout = "3s" }},
+]
+"#
+    );
+    warden::config::parse(&body, &dir.join("schedules.toml"), &|_| None).unwrap()
+}
+
+async fn probe_s3(
+    cfg: &warden::config::Config,
+    ctx: &warden::tasks::TaskContext,
+) -> (Status, warden::health::CheckResult) {
+    let report = execute(cfg.job("probe").unwrap(), Utc::now(), Trigger::Manual, ctx).await;
+    let Some(Event::Snapshot(snap)) = report.event else { panic!("no snapshot") };
+    let s3 = snap.checks.into_iter().find(|c| c.name == "s3").unwrap();
+    (snap.status, s3)
+}
+
+#[tokio::test]
+async fn the_s3_check_passes_against_a_live_bucket_and_fails_when_the_server_stops() {
+    let mut server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &server.endpoint, "media");
+    let ctx = warden::daemon::open(&cfg).await.unwrap();
+    let bucket = ctx.targets.s3.clone().unwrap();
+    bucket.client.create_bucket().bucket("media").send().await.unwrap();
+
+    let (status, s3) = probe_s3(&cfg, &ctx).await;
+    assert!(s3.ok, "{s3:?}");
+    assert_eq!(status, Status::Operational);
+
+    server.stop();
+    let (status, s3) = probe_s3(&cfg, &ctx).await;
+    assert!(!s3.ok);
+    assert!(s3.error.as_deref().unwrap().contains("media"), "{s3:?}");
+    assert_eq!(status, Status::Degraded, "S3 is not critical: the service is degraded, not down");
+}
+
+#[tokio::test]
+async fn a_missing_bucket_fails_the_check() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &server.endpoint, "no-such-bucket");
+    let ctx = warden::daemon::open(&cfg).await.unwrap();
+    let (status, s3) = probe_s3(&cfg, &ctx).await;
+    assert!(!s3.ok);
+    assert_eq!(status, Status::Degraded);
+}
+
+#[tokio::test]
+async fn no_s3_configured_counts_as_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "version = 1\n[[job]]\nname = \"probe\"\nevery = \"30s\"\ntask = \"probe\"\nchecks = [{ name = \"s3\", kind = \"s3\" }]\n";
+    let cfg = warden::config::parse(body, &dir.path().join("schedules.toml"), &|_| None).unwrap();
+    let ctx = warden::daemon::open(&cfg).await.unwrap();
+    let (status, s3) = probe_s3(&cfg, &ctx).await;
+    assert!(s3.ok && s3.error.is_none());
+    assert_eq!(status, Status::Operational);
+}
