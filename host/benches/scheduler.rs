@@ -49,7 +49,8 @@ fn main() {
     let last: HashMap<String, chrono::DateTime<Utc>> = HashMap::new();
     for (label, cron_every) in [("every", 0usize), ("every + 1% cron", 100)] {
         let specs = jobs(n, cron_every);
-        let last_ran: HashMap<String, chrono::DateTime<Utc>> = specs.iter().map(|(name, _, _)| (name.clone(), start)).collect();
+        let last_ran: HashMap<String, chrono::DateTime<Utc>> =
+            specs.iter().map(|(name, _, _)| (name.clone(), start)).collect();
         let before = rss_bytes();
         let t = Instant::now();
         let mut s = Scheduler::new(1);
@@ -96,8 +97,7 @@ fn main() {
         let mut s = Scheduler::new(3);
         let specs = (0..1000).map(|i| (format!("j{i}"), every(1, 1000), true));
         let now = Utc::now();
-        let last: HashMap<String, chrono::DateTime<Utc>> =
-            (0..1000).map(|i| (format!("j{i}"), now)).collect();
+        let last: HashMap<String, chrono::DateTime<Utc>> = (0..1000).map(|i| (format!("j{i}"), now)).collect();
         s.load(specs, now, &last);
         let mut late = Vec::new();
         let end = Instant::now() + run_for;

@@ -237,3 +237,53 @@ fn a_daily_job_missed_while_down_runs_once_at_start_up() {
     });
     assert_eq!(count, 1, "the second start must not run it again");
 }
+
+#[test]
+fn health_keeps_answering_and_probing_while_the_state_store_is_unreachable() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(crate::support::TestDb::create());
+    let upstream: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let proxy = crate::support::Proxy::start(upstream);
+    let state_url = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
+    let (dir, config) = schedule_dir(&format!(
+        "version = 1\n[state]\nurl = \"{state_url}\"\n[[job]]\nname = \"probe\"\nevery = \"1s\"\ntask = \"probe\"\nchecks = [{{ name = \"db\", kind = \"db\" }}]\n"
+    ));
+    let daemon = Daemon::start(dir.path(), &config);
+    let checked_at = |d: &Daemon| {
+        let (code, body) = d.get("/health");
+        (code == 200).then(|| json(&body)["checked_at"].as_str().unwrap().to_owned())
+    };
+    wait_for(Duration::from_secs(20), "a first probe", || checked_at(&daemon));
+
+    proxy.cut();
+    let at_cut = checked_at(&daemon).unwrap();
+    // /health answers at once, and fresh probes keep arriving with the store gone.
+    wait_for(Duration::from_secs(20), "a probe after the cut", || {
+        let started = std::time::Instant::now();
+        let now = checked_at(&daemon)?;
+        assert!(started.elapsed() < Duration::from_secs(1), "/health blocked on the state store");
+        (now > at_cut).then_some(())
+    });
+    wait_for(Duration::from_secs(20), "the outage in the log", || {
+        daemon.log().contains("state store unreachable; running the job unclaimed").then_some(())
+    });
+
+    proxy.restore();
+    let runs = || -> i64 {
+        rt.block_on(async {
+            let pool = db.pool().await;
+            let n = sqlx::query_scalar("SELECT count(*) FROM warden.job_runs WHERE outcome = 'ok'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            n
+        })
+    };
+    let before = runs();
+    wait_for(Duration::from_secs(30), "runs recorded again after the store returns", || {
+        (runs() > before + 1).then_some(())
+    });
+    assert_eq!(daemon.terminate(Duration::from_secs(20)), Some(0));
+    rt.block_on(db.drop_db());
+}

@@ -47,6 +47,18 @@ pub struct RunReport {
 /// run, the health snapshot and the metrics. When the state store is unreachable the
 /// task still runs (a probe must report the outage) and the run is logged unrecorded.
 pub async fn execute(job: &Job, scheduled: DateTime<Utc>, trigger: Trigger, ctx: &TaskContext) -> RunReport {
+    execute_observed(job, scheduled, trigger, ctx, &|_| {}).await
+}
+
+/// As `execute`, handing the task's event to `observe` as soon as the task ends, before
+/// anything is written, so `/health` is fresh even while the state store is slow or down.
+pub async fn execute_observed(
+    job: &Job,
+    scheduled: DateTime<Utc>,
+    trigger: Trigger,
+    ctx: &TaskContext,
+    observe: &(dyn Fn(&Event) + Send + Sync),
+) -> RunReport {
     let started = Instant::now();
     let run_id = match ctx.store.claim(&job.name, scheduled, trigger.as_str()).await {
         Ok(Some(id)) => Some(id),
@@ -76,6 +88,9 @@ pub async fn execute(job: &Job, scheduled: DateTime<Utc>, trigger: Trigger, ctx:
         Ok(Err(e)) => (Outcome::Failed, Some(e.to_string()), Default::default()),
         Err(_) => (Outcome::Timeout, Some(format!("timed out after {}", job.timeout)), Default::default()),
     };
+    if let Some(event) = &output.event {
+        observe(event);
+    }
     match &output.event {
         Some(Event::Snapshot(snapshot)) => {
             metrics::record_snapshot(snapshot);

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-pub use execute::{RunReport, Trigger, execute};
+pub use execute::{RunReport, Trigger, execute, execute_observed};
 
 use crate::admin::{self, Shared};
 use crate::config::{self, Config, Job};
@@ -154,10 +154,12 @@ impl Daemon {
                 let ctx = self.ctx.clone();
                 let shared = self.shared.clone();
                 self.running.spawn(async move {
-                    let report = execute(&job, scheduled, trigger, &ctx).await;
-                    if let Some(Event::Snapshot(snapshot)) = report.event {
-                        shared.set_latest(snapshot);
-                    }
+                    let observe = move |event: &Event| {
+                        if let Event::Snapshot(snapshot) = event {
+                            shared.set_latest(snapshot.clone());
+                        }
+                    };
+                    execute_observed(&job, scheduled, trigger, &ctx, &observe).await;
                     job.name.clone()
                 });
             }
