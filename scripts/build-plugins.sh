@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds every policy crate in plugins/ (and, with --tests, the purpose-built guests in
+# tests/guests/) to WebAssembly components, and copies them to OUT (default: plugins/,
+# where schedules.toml points). The first build compiles std for wasm32 (about a minute);
+# later builds take seconds.
+#
+#   scripts/build-plugins.sh [--out DIR] [--tests]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=plugins
+TESTS=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) OUT=$2; shift 2 ;;
+    --tests) TESTS=1; shift ;;
+    *) echo "usage: $0 [--out DIR] [--tests]" >&2; exit 2 ;;
+  esac
+done
+
+eval "$(scripts/wasm-toolchain.sh)"
+
+crates=()
+for dir in plugins/*/; do
+  name=$(basename "$dir")
+  [ -f "$dir/Cargo.toml" ] && [ "$name" != sdk ] && crates+=("$name")
+done
+if [ "$TESTS" = 1 ]; then
+  for dir in tests/guests/*/; do crates+=("$(basename "$dir")"); done
+fi
+args=()
+for c in "${crates[@]}"; do args+=(-p "$c"); done
+
+# Debian's rustc and cargo, ahead of any rustup shims; a target dir of their own so the two
+# compilers never rebuild each other's artifacts.
+PATH=/usr/bin:$PATH RUSTC=$WASM_RUSTC RUSTC_BOOTSTRAP=1 \
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=$WASM_LINKER \
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-Clink-arg=--wasm-ld-path=$WASM_LD" \
+  "$WASM_CARGO" build --locked --profile wasm --target wasm32-unknown-unknown \
+    -Zbuild-std=std,panic_abort --target-dir target/wasm "${args[@]}" >&2
+
+mkdir -p "$OUT"
+for c in "${crates[@]}"; do
+  src=target/wasm/wasm32-unknown-unknown/wasm/${c//-/_}.wasm
+  # A component starts 00 61 73 6d 0d 00 01 00; a core module would be refused by the host.
+  magic=$(head -c 8 "$src" | od -An -tx1 | tr -d ' \n')
+  [ "$magic" = 0061736d0d000100 ] || { echo "build-plugins: $src is not a component ($magic)" >&2; exit 1; }
+  cp "$src" "$OUT/$c.wasm"
+  echo "build-plugins: $OUT/$c.wasm ($(stat -c %s "$OUT/$c.wasm") bytes)" >&2
+done
