@@ -116,10 +116,11 @@ pub fn decide(rules: &Rules, snap: &Snapshot, now_ms: i64, state: &mut impl Stat
     // Trailing notice: the status differs from the last one told and the cooldown is over.
     let current = state.get(LAST).as_deref().and_then(Status::parse);
     let told = state.get(TOLD).as_deref().and_then(Status::parse);
-    if let Some(current) = current {
-        if told != Some(current) && cooldown_over(&|k| state.get_i64(k)) {
-            tell(rules, snap, current, told, now_ms, state, &mut actions);
-        }
+    if let Some(current) = current
+        && told != Some(current)
+        && cooldown_over(&|k| state.get_i64(k))
+    {
+        tell(rules, snap, current, told, now_ms, state, &mut actions);
     }
     actions
 }
