@@ -155,7 +155,9 @@ async fn trigger(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
     }
     match &report.event {
         Some(Event::Snapshot(s)) => println!("{}", serde_json::to_string_pretty(s)?),
-        Some(event @ Event::Gauges { .. }) => println!("{}", serde_json::to_string_pretty(event)?),
+        Some(event @ (Event::Gauges { .. } | Event::RunFinished(_))) => {
+            println!("{}", serde_json::to_string_pretty(event)?)
+        }
         None => {}
     }
     Ok(if report.outcome == Outcome::Ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })

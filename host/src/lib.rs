@@ -1,12 +1,14 @@
 //! warden: keeps a web service healthy from the outside. See ARCHITECTURE.md.
 
 pub mod admin;
+pub mod capabilities;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod health;
 pub mod metrics;
+pub mod runtime;
 pub mod schedule;
 pub mod store;
 pub mod targets;

@@ -61,3 +61,11 @@ pub fn record_gauges(gauges: &[Gauge]) {
 pub fn record_reload(ok: bool) {
     counter!("warden_config_reloads_total", "result" => if ok { "ok" } else { "refused" }).increment(1);
 }
+
+pub fn record_evaluation(policy: &str, outcome: &str, seconds: f64) {
+    counter!("warden_policy_evaluations_total", "policy" => policy.to_owned(), "outcome" => outcome.to_owned())
+        .increment(1);
+    if outcome == "ok" {
+        histogram!("warden_policy_evaluation_duration_seconds", "policy" => policy.to_owned()).record(seconds);
+    }
+}

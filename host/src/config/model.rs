@@ -20,12 +20,67 @@ pub struct Config {
     pub state: StateConfig,
     pub alerts: Alerts,
     pub jobs: Vec<Job>,
+    pub policies: Vec<PolicySpec>,
 }
 
 impl Config {
     pub fn job(&self, name: &str) -> Option<&Job> {
         self.jobs.iter().find(|j| j.name == name)
     }
+}
+
+/// A policy plugin: a WebAssembly component fed the events of the jobs it listens to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicySpec {
+    pub name: String,
+    pub component: PathBuf,
+    pub on: Vec<String>,
+    /// The `config` table, values as text (numbers and booleans rendered).
+    pub config: Vec<(String, String)>,
+    pub grants: Grants,
+    pub limits: Limits,
+    /// Consecutive failed evaluations before the policy is quarantined until reload.
+    pub quarantine_after: u32,
+    pub enabled: bool,
+}
+
+/// Host interfaces beyond the defaults (clock, log, state, config), granted per policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Grants {
+    pub sql_read: bool,
+    pub s3_head: bool,
+    pub s3_list: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub deadline: Duration,
+    /// Rows a granted SQL query may return.
+    pub sql_rows: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { memory_bytes: 16 << 20, deadline: Duration(std::time::Duration::from_millis(100)), sql_rows: 1000 }
+    }
+}
+
+/// The most memory a policy may be given; the pooling allocator reserves this per slot.
+pub const MAX_POLICY_MEMORY: u64 = 256 << 20;
+
+/// Parses `64KiB`, `16MiB`, `1GiB` or a plain number of bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let number: u64 = text[..digits].parse().map_err(|_| format!("invalid size `{text}`: expected e.g. `16MiB`"))?;
+    let factor = match &text[digits..] {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("invalid size `{text}`: unknown unit `{other}`, expected B, KiB, MiB or GiB")),
+    };
+    Ok(number.saturating_mul(factor))
 }
 
 /// What warden watches and maintains.
@@ -272,13 +327,38 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
             }
         }
     }
-    t.finish(ctx, &["version", "product", "targets", "state", "alerts", "job"]);
+    let mut policies: Vec<PolicySpec> = Vec::new();
+    if let Some(items) = t.array(ctx, "policy") {
+        for (i, item) in items.iter().enumerate() {
+            if let Some((policy, span)) = read_policy(item, i, base, &product, ctx) {
+                if policies.iter().any(|p| p.name == policy.name) {
+                    let msg = format!("duplicate policy name `{}`", policy.name);
+                    ctx.diag.error(span, format!("policy \"{}\".name", policy.name), msg);
+                    continue;
+                }
+                policies.push(policy);
+            }
+        }
+    }
+    for p in &policies {
+        for job in &p.on {
+            if !seen.contains_key(job) {
+                let span = policy_on_span(root, &p.name).unwrap_or_default();
+                let msg = format!(
+                    "no job named `{job}` (jobs: {})",
+                    jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>().join(", ")
+                );
+                ctx.diag.error(span, format!("policy \"{}\".on", p.name), msg);
+            }
+        }
+    }
+    t.finish(ctx, &["version", "product", "targets", "state", "alerts", "job", "policy"]);
     let targets = match targets {
         Some(t) => t,
         None if root.get_ref().as_table().is_some_and(|t| t.get("targets").is_some()) => return None,
         None => Targets { database: DbUrl::Sqlite(base.join("demo-app.db")), demo_schema: true, s3: None },
     };
-    Some(Config { path: path.to_path_buf(), product, targets, state: state?, alerts: alerts?, jobs })
+    Some(Config { path: path.to_path_buf(), product, targets, state: state?, alerts: alerts?, jobs, policies })
 }
 
 fn ctx_src<'s>(ctx: &Ctx<'s>) -> &'s str {
@@ -641,4 +721,120 @@ fn read_checks(t: &mut TableReader<'_, '_>, ctx: &mut Ctx<'_>) -> Option<Vec<Che
         return None;
     }
     ok.then_some(checks)
+}
+
+/// The span of a policy's `on` array, for errors found after it was read.
+fn policy_on_span(root: &Value<'_>, name: &str) -> Option<std::ops::Range<usize>> {
+    let items = root.get_ref().as_table()?.get("policy")?.get_ref().as_array()?;
+    items.iter().find_map(|item| {
+        let t = item.get_ref().as_table()?;
+        (t.get("name")?.get_ref().as_str()? == name).then(|| t.get("on").map(|v| v.span()))?
+    })
+}
+
+fn read_policy(
+    value: &Value<'_>,
+    index: usize,
+    base: &Path,
+    product: &str,
+    ctx: &mut Ctx<'_>,
+) -> Option<(PolicySpec, std::ops::Range<usize>)> {
+    let mut t = TableReader::new(value, format!("policy #{}", index + 1), ctx)?;
+    let name = t.required_string(ctx, "name");
+    if let Some(n) = &name {
+        if valid_name(&n.value) {
+            t.scope = format!("policy \"{}\"", n.value);
+        } else {
+            let msg = format!("invalid policy name `{}`: use lowercase letters, digits, `-` and `_`", n.value);
+            ctx.diag.error(n.span.clone(), t.field("name"), msg);
+        }
+    }
+    let component = t.required_string(ctx, "component").map(|c| base.join(c.value));
+    let on: Vec<String> = t.strings(ctx, "on").unwrap_or_default().into_iter().map(|s| s.value).collect();
+    if on.is_empty() {
+        ctx.diag.error(
+            t.span.clone(),
+            t.field("on"),
+            "list the jobs whose events this policy receives, e.g. `on = [\"health-probe\"]`",
+        );
+    }
+    let mut config = Vec::new();
+    if let Some(table) = t.get("config")
+        && let Some(mut c) = TableReader::new(table, t.field("config"), ctx)
+    {
+        {
+            let keys: Vec<String> = table
+                .get_ref()
+                .as_table()
+                .map(|m| m.iter().map(|(k, _)| k.get_ref().to_string()).collect())
+                .unwrap_or_default();
+            for key in &keys {
+                let Some(v) = c.get(key) else { continue };
+                let text = match v.get_ref() {
+                    toml::de::DeValue::String(s) => super::env::expand(s, ctx.env).map_err(|e| (v.span(), e)),
+                    toml::de::DeValue::Integer(i) => Ok(i.as_str().replace('_', "")),
+                    toml::de::DeValue::Float(f) => Ok(f.as_str().replace('_', "")),
+                    toml::de::DeValue::Boolean(b) => Ok(b.to_string()),
+                    other => {
+                        Err((v.span(), format!("expected a string, number or boolean, found {}", other.type_str())))
+                    }
+                };
+                match text {
+                    Ok(text) => config.push((key.clone(), text)),
+                    Err((span, msg)) => ctx.diag.error(span, c.field(key), msg),
+                }
+            }
+            c.finish(ctx, &[]);
+        }
+    }
+    if !config.iter().any(|(k, _)| k == "product") {
+        config.push(("product".into(), product.to_owned()));
+    }
+    let mut grants = Grants::default();
+    if let Some(items) = t.strings(ctx, "grants") {
+        for g in items {
+            match g.value.as_str() {
+                "sql:read" => grants.sql_read = true,
+                "s3:head" => grants.s3_head = true,
+                "s3:list" => grants.s3_list = true,
+                other => {
+                    let msg = format!("unknown grant `{other}`, expected one of: sql:read, s3:head, s3:list");
+                    ctx.diag.error(g.span, t.field("grants"), msg);
+                }
+            }
+        }
+    }
+    let mut limits = Limits::default();
+    if let Some(v) = t.get("limits")
+        && let Some(mut l) = TableReader::new(v, t.field("limits"), ctx)
+    {
+        {
+            if let Some(mem) = l.string(ctx, "memory") {
+                match parse_size(&mem.value) {
+                    Ok(n) if (64 << 10..=MAX_POLICY_MEMORY).contains(&n) => limits.memory_bytes = n,
+                    Ok(_) => ctx.diag.error(mem.span, l.field("memory"), "memory must be between 64KiB and 256MiB"),
+                    Err(e) => ctx.diag.error(mem.span, l.field("memory"), e),
+                }
+            }
+            if let Some(d) = l.duration(ctx, "deadline") {
+                if d.is_zero() || d.std() > std::time::Duration::from_secs(60) {
+                    let span = l.get("deadline").map(|v| v.span()).unwrap_or_default();
+                    ctx.diag.error(span, l.field("deadline"), "deadline must be between 1ms and 60s");
+                } else {
+                    limits.deadline = d;
+                }
+            }
+            if let Some(rows) = l.count(ctx, "sql_rows", 100_000) {
+                limits.sql_rows = rows as u32;
+            }
+            l.finish(ctx, &["memory", "deadline", "sql_rows"]);
+        }
+    }
+    let quarantine_after = t.count(ctx, "quarantine_after", 1000).unwrap_or(5) as u32;
+    let enabled = t.bool(ctx, "enabled").unwrap_or(true);
+    t.finish(ctx, &["name", "component", "on", "config", "grants", "limits", "quarantine_after", "enabled"]);
+    let name = name?;
+    let spec =
+        PolicySpec { name: name.value, component: component?, on, config, grants, limits, quarantine_after, enabled };
+    Some((spec, name.span))
 }

@@ -2,6 +2,7 @@
 //! HTTP, reloads the configuration, and shuts down cleanly on SIGTERM or Ctrl-C.
 
 mod execute;
+mod policies;
 mod watch;
 
 use std::collections::HashMap;
@@ -17,6 +18,7 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 pub use execute::{RunReport, Trigger, execute, execute_observed};
+pub use policies::PolicySet;
 
 use crate::admin::{self, Shared};
 use crate::config::{self, Config, Job};
@@ -39,6 +41,7 @@ pub async fn open(config: &Config) -> anyhow::Result<TaskContext> {
 
 struct Daemon {
     path: PathBuf,
+    policies: Arc<PolicySet>,
     config: Config,
     jobs: HashMap<String, Arc<Job>>,
     ctx: TaskContext,
@@ -53,6 +56,14 @@ struct Daemon {
 pub async fn run(path: &Path, config: Config, listen: SocketAddr) -> anyhow::Result<()> {
     let metrics = crate::metrics::install();
     let ctx = open(&config).await?;
+    let engine = Arc::new(policy_engine(&config)?);
+    let policies = PolicySet::load(engine, &config, None).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("cannot load the policies:\n{}", lines.join("\n"))
+    })?;
+    for p in &policies.policies {
+        info!(policy = %p.name(), hash = %&p.hash[..12], on = ?p.spec.on, "policy loaded");
+    }
     let latest = ctx.store.latest_health().await.unwrap_or_else(|e| {
         warn!(error = %e, "could not read the last health snapshot");
         None
@@ -68,11 +79,12 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr) -> anyhow::Res
     });
 
     let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
-    let _watcher = watch::watch_file(path, reload_tx.clone());
+    let _watcher = watch::watch_files(path, &component_paths(&config), reload_tx.clone());
     watch::watch_sighup(reload_tx);
 
     let mut daemon = Daemon {
         path: path.to_path_buf(),
+        policies: Arc::new(policies),
         jobs: HashMap::new(),
         ctx,
         scheduler: Scheduler::new(rand::random()),
@@ -134,7 +146,30 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr) -> anyhow::Res
     Ok(())
 }
 
+/// The policy engine, caching compiled components beside the state.
+pub fn policy_engine(config: &Config) -> anyhow::Result<crate::runtime::PolicyEngine> {
+    let base = config::base_dir(&config.path);
+    let base = std::path::absolute(&base).unwrap_or(base);
+    let cache = base.join(".warden/cache");
+    crate::runtime::PolicyEngine::new(Some(&cache))
+        .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e:#}"))
+}
+
+fn component_paths(config: &Config) -> Vec<PathBuf> {
+    config.policies.iter().map(|p| p.component.clone()).collect()
+}
+
 impl Daemon {
+    /// Whether a loaded component's file changed on disk since it was loaded.
+    fn components_changed(&self) -> bool {
+        self.policies.policies.iter().any(|p| {
+            use sha2::{Digest, Sha256};
+            let now = std::fs::read(&p.spec.component)
+                .map(|b| Sha256::digest(&b).iter().map(|x| format!("{x:02x}")).collect::<String>());
+            now.map_or(true, |h| h != p.hash)
+        })
+    }
+
     async fn load_jobs(&mut self, config: &Config) {
         let last_ran = self.ctx.store.last_ran().await.unwrap_or_else(|e| {
             warn!(error = %e, "could not read past runs; catch-up assumes none");
@@ -153,13 +188,14 @@ impl Daemon {
             Fire::Run { scheduled, .. } => {
                 let ctx = self.ctx.clone();
                 let shared = self.shared.clone();
+                let policies = self.policies.clone();
                 self.running.spawn(async move {
                     let observe = move |event: &Event| {
                         if let Event::Snapshot(snapshot) = event {
                             shared.set_latest(snapshot.clone());
                         }
                     };
-                    execute_observed(&job, scheduled, trigger, &ctx, &observe).await;
+                    execute_observed(&job, scheduled, trigger, &ctx, Some(&policies), &observe).await;
                     job.name.clone()
                 });
             }
@@ -180,7 +216,7 @@ impl Daemon {
     /// running configuration stays. Runs in flight finish with the job they started with.
     async fn reload(&mut self) {
         let text = std::fs::read_to_string(&self.path).ok();
-        if text.is_some() && text == self.loaded_text {
+        if text.is_some() && text == self.loaded_text && !self.components_changed() {
             info!("configuration unchanged");
             return;
         }
@@ -195,6 +231,15 @@ impl Daemon {
         if new.state != self.config.state {
             warn!("`state.url` changes take effect at the next restart; the running store stays");
         }
+        let policies = match PolicySet::load(self.policies.engine.clone(), &new, Some(&self.policies)) {
+            Ok(p) => p,
+            Err(errors) => {
+                crate::metrics::record_reload(false);
+                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                error!(problems = errors.len(), "configuration refused; the running one stays:\n{}", lines.join("\n"));
+                return;
+            }
+        };
         if new.targets != self.config.targets {
             match Targets::open(&new.targets).await {
                 Ok(targets) => self.ctx.targets = targets,
@@ -206,7 +251,14 @@ impl Daemon {
             }
         }
         crate::metrics::record_reload(true);
-        info!(jobs = new.jobs.len(), "configuration reloaded");
+        for p in &policies.policies {
+            if !self.policies.policies.iter().any(|old| Arc::ptr_eq(old, p)) {
+                info!(policy = %p.name(), hash = %&p.hash[..12], "policy loaded");
+            }
+        }
+        // Runs in flight keep the set they started with.
+        self.policies = Arc::new(policies);
+        info!(jobs = new.jobs.len(), policies = new.policies.len(), "configuration reloaded");
         self.loaded_text = text;
         self.load_jobs(&new).await;
         self.config = new;

@@ -31,6 +31,8 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("state store: stored health snapshot is unreadable: {0}")]
     Corrupt(String),
+    #[error("state store: commit failed (injected by a test)")]
+    Injected,
 }
 
 /// How a run ended.
@@ -85,6 +87,30 @@ struct HealthRow {
 pub struct StateStore {
     pool: Pool,
     replica: String,
+    /// Test hook: the next `commit` fails after writing everything, before COMMIT.
+    fail_next_commit: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// One policy's decisions for one run: state writes and actions, committed together.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub policy: String,
+    pub state_writes: std::collections::BTreeMap<String, Option<String>>,
+    /// (outbox kind, dedup key, JSON payload)
+    pub outbox: Vec<(String, String, String)>,
+}
+
+/// Everything a finished run writes, in one transaction.
+#[derive(Debug, Clone)]
+pub struct RunCommit<'a> {
+    pub run_id: Option<i64>,
+    pub job: &'a str,
+    pub outcome: Outcome,
+    pub error: Option<&'a str>,
+    pub rows_affected: Option<u64>,
+    pub detail: Option<&'a str>,
+    pub snapshot: Option<&'a Snapshot>,
+    pub decisions: &'a [Decision],
 }
 
 const RUN_COLUMNS: &str =
@@ -116,7 +142,7 @@ impl StateStore {
         };
         migrated.map_err(|source| StoreError::Migrate { url, source })?;
         let replica = format!("{}-{}-{:04x}", hostname(), std::process::id(), rand::random::<u16>());
-        Ok(Self { pool, replica })
+        Ok(Self { pool, replica, fail_next_commit: Default::default() })
     }
 
     pub fn pool(&self) -> &Pool {
@@ -248,6 +274,110 @@ impl StateStore {
             duration_ms: u64::try_from(row.duration_ms).unwrap_or_default(),
             checks,
         }))
+    }
+
+    /// Writes the run's end, its health snapshot, and every policy's state writes and
+    /// outbox rows in ONE transaction: all of it lands, or none of it.
+    pub async fn commit(&self, run: &RunCommit<'_>) -> Result<(), StoreError> {
+        let now = Ts(Utc::now());
+        let fail = self.fail_next_commit.swap(false, std::sync::atomic::Ordering::SeqCst);
+        let checks = match run.snapshot {
+            Some(s) => Some(serde_json::to_string(&s.checks).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+            None => None,
+        };
+        with_pool!(&self.pool, |p| {
+            let mut tx = p.begin().await?;
+            if let Some(id) = run.run_id {
+                let rows = run.rows_affected.map(|r| i64::try_from(r).unwrap_or(i64::MAX));
+                sqlx::query(
+                    "UPDATE job_runs SET finished_at = $2, outcome = $3, error = $4, rows_affected = $5, detail = $6 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(now)
+                .bind(run.outcome.as_str())
+                .bind(run.error)
+                .bind(rows)
+                .bind(run.detail)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let (Some(s), Some(checks)) = (run.snapshot, &checks) {
+                sqlx::query("INSERT INTO health_history (job, checked_at, status, duration_ms, checks) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(&s.job)
+                    .bind(Ts(s.checked_at))
+                    .bind(s.status.as_str())
+                    .bind(i64::try_from(s.duration_ms).unwrap_or(i64::MAX))
+                    .bind(checks)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for d in run.decisions {
+                for (key, value) in &d.state_writes {
+                    match value {
+                        Some(v) => {
+                            sqlx::query(
+                                "INSERT INTO policy_state (plugin, key, value, updated_at) VALUES ($1, $2, $3, $4) \
+                                 ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                            )
+                            .bind(&d.policy)
+                            .bind(key)
+                            .bind(v)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        None => {
+                            sqlx::query("DELETE FROM policy_state WHERE plugin = $1 AND key = $2")
+                                .bind(&d.policy)
+                                .bind(key)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                    }
+                }
+                for (kind, dedup_key, payload) in &d.outbox {
+                    sqlx::query(
+                        "INSERT INTO outbox (dedup_key, kind, payload, job, policy, run_id, next_attempt_at, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (dedup_key) DO NOTHING",
+                    )
+                    .bind(dedup_key)
+                    .bind(kind)
+                    .bind(payload)
+                    .bind(run.job)
+                    .bind(&d.policy)
+                    .bind(run.run_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            if fail {
+                tx.rollback().await?;
+                return Err(StoreError::Injected);
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// A policy's stored state.
+    pub async fn policy_state(&self, policy: &str) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        let sql = "SELECT key, value FROM policy_state WHERE plugin = $1";
+        let rows: Vec<(String, String)> =
+            with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(policy).fetch_all(p).await?);
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Outbox rows as (kind, dedup key, payload, policy, state), oldest first.
+    pub async fn outbox(&self) -> Result<Vec<(String, String, String, Option<String>, String)>, StoreError> {
+        let sql = "SELECT kind, dedup_key, payload, policy, state FROM outbox ORDER BY id";
+        Ok(with_pool!(&self.pool, |p| sqlx::query_as(sql).fetch_all(p).await?))
+    }
+
+    /// Test hook: makes the next `commit` write everything and then roll back.
+    #[doc(hidden)]
+    pub fn fail_next_commit(&self) {
+        self.fail_next_commit.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub async fn count_health(&self) -> Result<i64, StoreError> {

@@ -38,7 +38,7 @@ impl TaskContext {
 }
 
 /// A labelled measurement, exported as `warden_<name>` on `/metrics`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Gauge {
     pub name: String,
     pub labels: Vec<(String, String)>,
@@ -46,11 +46,23 @@ pub struct Gauge {
 }
 
 /// What a task saw, for the store, the metrics and the policies.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Event {
     Snapshot(Snapshot),
-    Gauges { gauges: Vec<Gauge> },
+    Gauges {
+        gauges: Vec<Gauge>,
+    },
+    /// A finished run of a job whose task reports nothing else (prune, sql).
+    RunFinished(RunResult),
+}
+
+/// How a run ended, as policies see it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct RunResult {
+    pub outcome: String,
+    pub rows_affected: Option<u64>,
+    pub error: Option<String>,
 }
 
 /// The result of a successful task.

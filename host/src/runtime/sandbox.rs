@@ -1,0 +1,156 @@
+//! The per-evaluation sandbox: the store data (`PluginCtx`) and the one constructor of
+//! `Store`, which installs the memory cap and the epoch deadline.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use wasmtime::Store;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::PolicyEngine;
+use crate::config::{Grants, Limits};
+use crate::db::Pool;
+use crate::targets::S3Bucket;
+
+/// Bytes of guest stdout/stderr kept per evaluation.
+pub const OUTPUT_CAP: usize = 16 << 10;
+/// Bytes of `log.write` messages kept per evaluation.
+pub const LOG_CAP: usize = 64 << 10;
+
+/// Handles behind the granted host interfaces. The plugin never sees them.
+#[derive(Debug, Clone, Default)]
+pub struct Capabilities {
+    pub sql: Option<Pool>,
+    pub s3: Option<S3Bucket>,
+}
+
+/// Everything one evaluation's host functions can reach.
+pub struct PluginCtx {
+    pub(crate) now_ms: i64,
+    pub(crate) state: BTreeMap<String, String>,
+    pub(crate) writes: BTreeMap<String, Option<String>>,
+    pub(crate) config: Arc<[(String, String)]>,
+    pub(crate) limits: Limits,
+    pub(crate) grants: Grants,
+    pub(crate) caps: Capabilities,
+    pub(crate) logs: Vec<(String, String)>,
+    pub(crate) log_bytes: usize,
+    pub(crate) abuse: Option<&'static str>,
+    limiter: MemoryLimiter,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+}
+
+impl PluginCtx {
+    pub fn new(
+        now: DateTime<Utc>,
+        state: BTreeMap<String, String>,
+        config: Arc<[(String, String)]>,
+        limits: Limits,
+        grants: Grants,
+        caps: Capabilities,
+    ) -> Self {
+        let stdout = MemoryOutputPipe::new(OUTPUT_CAP);
+        let stderr = MemoryOutputPipe::new(OUTPUT_CAP);
+        // Deny by default: no preopened directories, no environment, no arguments, no
+        // sockets, no name lookups. Clocks and random stay, so ordinary wasip2 guests run.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        PluginCtx {
+            now_ms: now.timestamp_millis(),
+            state,
+            writes: BTreeMap::new(),
+            config,
+            limits,
+            grants,
+            caps,
+            logs: Vec::new(),
+            log_bytes: 0,
+            abuse: None,
+            limiter: MemoryLimiter { cap: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX), denied: false },
+            wasi,
+            table: ResourceTable::new(),
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn memory_denied(&self) -> bool {
+        self.limiter.denied
+    }
+
+    pub fn abuse(&self) -> Option<&'static str> {
+        self.abuse
+    }
+
+    /// The guest's log lines plus what it printed.
+    pub fn take_logs(&self) -> Vec<(String, String)> {
+        let mut logs = self.logs.clone();
+        for (stream, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            let bytes = pipe.contents();
+            if !bytes.is_empty() {
+                logs.push((stream.to_owned(), String::from_utf8_lossy(&bytes).into_owned()));
+            }
+        }
+        logs
+    }
+
+    /// Records a log line within the cap; past it, lines are dropped (and that is said once).
+    pub(crate) fn push_log(&mut self, level: &str, message: String) {
+        if self.log_bytes >= LOG_CAP {
+            return;
+        }
+        self.log_bytes += message.len();
+        if self.log_bytes >= LOG_CAP {
+            self.logs.push(("warn".into(), format!("log cap of {LOG_CAP} bytes reached; later lines dropped")));
+        } else {
+            self.logs.push((level.to_owned(), message));
+        }
+    }
+}
+
+impl WasiView for PluginCtx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Caps linear memory growth and remembers that it said no.
+struct MemoryLimiter {
+    cap: usize,
+    denied: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.denied = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// The only place a `Store` is built: memory cap and deadline installed before any guest
+/// code runs.
+pub fn new_store(engine: &PolicyEngine, ctx: PluginCtx, limits: Limits) -> Store<PluginCtx> {
+    let mut store = Store::new(engine.engine(), ctx);
+    store.limiter(|ctx| &mut ctx.limiter);
+    store.set_epoch_deadline(engine.ticks_for(limits.deadline.std()));
+    store.epoch_deadline_trap();
+    store
+}
