@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 eval "$(scripts/test-services.sh)"
 export WARDEN_TEST_PG MOTO_SERVER
 
+# Rebuild every plugin and the purpose-built test guests from source (installing the wasm
+# toolchain if absent); the suite tests what was just built, not the committed components.
+scripts/build-plugins.sh --tests --out target/plugins
+export WARDEN_TEST_PLUGINS=$PWD/target/plugins
+
 cargo fmt --all --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked

@@ -5,5 +5,6 @@ mod support;
 
 mod config_ui;
 mod e2e;
+mod policies;
 mod postgres;
 mod s3;

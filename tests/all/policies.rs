@@ -1,0 +1,371 @@
+//! Policies through the real components built from `plugins/` and `tests/guests/`
+//! (scripts/build-plugins.sh --tests --out target/plugins): the behaviour tables of the
+//! three shipped policies, and the sandbox against guests that misbehave on purpose.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use chrono::{DateTime, TimeZone, Utc};
+use warden::config::{Grants, Limits, PolicySpec};
+use warden::health::{CheckResult, Snapshot, Status};
+use warden::runtime::{ActionRecord, Capabilities, EvalError, Evaluation, Policy, PolicyEngine, Priority};
+use warden::tasks::{Event, Gauge};
+
+pub fn plugins_dir() -> PathBuf {
+    let dir = std::env::var_os("WARDEN_TEST_PLUGINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
+    assert!(
+        dir.join("status-alert.wasm").exists() && dir.join("bad-guest.wasm").exists(),
+        "no built components in {}: run scripts/build-plugins.sh --tests --out target/plugins (scripts/test.sh does)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn engine() -> &'static PolicyEngine {
+    static ENGINE: OnceLock<PolicyEngine> = OnceLock::new();
+    // Compiled components are cached on disk, as in production, so reruns load in milliseconds.
+    let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm-cache");
+    ENGINE.get_or_init(|| PolicyEngine::new(Some(&cache)).unwrap())
+}
+
+pub fn spec(name: &str, file: &str, config: &[(&str, &str)]) -> PolicySpec {
+    PolicySpec {
+        name: name.into(),
+        component: plugins_dir().join(file),
+        on: vec!["job".into()],
+        config: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        grants: Grants::default(),
+        limits: Limits::default(),
+        quarantine_after: 5,
+        enabled: true,
+    }
+}
+
+/// One policy and its state, threaded from evaluation to evaluation as the host commits it.
+struct Harness {
+    policy: Policy,
+    state: BTreeMap<String, String>,
+}
+
+impl Harness {
+    fn new(spec: PolicySpec) -> Harness {
+        Harness { policy: engine().load(&spec).unwrap_or_else(|e| panic!("{e}")), state: BTreeMap::new() }
+    }
+
+    async fn eval(&mut self, event: &Event, now: DateTime<Utc>) -> Result<Evaluation, EvalError> {
+        let result =
+            engine().evaluate(&self.policy, "job", event, self.state.clone(), now, Capabilities::default()).await;
+        if let Ok(e) = &result {
+            for (k, v) in &e.state_writes {
+                match v {
+                    Some(v) => self.state.insert(k.clone(), v.clone()),
+                    None => self.state.remove(k),
+                };
+            }
+        }
+        result
+    }
+
+    /// Compact: "email:<subject>", "notify:<status>", "ticket:<priority>".
+    async fn decide(&mut self, event: &Event, now: DateTime<Utc>) -> Vec<String> {
+        let evaluation = self.eval(event, now).await.unwrap_or_else(|e| panic!("{e}"));
+        evaluation
+            .actions
+            .into_iter()
+            .filter_map(|a| match a {
+                ActionRecord::EmailAdmin { subject, .. } => Some(format!("email:{subject}")),
+                ActionRecord::NotifySubscribers { status, .. } => Some(format!("notify:{}", status.as_str())),
+                ActionRecord::OpenTicket { priority, .. } => Some(format!("ticket:{priority:?}")),
+                ActionRecord::Log { .. } => None,
+            })
+            .collect()
+    }
+}
+
+fn at(minutes: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_800_000_000, 0).unwrap() + chrono::Duration::minutes(minutes)
+}
+
+fn snapshot(status: Status, minutes: i64) -> Event {
+    let check = |name: &str, ok: bool| CheckResult {
+        name: name.into(),
+        kind: name.into(),
+        critical: name == "db",
+        ok,
+        error: (!ok).then(|| "connection refused".to_owned()),
+        duration_ms: 2,
+    };
+    Event::Snapshot(Snapshot {
+        job: "health-probe".into(),
+        status,
+        checked_at: at(minutes),
+        duration_ms: 7,
+        checks: vec![
+            check("db", status != Status::Error),
+            check("s3", status == Status::Operational),
+            check("sessions", true),
+        ],
+    })
+}
+
+fn gauges(pairs: &[(&str, f64)]) -> Event {
+    Event::Gauges {
+        gauges: pairs.iter().map(|(n, v)| Gauge { name: n.to_string(), labels: vec![], value: *v }).collect(),
+    }
+}
+
+use Status::{Degraded as D, Error as E, Operational as O};
+
+fn status_alert(config: &[(&str, &str)]) -> Harness {
+    let mut cfg = vec![("product", "MNW"), ("cooldown", "5m")];
+    cfg.extend_from_slice(config);
+    Harness::new(spec("status-alert", "status-alert.wasm", &cfg))
+}
+
+async fn series(h: &mut Harness, steps: &[(Status, i64)]) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for &(status, minute) in steps {
+        out.push(h.decide(&snapshot(status, minute), at(minute)).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn status_alert_skips_the_bootstrap_and_tells_transitions_with_ticket_priorities() {
+    let mut h = status_alert(&[]);
+    let got = series(&mut h, &[(O, 0), (O, 1), (D, 10), (E, 20), (O, 30)]).await;
+    assert!(got[0].is_empty() && got[1].is_empty(), "bootstrap None -> Operational is silent: {got:?}");
+    assert_eq!(got[2], ["ticket:High", "email:MNW degraded — partial service failure", "notify:degraded"]);
+    assert_eq!(got[3], ["ticket:Critical", "email:MNW down — critical service failure", "notify:error"]);
+    assert_eq!(got[4], ["email:MNW recovered — all services operational", "notify:operational"]);
+
+    let mut boot_down = status_alert(&[]);
+    assert_eq!(
+        series(&mut boot_down, &[(E, 0)]).await[0],
+        ["ticket:Critical", "email:MNW down — critical service failure", "notify:error"]
+    );
+}
+
+#[tokio::test]
+async fn status_alert_shares_one_cooldown_and_tells_the_trailing_recovery() {
+    let mut h = status_alert(&[]);
+    let got = series(&mut h, &[(O, 0), (D, 1), (O, 2), (O, 5), (O, 6), (O, 7)]).await;
+    assert_eq!(got[1], ["ticket:High", "email:MNW degraded — partial service failure", "notify:degraded"]);
+    assert!(got[2].is_empty(), "the recovery inside the cooldown waits: {:?}", got[2]);
+    assert!(got[3].is_empty(), "4 minutes: still inside");
+    assert_eq!(got[4], ["email:MNW recovered — all services operational", "notify:operational"]);
+    assert!(got[5].is_empty(), "told once");
+}
+
+#[tokio::test]
+async fn status_alert_thresholds_need_consecutive_results() {
+    let mut h = status_alert(&[("failure_threshold", "3"), ("success_threshold", "2")]);
+    let got = series(&mut h, &[(O, 0), (D, 1), (D, 2), (O, 3), (D, 4), (D, 5), (D, 6), (O, 20), (O, 21)]).await;
+    assert!(got[1..6].iter().all(Vec::is_empty), "{got:?}");
+    assert_eq!(got[6][0], "ticket:High");
+    assert!(got[7].is_empty(), "one success is not enough");
+    assert_eq!(got[8], ["email:MNW recovered — all services operational", "notify:operational"]);
+}
+
+#[tokio::test]
+async fn status_alert_email_body_is_the_original_monitors() {
+    let mut h = status_alert(&[]);
+    h.eval(&snapshot(O, 0), at(0)).await.unwrap();
+    let e = h.eval(&snapshot(D, 1), at(1)).await.unwrap();
+    let body = e
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            ActionRecord::EmailAdmin { body, .. } => Some(body.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        body,
+        "Status: Degraded\nPrevious status: Operational\nDB: OK\nS3: FAIL (connection refused)\nSessions: OK\nCheck duration: 7 ms\n"
+    );
+    assert_eq!(h.state.get("last_status").map(String::as_str), Some("degraded"));
+}
+
+async fn tickets(h: &mut Harness, series: &[(f64, f64)], names: (&str, &str)) -> Vec<bool> {
+    let mut out = Vec::new();
+    for (i, &(value, max)) in series.iter().enumerate() {
+        let actions = h.decide(&gauges(&[(names.0, value), (names.1, max)]), at(i as i64)).await;
+        out.push(actions.iter().any(|a| a.starts_with("ticket:")));
+    }
+    out
+}
+
+#[tokio::test]
+async fn pool_pressure_hysteresis_through_the_component() {
+    let pool = ("db_pool_active", "db_pool_max");
+    let table: [(&[f64], &[bool]); 2] =
+        [(&[80.0, 65.0, 85.0], &[true, false, false]), (&[80.0, 55.0, 85.0], &[true, false, true])];
+    for (pcts, want) in table {
+        let mut h = Harness::new(spec("pool-pressure", "pool-pressure.wasm", &[("cooldown", "0s")]));
+        let series: Vec<(f64, f64)> = pcts.iter().map(|p| (*p, 100.0)).collect();
+        assert_eq!(tickets(&mut h, &series, pool).await, want, "{pcts:?}");
+    }
+    // The cooldown backstops a quick re-arm.
+    let mut h = Harness::new(spec("pool-pressure", "pool-pressure.wasm", &[("cooldown", "5m")]));
+    let series = [(80.0, 100.0), (55.0, 100.0), (85.0, 100.0), (90.0, 100.0), (90.0, 100.0), (90.0, 100.0)];
+    assert_eq!(tickets(&mut h, &series, pool).await, [true, false, false, false, false, true]);
+}
+
+#[tokio::test]
+async fn pg_saturation_tickets_under_its_cooldown_with_the_diagnostic_query() {
+    let mut h = Harness::new(spec("pg-saturation", "pg-saturation.wasm", &[("cooldown", "5m")]));
+    let names = ("pg_client_backends", "pg_max_connections");
+    let series =
+        [(80.0, 100.0), (81.0, 100.0), (95.0, 100.0), (95.0, 100.0), (95.0, 100.0), (95.0, 100.0), (95.0, 100.0)];
+    assert_eq!(tickets(&mut h, &series, names).await, [false, true, false, false, false, false, true]);
+    let mut h = Harness::new(spec("pg-saturation", "pg-saturation.wasm", &[]));
+    let e = h.eval(&gauges(&[(names.0, 90.0), (names.1, 100.0)]), at(0)).await.unwrap();
+    let ticket = e.actions.iter().find(|a| matches!(a, ActionRecord::OpenTicket { .. })).unwrap();
+    let ActionRecord::OpenTicket { body, priority, dedup_key, .. } = ticket else { unreachable!() };
+    assert!(body.contains("FROM pg_stat_activity"), "{body}");
+    assert_eq!(*priority, Priority::High);
+    assert!(dedup_key.starts_with("pg-saturation:"), "the host prefixes the plugin: {dedup_key}");
+}
+
+fn bad(mode: &str) -> PolicySpec {
+    let mut s = spec(&format!("bad-{mode}"), "bad-guest.wasm", &[("mode", mode)]);
+    s.limits =
+        Limits { memory_bytes: 8 << 20, deadline: warden::config::Duration::try_from("50ms").unwrap(), sql_rows: 10 };
+    s
+}
+
+async fn run_bad(mode: &str) -> Result<Evaluation, EvalError> {
+    Harness::new(bad(mode)).eval(&snapshot(O, 0), at(0)).await
+}
+
+#[tokio::test]
+async fn an_infinite_loop_is_stopped_at_the_deadline_and_others_still_run() {
+    let started = std::time::Instant::now();
+    let err = run_bad("spin").await.unwrap_err();
+    assert_eq!(err, EvalError::Deadline("50ms".into()));
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "took {:?}", started.elapsed());
+    // The next evaluation, of another policy, runs normally.
+    let mut h = status_alert(&[]);
+    assert_eq!(h.decide(&snapshot(E, 0), at(0)).await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_memory_bomb_stops_at_the_cap() {
+    assert!(matches!(run_bad("hog").await.unwrap_err(), EvalError::Memory(_)));
+}
+
+#[tokio::test]
+async fn a_panic_is_a_trap_and_an_error_result_is_a_refusal() {
+    assert!(matches!(run_bad("panic").await.unwrap_err(), EvalError::Trap(_)));
+    assert_eq!(run_bad("refuse").await.unwrap_err(), EvalError::Refused("no thanks".into()));
+}
+
+#[tokio::test]
+async fn oversized_output_is_capped() {
+    assert!(matches!(run_bad("flood").await.unwrap_err(), EvalError::Oversized(m) if m.contains("10000 actions")));
+    assert!(matches!(run_bad("huge").await.unwrap_err(), EvalError::Oversized(_)));
+    assert!(
+        matches!(run_bad("state-bomb").await.unwrap_err(), EvalError::Trap(m) if m.contains("state write too large"))
+    );
+}
+
+#[tokio::test]
+async fn state_persists_between_evaluations() {
+    let mut h = Harness::new(bad("ok"));
+    h.eval(&snapshot(O, 0), at(0)).await.unwrap();
+    let second = h.eval(&snapshot(O, 1), at(1)).await.unwrap();
+    assert_eq!(h.state.get("seen").map(String::as_str), Some("2"));
+    assert!(matches!(&second.actions[0], ActionRecord::Log { message, .. } if message == "evaluation 2 in mode `ok`"));
+}
+
+#[tokio::test]
+async fn a_policy_that_keeps_failing_is_quarantined() {
+    let mut s = bad("panic");
+    s.quarantine_after = 2;
+    let mut h = Harness::new(s);
+    assert!(matches!(h.eval(&snapshot(O, 0), at(0)).await, Err(EvalError::Trap(_))));
+    assert!(!h.policy.is_quarantined());
+    assert!(matches!(h.eval(&snapshot(O, 0), at(0)).await, Err(EvalError::Trap(_))));
+    assert!(h.policy.is_quarantined());
+    assert_eq!(h.eval(&snapshot(O, 0), at(0)).await.unwrap_err(), EvalError::Quarantined(2));
+}
+
+#[tokio::test]
+async fn ungranted_sql_is_refused_at_load_and_granted_sql_reads_only() {
+    let s = spec("sql-guest", "sql-guest.wasm", &[]);
+    let err = engine().load(&s).unwrap_err().to_string();
+    assert!(
+        err.contains("policy \"sql-guest\"") && err.contains("warden:policy/sql") && err.contains("sql:read"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = warden::config::DbUrl::Sqlite(dir.path().join("t.db"));
+    let pool = warden::db::Pool::open(
+        &url,
+        warden::db::PoolSettings {
+            max_connections: 2,
+            acquire_timeout: std::time::Duration::from_secs(5),
+            lazy: false,
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    pool.execute("CREATE TABLE t (n INTEGER); INSERT INTO t VALUES (1), (2), (3)").await.unwrap();
+    let run = |query: &str| {
+        let mut s = spec("sql-guest", "sql-guest.wasm", &[("query", query)]);
+        s.grants.sql_read = true;
+        s.limits.sql_rows = 2;
+        let policy = engine().load(&s).unwrap();
+        let caps = Capabilities { sql: Some(pool.clone()), s3: None };
+        async move {
+            let e = engine().evaluate(&policy, "job", &snapshot(O, 0), BTreeMap::new(), at(0), caps).await.unwrap();
+            match &e.actions[0] {
+                ActionRecord::Log { message, .. } => message.clone(),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    assert_eq!(run("SELECT n FROM t ORDER BY n LIMIT 2").await, "rows=2 cells=1,2");
+    assert!(run("SELECT n FROM t").await.contains("more than 2 rows"));
+    assert!(run("DELETE FROM t").await.starts_with("sql error:"), "writes are refused");
+    let count: i64 = match &pool {
+        warden::db::Pool::Sqlite(p) => sqlx::query_scalar("SELECT count(*) FROM t").fetch_one(p).await.unwrap(),
+        _ => unreachable!(),
+    };
+    assert_eq!(count, 3);
+}
+
+#[test]
+fn files_that_are_not_components_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"this is not wasm").unwrap();
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, wat::parse_str("(module)").unwrap()).unwrap();
+    for (file, needle) in [(&garbage, "magic bytes"), (&core, "core wasm module")] {
+        let mut s = spec("broken", "status-alert.wasm", &[]);
+        s.component = file.clone();
+        let err = engine().load(&s).unwrap_err().to_string();
+        assert!(err.contains("policy \"broken\"") && err.contains(needle), "{err}");
+    }
+}
+
+#[test]
+fn a_component_importing_what_the_host_lacks_is_refused_naming_the_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("alien.wasm");
+    let text = r#"(component
+        (import "acme:weather/forecast@1.0.0" (instance (export "rain" (func (result bool)))))
+    )"#;
+    std::fs::write(&path, wat::parse_str(text).unwrap()).unwrap();
+    let mut s = spec("alien", "status-alert.wasm", &[]);
+    s.component = path;
+    let err = engine().load(&s).unwrap_err().to_string();
+    assert!(err.contains("acme:weather/forecast@1.0.0") && err.contains("does not provide"), "{err}");
+}
