@@ -287,3 +287,51 @@ fn health_keeps_answering_and_probing_while_the_state_store_is_unreachable() {
     assert_eq!(daemon.terminate(Duration::from_secs(20)), Some(0));
     rt.block_on(db.drop_db());
 }
+
+fn counter(metrics: &str, prefix: &str) -> u64 {
+    metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn a_plugin_is_hot_swapped_while_probes_run_and_no_evaluation_is_lost() {
+    let plugins = crate::policies::plugins_dir();
+    let (dir, config) = schedule_dir(&format!(
+        "{PROBE_EVERY_SECOND}\n[[policy]]\nname = \"echo\"\ncomponent = \"policy.wasm\"\non = [\"probe\"]\nconfig = {{ mode = \"ok\" }}\n"
+    ));
+    let component = dir.path().join("policy.wasm");
+    std::fs::copy(plugins.join("bad-guest.wasm"), &component).unwrap();
+    let daemon = Daemon::start(dir.path(), &config);
+    let evals = "warden_policy_evaluations_total{policy=\"echo\",outcome=\"ok\"}";
+    let runs = "warden_job_runs_total{job=\"probe\",outcome=\"ok\"}";
+    wait_for(Duration::from_secs(20), "evaluations", || (counter(&daemon.get("/metrics").1, evals) >= 2).then_some(()));
+
+    // Swap in another component: it is compiled, pre-instantiated and swapped without a restart.
+    std::fs::copy(plugins.join("status-alert.wasm"), dir.path().join("next.wasm")).unwrap();
+    std::fs::rename(dir.path().join("next.wasm"), &component).unwrap();
+    wait_for(Duration::from_secs(20), "the new version to load", || {
+        (daemon.log().matches("policy loaded policy=echo").count() >= 2).then_some(())
+    });
+    let after_swap = counter(&daemon.get("/metrics").1, evals);
+    wait_for(Duration::from_secs(20), "evaluations on the new version", || {
+        (counter(&daemon.get("/metrics").1, evals) >= after_swap + 2).then_some(())
+    });
+
+    // A broken file is refused; the running version keeps evaluating.
+    std::fs::write(dir.path().join("next.wasm"), b"not a component").unwrap();
+    std::fs::rename(dir.path().join("next.wasm"), &component).unwrap();
+    wait_for(Duration::from_secs(20), "the refusal", || {
+        daemon.log().contains("does not start with the wasm magic bytes").then_some(())
+    });
+    let after_refusal = counter(&daemon.get("/metrics").1, evals);
+    wait_for(Duration::from_secs(20), "evaluations to go on", || {
+        (counter(&daemon.get("/metrics").1, evals) >= after_refusal + 2).then_some(())
+    });
+
+    // Every probe run was evaluated: none lost across the swaps.
+    wait_for(Duration::from_secs(10), "equal counts", || {
+        let m = daemon.get("/metrics").1;
+        let (e, r) = (counter(&m, evals), counter(&m, runs));
+        (e == r && e > 0).then_some(())
+    });
+    assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
+}

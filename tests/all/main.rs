@@ -5,6 +5,6 @@ mod support;
 
 mod config_ui;
 mod e2e;
-mod policies;
+pub mod policies;
 mod postgres;
 mod s3;

@@ -369,3 +369,60 @@ fn a_component_importing_what_the_host_lacks_is_refused_naming_the_import() {
     let err = engine().load(&s).unwrap_err().to_string();
     assert!(err.contains("acme:weather/forecast@1.0.0") && err.contains("does not provide"), "{err}");
 }
+
+#[tokio::test]
+async fn state_writes_and_actions_commit_together_or_not_at_all() {
+    use std::sync::Arc;
+    use warden::daemon::{PolicySet, Trigger, execute_observed};
+
+    let dir = tempfile::tempdir().unwrap();
+    let closed = crate::support::free_port();
+    let body = format!(
+        r#"version = 1
+product = "MNW"
+[targets]
+database = "postgres://postgres@127.0.0.1:{closed}/gone"
+[[job]]
+name = "probe"
+every = "30s"
+task = "probe"
+checks = [{{ name = "db", kind = "db", timeout = "2s" }}]
+[[policy]]
+name = "status-alert"
+component = "{}"
+on = ["probe"]
+"#,
+        plugins_dir().join("status-alert.wasm").display()
+    );
+    let path = dir.path().join("schedules.toml");
+    std::fs::write(&path, body).unwrap();
+    let cfg = warden::config::load(&path).unwrap();
+    let ctx = warden::daemon::open(&cfg).await.unwrap();
+    let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm-cache");
+    let set = PolicySet::load(Arc::new(PolicyEngine::new(Some(&cache)).unwrap()), &cfg, None).unwrap();
+    let job = cfg.job("probe").unwrap();
+
+    // The commit fails after every row was written: nothing may remain.
+    ctx.store.fail_next_commit();
+    let first = execute_observed(job, at(0), Trigger::Manual, &ctx, Some(&set), &|_| {}).await;
+    assert!(!first.committed);
+    let decided = first.evaluations[0].1.as_ref().unwrap();
+    assert_eq!(decided.actions.iter().filter(|a| a.outbox_kind().is_some()).count(), 3, "ticket, email, notice");
+    assert!(ctx.store.policy_state("status-alert").await.unwrap().is_empty(), "state write rolled back");
+    assert!(ctx.store.outbox().await.unwrap().is_empty(), "actions rolled back");
+    assert_eq!(ctx.store.count_health().await.unwrap(), 0, "snapshot rolled back");
+
+    // The next occurrence decides again from the old state, and this time it all lands.
+    let second = execute_observed(job, at(1), Trigger::Manual, &ctx, Some(&set), &|_| {}).await;
+    assert!(second.committed);
+    assert_eq!(
+        ctx.store.policy_state("status-alert").await.unwrap().get("last_status").map(String::as_str),
+        Some("error")
+    );
+    let outbox = ctx.store.outbox().await.unwrap();
+    let kinds: Vec<&str> = outbox.iter().map(|(kind, ..)| kind.as_str()).collect();
+    assert_eq!(kinds, ["ticket", "email", "subscribers"]);
+    assert!(outbox[1].2.contains("MNW down — critical service failure"), "{}", outbox[1].2);
+    assert!(outbox.iter().all(|(.., policy, state)| policy.as_deref() == Some("status-alert") && state == "pending"));
+    assert_eq!(ctx.store.count_health().await.unwrap(), 1);
+}
