@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
@@ -39,6 +39,43 @@ pub enum Command {
     Trigger {
         /// The job's name.
         job: String,
+    },
+    /// Policy plugins: scaffold one, or run one evaluation in the sandbox.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Scaffold a policy crate that builds and passes its own test.
+    New {
+        name: String,
+        /// Where the crate goes.
+        #[arg(long, default_value = "plugins")]
+        dir: PathBuf,
+        /// The warden-policy SDK, relative to the new crate or absolute.
+        #[arg(long, default_value = "../sdk")]
+        sdk: PathBuf,
+        /// Give the crate a workspace of its own (outside this repository).
+        #[arg(long)]
+        standalone: bool,
+    },
+    /// Run one evaluation of a policy (a configured name or a .wasm file) and print the
+    /// actions, state writes and logs.
+    Test {
+        plugin: String,
+        /// The event, as JSON (`{"kind": "snapshot", …}`, `"gauges"` or `"run-finished"`).
+        #[arg(long)]
+        event: PathBuf,
+        /// The policy's state before the evaluation, as a JSON object of strings.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// The job the event comes from (default: the policy's first `on` job).
+        #[arg(long)]
+        job: Option<String>,
+        /// The evaluation's clock (RFC 3339); default now.
+        #[arg(long)]
+        now: Option<DateTime<Utc>>,
     },
 }
 
@@ -82,22 +119,51 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Plugin(PluginCommand::New { name, dir, sdk, standalone }) = &cli.command {
+        return crate::plugin_cli::new(name, dir, sdk, *standalone);
+    }
+    if let Command::Plugin(PluginCommand::Test { plugin, event, state, job, now }) = &cli.command {
+        // A bare component file needs no schedule; a policy name does.
+        let config = if cli.config.exists() {
+            Some(load(&cli.config).map_err(|_| anyhow::anyhow!("the schedule is invalid"))?)
+        } else {
+            None
+        };
+        return crate::plugin_cli::test(config.as_ref(), plugin, event, state.as_deref(), job.as_deref(), *now).await;
+    }
     let config = match load(&cli.config) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
     match cli.command {
-        Command::Check => {
-            println!("{}: OK ({} jobs)", cli.config.display(), config.jobs.len());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Check => check_policies(&cli.config, &config),
         Command::Run { listen } => {
             daemon::run(&cli.config, config, listen).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Jobs => jobs(&config).await,
         Command::Trigger { job } => trigger(&config, &job).await,
+        Command::Plugin(_) => unreachable!("handled above"),
     }
+}
+
+/// Loads and pre-instantiates every configured plugin, so a bad component or a missing
+/// import is found now, not at 3 a.m.
+fn check_policies(path: &Path, config: &Config) -> anyhow::Result<ExitCode> {
+    let engine = crate::daemon::policy_engine(config)?;
+    let mut problems = 0;
+    for spec in &config.policies {
+        if let Err(e) = engine.load(spec) {
+            eprintln!("{}: {e}", path.display());
+            problems += 1;
+        }
+    }
+    if problems > 0 {
+        eprintln!("{}: {problems} problem(s) found", path.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("{}: OK ({} jobs, {} policies)", path.display(), config.jobs.len(), config.policies.len());
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn jobs(config: &Config) -> anyhow::Result<ExitCode> {

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod db;
 pub mod health;
 pub mod metrics;
+pub mod plugin_cli;
 pub mod runtime;
 pub mod schedule;
 pub mod store;

@@ -335,3 +335,94 @@ fn a_plugin_is_hot_swapped_while_probes_run_and_no_evaluation_is_lost() {
     });
     assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
 }
+
+#[test]
+fn check_loads_every_plugin_and_names_the_bad_ones() {
+    let plugins = crate::policies::plugins_dir();
+    let (dir, config) = schedule_dir(&format!(
+        r#"version = 1
+[[job]]
+name = "probe"
+every = "30s"
+task = "probe"
+checks = [{{ name = "db", kind = "db" }}]
+
+[[policy]]
+name = "good"
+component = "{good}"
+on = ["probe"]
+
+[[policy]]
+name = "sneaky"
+component = "{sql}"
+on = ["probe"]
+
+[[policy]]
+name = "missing"
+component = "nowhere.wasm"
+on = ["probe"]
+"#,
+        good = plugins.join("status-alert.wasm").display(),
+        sql = plugins.join("sql-guest.wasm").display(),
+    ));
+    let (code, stdout, stderr) = warden(dir.path(), &["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.contains("policy \"sneaky\"") && stderr.contains("warden:policy/sql"), "{stderr}");
+    assert!(stderr.contains("policy \"missing\": cannot read") && stderr.contains("nowhere.wasm"), "{stderr}");
+    assert!(!stderr.contains("policy \"good\""), "{stderr}");
+    assert!(stderr.contains("2 problem(s) found"), "{stderr}");
+}
+
+#[test]
+fn plugin_test_runs_one_evaluation_and_prints_actions_and_state() {
+    let plugins = crate::policies::plugins_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let event = dir.path().join("event.json");
+    std::fs::write(
+        &event,
+        r#"{"kind": "snapshot", "job": "health-probe", "status": "degraded", "checked_at": "2026-11-29T12:00:00Z",
+            "duration_ms": 9, "checks": [{"name": "s3", "kind": "s3", "critical": false, "ok": false, "duration_ms": 5}]}"#,
+    )
+    .unwrap();
+    let state = dir.path().join("state.json");
+    std::fs::write(&state, r#"{"last_status": "operational", "last_told": "operational"}"#).unwrap();
+    let component = plugins.join("status-alert.wasm");
+    let args = ["plugin", "test", component.to_str().unwrap(), "--event", "event.json", "--state", "state.json"];
+    let (code, stdout, stderr) = warden(dir.path(), &args);
+    assert_eq!(code, 0, "{stderr}");
+    let out = json(&stdout);
+    let kinds: Vec<&str> = out["actions"].as_array().unwrap().iter().map(|a| a["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["log", "open-ticket", "email-admin", "notify-subscribers"]);
+    assert_eq!(out["actions"][2]["subject"], "warden degraded — partial service failure");
+    assert_eq!(out["state_writes"]["last_status"], "degraded");
+
+    std::fs::write(&event, "{\"kind\": \"nonsense\"}").unwrap();
+    let (code, _, stderr) = warden(dir.path(), &args);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("event.json: not an event"), "{stderr}");
+}
+
+#[test]
+fn plugin_new_scaffolds_a_crate_that_builds_and_passes_its_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk").canonicalize().unwrap();
+    let (code, stdout, stderr) = warden(
+        dir.path(),
+        &["plugin", "new", "my-policy", "--dir", ".", "--sdk", sdk.to_str().unwrap(), "--standalone"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("created ./my-policy"), "{stdout}");
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/scaffold-test");
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["test", "--offline", "--manifest-path", "my-policy/Cargo.toml"])
+        .env("CARGO_TARGET_DIR", target)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("test tests::logs_a_change_once ... ok"), "{text}");
+    let (code, _, stderr) = warden(dir.path(), &["plugin", "new", "Bad Name"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("invalid plugin name"), "{stderr}");
+}

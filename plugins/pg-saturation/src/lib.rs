@@ -61,7 +61,7 @@ pub fn decide(rules: &Rules, set: &GaugeSet, now_ms: i64, state: &mut impl State
                 (rules.threshold * 100.0).round()
             ),
             priority: Priority::High,
-            dedup_key: format!("pg-saturation:{now_ms}"),
+            dedup_key: format!("saturated:{now_ms}"),
         }));
         state.set(TICKET_AT, now_ms.to_string());
     }

@@ -63,7 +63,7 @@ pub fn decide(rules: &Rules, set: &GaugeSet, now_ms: i64, state: &mut impl State
                     (rules.warn_ratio * 100.0).round()
                 ),
                 priority: Priority::High,
-                dedup_key: format!("pool-pressure:{now_ms}"),
+                dedup_key: format!("rising:{now_ms}"),
             }));
             state.set(ARMED, "0".into());
             state.set(TICKET_AT, now_ms.to_string());

@@ -102,7 +102,7 @@ pub fn decide(rules: &Rules, snap: &Snapshot, now_ms: i64, state: &mut impl Stat
                 title: format!("{} {what}: status {}", rules.product, new.name()),
                 body: body(snap, last),
                 priority,
-                dedup_key: format!("status-alert:{}:{}", new.name(), snap.checked_at_ms),
+                dedup_key: format!("{}:{}", new.name(), snap.checked_at_ms),
             }));
         }
         if cooldown_over(&|k| state.get_i64(k)) {
