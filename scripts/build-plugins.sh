@@ -26,7 +26,10 @@ for dir in plugins/*/; do
   [ -f "$dir/Cargo.toml" ] && [ "$name" != sdk ] && crates+=("$name")
 done
 if [ "$TESTS" = 1 ]; then
-  for dir in tests/guests/*/; do crates+=("$(basename "$dir")"); done
+  for dir in tests/guests/*/; do
+    name=$(basename "$dir")
+    [ "$name" != wasi-guest ] && crates+=("$name")
+  done
 fi
 args=()
 for c in "${crates[@]}"; do args+=(-p "$c"); done
@@ -39,9 +42,21 @@ CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-Clink-arg=--wasm-ld-path=$WASM_L
   "$WASM_CARGO" build --locked --profile wasm --target wasm32-unknown-unknown \
     -Zbuild-std=std,panic_abort --target-dir target/wasm "${args[@]}" >&2
 
+if [ "$TESTS" = 1 ]; then
+  # The WASI guest is built the ordinary way for WASI: wasm32-wasip1 std against Debian's
+  # wasi-libc, made a component by wasm-component-ld with its preview1 reactor adapter.
+  PATH=/usr/bin:$PATH RUSTC=$WASM_RUSTC RUSTC_BOOTSTRAP=1 \
+  CARGO_TARGET_WASM32_WASIP1_LINKER=$WASM_LINKER \
+  CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="-L/usr/lib/wasm32-wasi -Clink-self-contained=no -Clink-arg=--wasm-ld-path=$WASM_LD -Clink-arg=--wasi-adapter=reactor" \
+    "$WASM_CARGO" build --locked --profile wasm --target wasm32-wasip1 \
+      -Zbuild-std=std,panic_abort --target-dir target/wasm -p wasi-guest >&2
+fi
+
 mkdir -p "$OUT"
+[ "$TESTS" = 1 ] && crates+=(wasi-guest)
 for c in "${crates[@]}"; do
   src=target/wasm/wasm32-unknown-unknown/wasm/${c//-/_}.wasm
+  [ "$c" = wasi-guest ] && src=target/wasm/wasm32-wasip1/wasm/wasi_guest.wasm
   # A component starts 00 61 73 6d 0d 00 01 00; a core module would be refused by the host.
   magic=$(head -c 8 "$src" | od -An -tx1 | tr -d ' \n')
   [ "$magic" = 0061736d0d000100 ] || { echo "build-plugins: $src is not a component ($magic)" >&2; exit 1; }

@@ -20,10 +20,11 @@ need=()
 [ -x "$WCL" ] || need+=(rustc-web)
 [ -x "$WASM_LD" ] || need+=(lld-22)
 [ -e /usr/bin/rust-lld ] || need+=(rust-web-llvm)
+[ -f /usr/lib/wasm32-wasi/libc.a ] || need+=(wasi-libc)   # for the WASI test guest (wasm32-wasip1)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]} (Debian)"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    ca-certificates gcc libc6-dev rustc-web cargo-web rust-web-src rust-web-llvm lld-22 >&2
+    ca-certificates gcc libc6-dev rustc-web cargo-web rust-web-src rust-web-llvm lld-22 wasi-libc >&2
 fi
 echo "export WASM_CARGO=/usr/bin/cargo WASM_RUSTC=/usr/bin/rustc WASM_LINKER=$WCL WASM_LD=$WASM_LD"

@@ -69,3 +69,7 @@ pub fn record_evaluation(policy: &str, outcome: &str, seconds: f64) {
         histogram!("warden_policy_evaluation_duration_seconds", "policy" => policy.to_owned()).record(seconds);
     }
 }
+
+pub fn record_quarantine(policy: &str, quarantined: bool) {
+    gauge!("warden_policy_quarantined", "policy" => policy.to_owned()).set(if quarantined { 1.0 } else { 0.0 });
+}

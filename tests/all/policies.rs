@@ -426,3 +426,32 @@ on = ["probe"]
     assert!(outbox.iter().all(|(.., policy, state)| policy.as_deref() == Some("status-alert") && state == "pending"));
     assert_eq!(ctx.store.count_health().await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn a_wasi_guest_loads_and_every_reach_outside_is_denied() {
+    // Built the ordinary way for WASI (wasm32-wasip1 std + the component adapter).
+    let mut h = Harness::new(spec("wasi", "wasi-guest.wasm", &[]));
+    let e = h.eval(&snapshot(O, 0), at(0)).await.unwrap_or_else(|e| panic!("{e}"));
+    let said = |what: &str| -> String {
+        e.actions
+            .iter()
+            .find_map(|a| match a {
+                ActionRecord::Log { message, .. } => message.strip_prefix(&format!("{what}: ")).map(str::to_owned),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no `{what}` report in {:?}", e.actions))
+    };
+    assert!(said("file").starts_with("denied"), "reading /etc/passwd: {}", said("file"));
+    assert!(said("dir").starts_with("denied"), "listing /: {}", said("dir"));
+    assert_eq!(said("env"), "empty", "the host's environment stays out");
+    assert_eq!(said("args"), "0");
+    assert!(said("socket").starts_with("denied"), "{}", said("socket"));
+    assert_eq!(said("clock"), "ok", "clocks are allowed");
+    assert!(
+        e.logs.iter().any(|(stream, text)| stream == "stdout" && text.contains("hello from the guest's stdout")),
+        "stdout is captured into the log: {:?}",
+        e.logs
+    );
+    // The host is unaffected: the next policy evaluates normally.
+    assert_eq!(status_alert(&[]).decide(&snapshot(E, 0), at(0)).await.len(), 3);
+}

@@ -154,6 +154,12 @@ pub async fn execute_observed(
                 Err(e) => {
                     let outcome = if policy.is_quarantined() { "quarantined" } else { "failed" };
                     metrics::record_evaluation(&name, outcome, 0.0);
+                    metrics::record_quarantine(&name, policy.is_quarantined());
+                    let note = format!("policy {name}: {e}");
+                    report.detail = Some(match report.detail.take() {
+                        Some(d) => format!("{d}; {note}"),
+                        None => note,
+                    });
                     warn!(policy = %name, job = %job.name, error = %e, quarantined = policy.is_quarantined(), "policy evaluation failed");
                 }
             }
