@@ -5,6 +5,8 @@
 //! `sandbox::new_store` builds a `Store` (with the memory cap and the deadline). A plugin
 //! never sees a credential: host functions hold the pools and clients.
 
+#[doc(hidden)]
+pub mod bench;
 pub mod bindings;
 mod convert;
 mod engine;
@@ -166,7 +168,7 @@ impl PolicyEngine {
 
     /// The linker for one grant set: WASI (deny by default), the default interfaces, and
     /// the granted ones. Ungranted interfaces are absent, so importing them fails at load.
-    fn linker(&self, grants: Grants) -> wasmtime::Result<Linker<PluginCtx>> {
+    pub(crate) fn linker(&self, grants: Grants) -> wasmtime::Result<Linker<PluginCtx>> {
         use bindings::warden::policy as wit;
         let mut linker = Linker::new(self.engine());
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;

@@ -1,0 +1,152 @@
+//! Policy evaluation benchmark (prints a table): `cargo bench -p warden --bench policy`.
+//!
+//! `status-alert` on a typical snapshot, one thread, in four modes: ours (a fresh sandboxed
+//! Store per evaluation from the pre-instantiated component), Spin-style (link and
+//! instantiate per call), one reused instance (no isolation: the floor), and the same
+//! decision natively. Then cold and warm start-up with the compiled-artifact cache.
+//! Without `--bench` (as `cargo test --all-targets` runs it) it does a short smoke run.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use warden::config::{Grants, Limits, PolicySpec};
+use warden::health::{CheckResult, Snapshot, Status};
+use warden::runtime::bench::Modes;
+use warden::runtime::{Capabilities, PolicyEngine};
+use warden::tasks::Event;
+
+fn snapshot() -> Snapshot {
+    let check = |name: &str| CheckResult { name: name.into(), kind: name.into(), critical: name == "db", ok: true, error: None, duration_ms: 3 };
+    Snapshot {
+        job: "health-probe".into(),
+        status: Status::Operational,
+        checked_at: Utc.timestamp_opt(1_800_000_000, 0).unwrap(),
+        duration_ms: 9,
+        checks: vec![check("db"), check("s3"), check("sessions")],
+    }
+}
+
+struct Row {
+    name: &'static str,
+    samples: Vec<Duration>,
+}
+
+fn report(rows: &mut [Row]) {
+    println!("{:<44} {:>10} {:>10} {:>12}", "mode", "median µs", "p99 µs", "evals/s");
+    for row in rows.iter_mut() {
+        row.samples.sort_unstable();
+        let pct = |p: f64| row.samples[((row.samples.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e6;
+        let total: f64 = row.samples.iter().map(Duration::as_secs_f64).sum();
+        println!("{:<44} {:>10.1} {:>10.1} {:>12.0}", row.name, pct(0.5), pct(0.99), row.samples.len() as f64 / total);
+    }
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let n = if full { 20_000 } else { 200 };
+    let plugins = std::env::var_os("WARDEN_TEST_PLUGINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins"));
+    let spec = PolicySpec {
+        name: "status-alert".into(),
+        component: plugins.join("status-alert.wasm"),
+        on: vec!["health-probe".into()],
+        config: vec![("product".into(), "MNW".into()), ("cooldown".into(), "5m".into())],
+        grants: Grants::default(),
+        limits: Limits::default(),
+        quarantine_after: u32::MAX,
+        enabled: true,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let cache = tempfile_dir();
+    let engine = PolicyEngine::new(Some(&cache)).unwrap();
+    let policy = engine.load(&spec).unwrap();
+    let snap = snapshot();
+    let event = Event::Snapshot(snap.clone());
+    let now = snap.checked_at;
+    let state: BTreeMap<String, String> =
+        [("last_status", "operational"), ("last_told", "operational")].into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+    let modes = Modes::new(&engine, &policy, &event, now).unwrap();
+
+    println!("policy benchmark ({} run, {n} evaluations per mode, component {} bytes)", if full { "full" } else { "smoke" }, std::fs::metadata(&spec.component).unwrap().len());
+    let mut rows = Vec::new();
+    rt.block_on(async {
+        let time = |samples: &mut Vec<Duration>, t: Instant| samples.push(t.elapsed());
+        // Warm up every path once.
+        engine.evaluate(&policy, "health-probe", &event, state.clone(), now, Capabilities::default()).await.unwrap();
+
+        let mut s = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            let e = engine.evaluate(&policy, "health-probe", &event, state.clone(), now, Capabilities::default()).await.unwrap();
+            time(&mut s, t);
+            assert!(e.actions.is_empty());
+        }
+        rows.push(Row { name: "ours: fresh sandbox (pooling + InstancePre)", samples: s });
+
+        let mut s = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            modes.instantiate_per_call().await.unwrap();
+            time(&mut s, t);
+        }
+        rows.push(Row { name: "Spin-style: instantiate per call", samples: s });
+
+        let mut reused = modes.reused().await.unwrap();
+        let mut s = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            modes.call_reused(&mut reused).await.unwrap();
+            time(&mut s, t);
+        }
+        rows.push(Row { name: "reused instance (no isolation; floor)", samples: s });
+    });
+
+    let rules = status_alert::Rules { product: "MNW".into(), cooldown_ms: 300_000, failure_threshold: 1, success_threshold: 1 };
+    let wit_snap = warden_policy::Snapshot {
+        job: snap.job.clone(),
+        status: warden_policy::Status::Operational,
+        checked_at_ms: now.timestamp_millis(),
+        duration_ms: snap.duration_ms,
+        checks: snap
+            .checks
+            .iter()
+            .map(|c| warden_policy::CheckResult { name: c.name.clone(), kind: c.kind.clone(), critical: c.critical, ok: c.ok, error: None, duration_ms: c.duration_ms })
+            .collect(),
+    };
+    let mut s = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut st = state.clone();
+        let t = Instant::now();
+        let a = status_alert::decide(&rules, std::hint::black_box(&wit_snap), now.timestamp_millis(), &mut st);
+        s.push(t.elapsed());
+        std::hint::black_box(a);
+    }
+    rows.push(Row { name: "native (the same decide, no sandbox)", samples: s });
+    report(&mut rows);
+
+    // Start-up: compile vs load from the on-disk artifact cache.
+    let cold_dir = tempfile_dir();
+    let t = Instant::now();
+    let cold = PolicyEngine::new(Some(&cold_dir)).unwrap();
+    cold.load(&spec).unwrap();
+    let cold_ms = t.elapsed().as_secs_f64() * 1e3;
+    drop(cold);
+    let t = Instant::now();
+    let warm = PolicyEngine::new(Some(&cold_dir)).unwrap();
+    warm.load(&spec).unwrap();
+    let warm_ms = t.elapsed().as_secs_f64() * 1e3;
+    println!("{:<44} {:>10.1} ms", "start-up, cold (compile + cache write)", cold_ms);
+    println!("{:<44} {:>10.1} ms", "start-up, warm (artifact cache)", warm_ms);
+    println!("{:<44} {:>10} ({:.1} GiB virtual)", "allocation", format!("{:?}", engine.allocation()), engine.pool_reservation_bytes() as f64 / (1u64 << 30) as f64);
+    let _ = std::fs::remove_dir_all(cache);
+    let _ = std::fs::remove_dir_all(cold_dir);
+}
+
+fn tempfile_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("warden-bench-{}-{}", std::process::id(), rand::random::<u32>()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
