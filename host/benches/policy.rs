@@ -18,7 +18,14 @@ use warden::runtime::{Capabilities, PolicyEngine};
 use warden::tasks::Event;
 
 fn snapshot() -> Snapshot {
-    let check = |name: &str| CheckResult { name: name.into(), kind: name.into(), critical: name == "db", ok: true, error: None, duration_ms: 3 };
+    let check = |name: &str| CheckResult {
+        name: name.into(),
+        kind: name.into(),
+        critical: name == "db",
+        ok: true,
+        error: None,
+        duration_ms: 3,
+    };
     Snapshot {
         job: "health-probe".into(),
         status: Status::Operational,
@@ -66,11 +73,17 @@ fn main() {
     let snap = snapshot();
     let event = Event::Snapshot(snap.clone());
     let now = snap.checked_at;
-    let state: BTreeMap<String, String> =
-        [("last_status", "operational"), ("last_told", "operational")].into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+    let state: BTreeMap<String, String> = [("last_status", "operational"), ("last_told", "operational")]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
     let modes = Modes::new(&engine, &policy, &event, now).unwrap();
 
-    println!("policy benchmark ({} run, {n} evaluations per mode, component {} bytes)", if full { "full" } else { "smoke" }, std::fs::metadata(&spec.component).unwrap().len());
+    println!(
+        "policy benchmark ({} run, {n} evaluations per mode, component {} bytes)",
+        if full { "full" } else { "smoke" },
+        std::fs::metadata(&spec.component).unwrap().len()
+    );
     let mut rows = Vec::new();
     rt.block_on(async {
         let time = |samples: &mut Vec<Duration>, t: Instant| samples.push(t.elapsed());
@@ -80,7 +93,10 @@ fn main() {
         let mut s = Vec::with_capacity(n);
         for _ in 0..n {
             let t = Instant::now();
-            let e = engine.evaluate(&policy, "health-probe", &event, state.clone(), now, Capabilities::default()).await.unwrap();
+            let e = engine
+                .evaluate(&policy, "health-probe", &event, state.clone(), now, Capabilities::default())
+                .await
+                .unwrap();
             time(&mut s, t);
             assert!(e.actions.is_empty());
         }
@@ -104,7 +120,8 @@ fn main() {
         rows.push(Row { name: "reused instance (no isolation; floor)", samples: s });
     });
 
-    let rules = status_alert::Rules { product: "MNW".into(), cooldown_ms: 300_000, failure_threshold: 1, success_threshold: 1 };
+    let rules =
+        status_alert::Rules { product: "MNW".into(), cooldown_ms: 300_000, failure_threshold: 1, success_threshold: 1 };
     let wit_snap = warden_policy::Snapshot {
         job: snap.job.clone(),
         status: warden_policy::Status::Operational,
@@ -113,7 +130,14 @@ fn main() {
         checks: snap
             .checks
             .iter()
-            .map(|c| warden_policy::CheckResult { name: c.name.clone(), kind: c.kind.clone(), critical: c.critical, ok: c.ok, error: None, duration_ms: c.duration_ms })
+            .map(|c| warden_policy::CheckResult {
+                name: c.name.clone(),
+                kind: c.kind.clone(),
+                critical: c.critical,
+                ok: c.ok,
+                error: None,
+                duration_ms: c.duration_ms,
+            })
             .collect(),
     };
     let mut s = Vec::with_capacity(n);
@@ -140,7 +164,12 @@ fn main() {
     let warm_ms = t.elapsed().as_secs_f64() * 1e3;
     println!("{:<44} {:>10.1} ms", "start-up, cold (compile + cache write)", cold_ms);
     println!("{:<44} {:>10.1} ms", "start-up, warm (artifact cache)", warm_ms);
-    println!("{:<44} {:>10} ({:.1} GiB virtual)", "allocation", format!("{:?}", engine.allocation()), engine.pool_reservation_bytes() as f64 / (1u64 << 30) as f64);
+    println!(
+        "{:<44} {:>10} ({:.1} GiB virtual)",
+        "allocation",
+        format!("{:?}", engine.allocation()),
+        engine.pool_reservation_bytes() as f64 / (1u64 << 30) as f64
+    );
     let _ = std::fs::remove_dir_all(cache);
     let _ = std::fs::remove_dir_all(cold_dir);
 }

@@ -762,30 +762,26 @@ fn read_policy(
     if let Some(table) = t.get("config")
         && let Some(mut c) = TableReader::new(table, t.field("config"), ctx)
     {
-        {
-            let keys: Vec<String> = table
-                .get_ref()
-                .as_table()
-                .map(|m| m.iter().map(|(k, _)| k.get_ref().to_string()).collect())
-                .unwrap_or_default();
-            for key in &keys {
-                let Some(v) = c.get(key) else { continue };
-                let text = match v.get_ref() {
-                    toml::de::DeValue::String(s) => super::env::expand(s, ctx.env).map_err(|e| (v.span(), e)),
-                    toml::de::DeValue::Integer(i) => Ok(i.as_str().replace('_', "")),
-                    toml::de::DeValue::Float(f) => Ok(f.as_str().replace('_', "")),
-                    toml::de::DeValue::Boolean(b) => Ok(b.to_string()),
-                    other => {
-                        Err((v.span(), format!("expected a string, number or boolean, found {}", other.type_str())))
-                    }
-                };
-                match text {
-                    Ok(text) => config.push((key.clone(), text)),
-                    Err((span, msg)) => ctx.diag.error(span, c.field(key), msg),
-                }
+        let keys: Vec<String> = table
+            .get_ref()
+            .as_table()
+            .map(|m| m.iter().map(|(k, _)| k.get_ref().to_string()).collect())
+            .unwrap_or_default();
+        for key in &keys {
+            let Some(v) = c.get(key) else { continue };
+            let text = match v.get_ref() {
+                toml::de::DeValue::String(s) => super::env::expand(s, ctx.env).map_err(|e| (v.span(), e)),
+                toml::de::DeValue::Integer(i) => Ok(i.as_str().replace('_', "")),
+                toml::de::DeValue::Float(f) => Ok(f.as_str().replace('_', "")),
+                toml::de::DeValue::Boolean(b) => Ok(b.to_string()),
+                other => Err((v.span(), format!("expected a string, number or boolean, found {}", other.type_str()))),
+            };
+            match text {
+                Ok(text) => config.push((key.clone(), text)),
+                Err((span, msg)) => ctx.diag.error(span, c.field(key), msg),
             }
-            c.finish(ctx, &[]);
         }
+        c.finish(ctx, &[]);
     }
     if !config.iter().any(|(k, _)| k == "product") {
         config.push(("product".into(), product.to_owned()));
@@ -808,27 +804,25 @@ fn read_policy(
     if let Some(v) = t.get("limits")
         && let Some(mut l) = TableReader::new(v, t.field("limits"), ctx)
     {
-        {
-            if let Some(mem) = l.string(ctx, "memory") {
-                match parse_size(&mem.value) {
-                    Ok(n) if (64 << 10..=MAX_POLICY_MEMORY).contains(&n) => limits.memory_bytes = n,
-                    Ok(_) => ctx.diag.error(mem.span, l.field("memory"), "memory must be between 64KiB and 256MiB"),
-                    Err(e) => ctx.diag.error(mem.span, l.field("memory"), e),
-                }
+        if let Some(mem) = l.string(ctx, "memory") {
+            match parse_size(&mem.value) {
+                Ok(n) if (64 << 10..=MAX_POLICY_MEMORY).contains(&n) => limits.memory_bytes = n,
+                Ok(_) => ctx.diag.error(mem.span, l.field("memory"), "memory must be between 64KiB and 256MiB"),
+                Err(e) => ctx.diag.error(mem.span, l.field("memory"), e),
             }
-            if let Some(d) = l.duration(ctx, "deadline") {
-                if d.is_zero() || d.std() > std::time::Duration::from_secs(60) {
-                    let span = l.get("deadline").map(|v| v.span()).unwrap_or_default();
-                    ctx.diag.error(span, l.field("deadline"), "deadline must be between 1ms and 60s");
-                } else {
-                    limits.deadline = d;
-                }
-            }
-            if let Some(rows) = l.count(ctx, "sql_rows", 100_000) {
-                limits.sql_rows = rows as u32;
-            }
-            l.finish(ctx, &["memory", "deadline", "sql_rows"]);
         }
+        if let Some(d) = l.duration(ctx, "deadline") {
+            if d.is_zero() || d.std() > std::time::Duration::from_secs(60) {
+                let span = l.get("deadline").map(|v| v.span()).unwrap_or_default();
+                ctx.diag.error(span, l.field("deadline"), "deadline must be between 1ms and 60s");
+            } else {
+                limits.deadline = d;
+            }
+        }
+        if let Some(rows) = l.count(ctx, "sql_rows", 100_000) {
+            limits.sql_rows = rows as u32;
+        }
+        l.finish(ctx, &["memory", "deadline", "sql_rows"]);
     }
     let quarantine_after = t.count(ctx, "quarantine_after", 1000).unwrap_or(5) as u32;
     let enabled = t.bool(ctx, "enabled").unwrap_or(true);

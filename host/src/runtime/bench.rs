@@ -22,14 +22,26 @@ pub struct Modes<'a> {
 }
 
 impl<'a> Modes<'a> {
-    pub fn new(engine: &'a PolicyEngine, policy: &'a Policy, event: &Event, now: DateTime<Utc>) -> wasmtime::Result<Self> {
+    pub fn new(
+        engine: &'a PolicyEngine,
+        policy: &'a Policy,
+        event: &Event,
+        now: DateTime<Utc>,
+    ) -> wasmtime::Result<Self> {
         let component = Component::from_file(engine.engine(), &policy.spec.component)?;
         let linker = engine.linker(policy.spec.grants)?;
         Ok(Modes { engine, policy, component, linker, event: convert::event_to_wit(event, "health-probe", now), now })
     }
 
     fn ctx(&self) -> PluginCtx {
-        PluginCtx::new(self.now, BTreeMap::new(), self.policy.config.clone(), self.policy.spec.limits, self.policy.spec.grants, Capabilities::default())
+        PluginCtx::new(
+            self.now,
+            BTreeMap::new(),
+            self.policy.config.clone(),
+            self.policy.spec.limits,
+            self.policy.spec.grants,
+            Capabilities::default(),
+        )
     }
 
     /// Spin-style: link and instantiate from the component on every call (no InstancePre).
