@@ -455,3 +455,57 @@ async fn a_wasi_guest_loads_and_every_reach_outside_is_denied() {
     // The host is unaffected: the next policy evaluates normally.
     assert_eq!(status_alert(&[]).decide(&snapshot(E, 0), at(0)).await.len(), 3);
 }
+
+/// A WASI preview-2 guest in the component text format: `tcp` creates a TCP socket through
+/// `wasi:sockets` and returns 0 on success or the error code + 1.
+const SOCKET_GUEST: &str = r#"(component
+  (import "wasi:sockets/network@0.2.0" (instance $network
+    (type $ec (enum "unknown" "access-denied" "not-supported" "invalid-argument"
+      "out-of-memory" "timeout" "concurrency-conflict" "not-in-progress" "would-block" "invalid-state"
+      "new-socket-limit" "address-not-bindable" "address-in-use" "remote-unreachable"
+      "connection-refused" "connection-reset" "connection-aborted" "datagram-too-large"
+      "name-unresolvable" "temporary-resolver-failure" "permanent-resolver-failure"))
+    (export "error-code" (type (eq $ec)))
+    (type $fam (enum "ipv4" "ipv6"))
+    (export "ip-address-family" (type (eq $fam)))
+  ))
+  (alias export $network "error-code" (type $error-code))
+  (alias export $network "ip-address-family" (type $family))
+  (import "wasi:sockets/tcp@0.2.0" (instance $tcp
+    (export "tcp-socket" (type (sub resource)))
+  ))
+  (alias export $tcp "tcp-socket" (type $tcp-socket))
+  (import "wasi:sockets/tcp-create-socket@0.2.0" (instance $create
+    (alias outer 1 $error-code (type $ec))
+    (export "error-code" (type $ec-e (eq $ec)))
+    (alias outer 1 $family (type $fam))
+    (export "ip-address-family" (type $fam-e (eq $fam)))
+    (alias outer 1 $tcp-socket (type $sock))
+    (export "tcp-socket" (type $sock-e (eq $sock)))
+    (export "create-tcp-socket" (func (param "address-family" $fam-e) (result (result (own $sock-e) (error $ec-e)))))
+  ))
+  (core module $memory (memory (export "memory") 1))
+  (core instance $mem (instantiate $memory))
+  (alias core export $mem "memory" (core memory $m))
+  (core func $create (canon lower (func $create "create-tcp-socket") (memory $m)))
+  (core module $main
+    (import "host" "create" (func $create (param i32 i32)))
+    (import "host" "memory" (memory 1))
+    (func (export "tcp") (result i32)
+      (call $create (i32.const 0) (i32.const 16))
+      (if (result i32) (i32.eqz (i32.load8_u (i32.const 16)))
+        (then (i32.const 0))
+        (else (i32.add (i32.load8_u (i32.const 20)) (i32.const 1)))))
+  )
+  (core instance $main (instantiate $main
+    (with "host" (instance (export "create" (func $create)) (export "memory" (memory $m))))))
+  (func (export "tcp") (result u32) (canon lift (core func $main "tcp")))
+)"#;
+
+#[tokio::test]
+async fn a_wasi_guest_cannot_open_a_socket() {
+    let bytes = wat::parse_str(SOCKET_GUEST).unwrap();
+    let code = warden::runtime::bench::call_u32(engine(), &bytes, "tcp").await.unwrap_or_else(|e| panic!("{e:#}"));
+    // error-code 1 is `access-denied`; 0 would mean a socket was created.
+    assert_eq!(code, 1 + 1, "create-tcp-socket must be refused with access-denied");
+}

@@ -70,3 +70,25 @@ pub struct Reused {
     store: wasmtime::Store<PluginCtx>,
     instance: Bindings,
 }
+
+/// Instantiates a raw component (e.g. from WAT) with a policy's linker and sandbox, and
+/// calls its export `name: func() -> u32`. For sandbox tests of guests that cannot be
+/// built with the toolchain here.
+pub async fn call_u32(engine: &PolicyEngine, component: &[u8], name: &str) -> wasmtime::Result<u32> {
+    let component = Component::new(engine.engine(), component)?;
+    let limits = crate::config::Limits::default();
+    let linker = engine.linker(crate::config::Grants::default())?;
+    let ctx = PluginCtx::new(
+        Utc::now(),
+        BTreeMap::new(),
+        Vec::new().into(),
+        limits,
+        Default::default(),
+        Capabilities::default(),
+    );
+    let mut store = new_store(engine, ctx, limits);
+    let instance = linker.instantiate_async(&mut store, &component).await?;
+    let func = instance.get_typed_func::<(), (u32,)>(&mut store, name)?;
+    let (out,) = func.call_async(&mut store, ()).await?;
+    Ok(out)
+}
