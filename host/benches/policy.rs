@@ -164,6 +164,7 @@ fn main() {
     let warm_ms = t.elapsed().as_secs_f64() * 1e3;
     println!("{:<44} {:>10.1} ms", "start-up, cold (compile + cache write)", cold_ms);
     println!("{:<44} {:>10.1} ms", "start-up, warm (artifact cache)", warm_ms);
+    println!("{:<44} {:>10}", "pagemap_scan (reset dirty pages only)", engine.pagemap_scan_available());
     println!(
         "{:<44} {:>10} ({:.1} GiB virtual)",
         "allocation",

@@ -100,6 +100,11 @@ impl PolicyEngine {
         u64::try_from(deadline.as_micros().div_ceil(tick)).unwrap_or(u64::MAX).saturating_add(1)
     }
 
+    /// Whether the kernel lets the pool reset only the pages a guest dirtied (Linux 6.7+).
+    pub fn pagemap_scan_available(&self) -> bool {
+        PoolingAllocationConfig::is_pagemap_scan_available()
+    }
+
     /// Virtual memory the pool reserves for linear memories, for the record.
     pub fn pool_reservation_bytes(&self) -> u64 {
         match self.allocation {

@@ -40,10 +40,32 @@ pub struct PluginCtx {
     pub(crate) log_bytes: usize,
     pub(crate) abuse: Option<&'static str>,
     limiter: MemoryLimiter,
-    wasi: WasiCtx,
+    /// Built on the guest's first WASI call: most policies never make one.
+    wasi: Option<Box<Wasi>>,
     table: ResourceTable,
+}
+
+struct Wasi {
+    ctx: WasiCtx,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
+}
+
+impl Wasi {
+    fn new() -> Box<Wasi> {
+        let stdout = MemoryOutputPipe::new(OUTPUT_CAP);
+        let stderr = MemoryOutputPipe::new(OUTPUT_CAP);
+        // Deny by default: no preopened directories, no environment, no arguments, no
+        // sockets, no name lookups. Clocks and random stay, so ordinary WASI guests run.
+        let ctx = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Box::new(Wasi { ctx, stdout, stderr })
+    }
 }
 
 impl PluginCtx {
@@ -55,17 +77,6 @@ impl PluginCtx {
         grants: Grants,
         caps: Capabilities,
     ) -> Self {
-        let stdout = MemoryOutputPipe::new(OUTPUT_CAP);
-        let stderr = MemoryOutputPipe::new(OUTPUT_CAP);
-        // Deny by default: no preopened directories, no environment, no arguments, no
-        // sockets, no name lookups. Clocks and random stay, so ordinary wasip2 guests run.
-        let wasi = WasiCtxBuilder::new()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
         PluginCtx {
             now_ms: now.timestamp_millis(),
             state,
@@ -78,10 +89,8 @@ impl PluginCtx {
             log_bytes: 0,
             abuse: None,
             limiter: MemoryLimiter { cap: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX), denied: false },
-            wasi,
+            wasi: None,
             table: ResourceTable::new(),
-            stdout,
-            stderr,
         }
     }
 
@@ -96,10 +105,12 @@ impl PluginCtx {
     /// The guest's log lines plus what it printed.
     pub fn take_logs(&self) -> Vec<(String, String)> {
         let mut logs = self.logs.clone();
-        for (stream, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
-            let bytes = pipe.contents();
-            if !bytes.is_empty() {
-                logs.push((stream.to_owned(), String::from_utf8_lossy(&bytes).into_owned()));
+        if let Some(wasi) = &self.wasi {
+            for (stream, pipe) in [("stdout", &wasi.stdout), ("stderr", &wasi.stderr)] {
+                let bytes = pipe.contents();
+                if !bytes.is_empty() {
+                    logs.push((stream.to_owned(), String::from_utf8_lossy(&bytes).into_owned()));
+                }
             }
         }
         logs
@@ -121,7 +132,8 @@ impl PluginCtx {
 
 impl WasiView for PluginCtx {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        let wasi = self.wasi.get_or_insert_with(Wasi::new);
+        WasiCtxView { ctx: &mut wasi.ctx, table: &mut self.table }
     }
 }
 
