@@ -63,6 +63,7 @@ impl PolicyEngine {
                 .max_memory_size(MAX_POLICY_MEMORY as usize)
                 .linear_memory_keep_resident(1 << 20)
                 .table_keep_resident(64 << 10)
+                .async_stack_keep_resident(128 << 10)
                 .pagemap_scan(Enabled::Auto);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
