@@ -1,5 +1,5 @@
 //! Built-in host tasks: what a due job does. Each task returns what it saw as an event;
-//! the daemon records it and (later) hands it to the policies subscribed to the job.
+//! the daemon records it and hands it to the policies subscribed to the job.
 //!
 //! Architecture invariant: tasks never write warden's state tables themselves and never
 //! send anything; they read or maintain the target (or prune the state store when a job
