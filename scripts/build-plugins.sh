@@ -38,7 +38,7 @@ for c in "${crates[@]}"; do args+=(-p "$c"); done
 # compilers never rebuild each other's artifacts.
 PATH=/usr/bin:$PATH RUSTC=$WASM_RUSTC RUSTC_BOOTSTRAP=1 \
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=$WASM_LINKER \
-CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-Clink-arg=--wasm-ld-path=$WASM_LD" \
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-Clink-arg=--wasm-ld-path=$WASM_LD -Clink-arg=-zstack-size=131072" \
   "$WASM_CARGO" build --locked --profile wasm --target wasm32-unknown-unknown \
     -Zbuild-std=std,panic_abort --target-dir target/wasm "${args[@]}" >&2
 

@@ -266,7 +266,8 @@ async fn a_panic_is_a_trap_and_an_error_result_is_a_refusal() {
 
 #[tokio::test]
 async fn oversized_output_is_capped() {
-    assert!(matches!(run_bad("flood").await.unwrap_err(), EvalError::Oversized(m) if m.contains("10000 actions")));
+    let flood = run_bad("flood").await.unwrap_err();
+    assert!(matches!(&flood, EvalError::Oversized(m) if m.contains("10000 actions")), "{flood:?}");
     assert!(matches!(run_bad("huge").await.unwrap_err(), EvalError::Oversized(_)));
     assert!(
         matches!(run_bad("state-bomb").await.unwrap_err(), EvalError::Trap(m) if m.contains("state write too large"))
