@@ -162,12 +162,10 @@ fn component_paths(config: &Config) -> Vec<PathBuf> {
 impl Daemon {
     /// Whether a loaded component's file changed on disk since it was loaded.
     fn components_changed(&self) -> bool {
-        self.policies.policies.iter().any(|p| {
-            use sha2::{Digest, Sha256};
-            let now = std::fs::read(&p.spec.component)
-                .map(|b| Sha256::digest(&b).iter().map(|x| format!("{x:02x}")).collect::<String>());
-            now.map_or(true, |h| h != p.hash)
-        })
+        self.policies
+            .policies
+            .iter()
+            .any(|p| crate::runtime::file_sha256(&p.spec.component).as_deref() != Some(&p.hash))
     }
 
     async fn load_jobs(&mut self, config: &Config) {

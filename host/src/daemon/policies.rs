@@ -1,6 +1,5 @@
 //! The loaded policy set: built from `[[policy]]` entries, swapped whole on reload.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::Config;
@@ -28,9 +27,9 @@ impl PolicySet {
         let mut errors = Vec::new();
         for spec in &config.policies {
             let reuse = previous.and_then(|p| {
-                p.policies
-                    .iter()
-                    .find(|old| old.spec == *spec && file_hash(&spec.component).as_deref() == Some(&old.hash))
+                p.policies.iter().find(|old| {
+                    old.spec == *spec && crate::runtime::file_sha256(&spec.component).as_deref() == Some(&old.hash)
+                })
             });
             match reuse {
                 Some(old) => policies.push(old.clone()),
@@ -46,10 +45,4 @@ impl PolicySet {
     pub fn for_job<'a>(&'a self, job: &'a str) -> impl Iterator<Item = &'a Arc<Policy>> + 'a {
         self.policies.iter().filter(move |p| p.listens_to(job))
     }
-}
-
-fn file_hash(path: &Path) -> Option<String> {
-    use sha2::{Digest, Sha256};
-    let bytes = std::fs::read(path).ok()?;
-    Some(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
 }

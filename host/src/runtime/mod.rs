@@ -264,6 +264,11 @@ fn explain_link_error(text: &str, grants: Grants) -> String {
     format!("imports something this host does not provide: {text}")
 }
 
+/// The SHA-256 of a component file, as `Policy::hash` records it; `None` if unreadable.
+pub fn file_sha256(path: &std::path::Path) -> Option<String> {
+    std::fs::read(path).ok().map(|bytes| sha256_hex(&bytes))
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()

@@ -191,31 +191,6 @@ impl StateStore {
         Ok(())
     }
 
-    pub async fn finish(
-        &self,
-        id: i64,
-        outcome: Outcome,
-        error: Option<&str>,
-        rows_affected: Option<u64>,
-        detail: Option<&str>,
-    ) -> Result<(), StoreError> {
-        let sql = "UPDATE job_runs SET finished_at = $2, outcome = $3, error = $4, rows_affected = $5, detail = $6 WHERE id = $1";
-        let rows = rows_affected.map(|r| i64::try_from(r).unwrap_or(i64::MAX));
-        with_pool!(&self.pool, |p| {
-            sqlx::query(sql)
-                .bind(id)
-                .bind(Ts(Utc::now()))
-                .bind(outcome.as_str())
-                .bind(error)
-                .bind(rows)
-                .bind(detail)
-                .execute(p)
-                .await
-                .map(|_| ())?
-        });
-        Ok(())
-    }
-
     /// The newest run of every job that has one.
     pub async fn last_runs(&self) -> Result<HashMap<String, RunRow>, StoreError> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM job_runs WHERE id IN (SELECT MAX(id) FROM job_runs GROUP BY job)");
@@ -239,25 +214,6 @@ impl StateStore {
             .bind(limit)
             .fetch_all(p)
             .await?))
-    }
-
-    pub async fn insert_health(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
-        let sql =
-            "INSERT INTO health_history (job, checked_at, status, duration_ms, checks) VALUES ($1, $2, $3, $4, $5)";
-        let checks = serde_json::to_string(&snapshot.checks).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let duration = i64::try_from(snapshot.duration_ms).unwrap_or(i64::MAX);
-        with_pool!(&self.pool, |p| {
-            sqlx::query(sql)
-                .bind(&snapshot.job)
-                .bind(Ts(snapshot.checked_at))
-                .bind(snapshot.status.as_str())
-                .bind(duration)
-                .bind(&checks)
-                .execute(p)
-                .await
-                .map(|_| ())?
-        });
-        Ok(())
     }
 
     /// The newest stored snapshot, so `/health` answers right after a restart.
