@@ -43,6 +43,30 @@ pub enum Command {
     /// Policy plugins: scaffold one, or run one evaluation in the sandbox.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// The alert outbox: list rows, or re-drive failed ones.
+    Outbox {
+        #[command(subcommand)]
+        command: Option<OutboxCommand>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// List rows, newest first.
+    List {
+        /// Only rows in this state: pending, delivered, failed or silenced.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Make a failed row (or, with --all-failed, every failed row) pending again.
+    Retry {
+        /// The row's id (from `warden outbox list`).
+        id: Option<i64>,
+        #[arg(long, conflicts_with = "id")]
+        all_failed: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +168,48 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Jobs => jobs(&config).await,
         Command::Trigger { job } => trigger(&config, &job).await,
         Command::Plugin(_) => unreachable!("handled above"),
+        Command::Outbox { command } => outbox(&config, command).await,
+    }
+}
+
+async fn outbox(config: &Config, command: Option<OutboxCommand>) -> anyhow::Result<ExitCode> {
+    let store = crate::store::StateStore::open(&config.state).await?;
+    match command.unwrap_or(OutboxCommand::List { state: None, limit: 50 }) {
+        OutboxCommand::List { state, limit } => {
+            if let Some(s) = &state
+                && !["pending", "delivered", "failed", "silenced"].contains(&s.as_str())
+            {
+                anyhow::bail!("unknown state `{s}`: pending, delivered, failed or silenced");
+            }
+            let rows = store.outbox_entries(state.as_deref(), limit).await?;
+            println!(
+                "{:>6}  {:<11} {:<9} {:>8}  {:<20} {}",
+                "id", "kind", "state", "attempts", "created", "key / last error"
+            );
+            for r in rows {
+                println!(
+                    "{:>6}  {:<11} {:<9} {:>8}  {:<20} {}",
+                    r.id,
+                    r.kind,
+                    r.state,
+                    r.attempts,
+                    r.created_at.0.format("%Y-%m-%d %H:%M:%S"),
+                    r.dedup_key
+                );
+                if let Some(e) = r.last_error.filter(|_| r.state != "delivered") {
+                    println!("{:>6}  {e}", "");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        OutboxCommand::Retry { id, all_failed } => {
+            if id.is_none() && !all_failed {
+                anyhow::bail!("give a row id, or --all-failed");
+            }
+            let n = store.redrive(id).await?;
+            println!("{n} row(s) pending again");
+            Ok(if n == 0 && id.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
     }
 }
 

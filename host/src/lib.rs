@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod db;
+pub mod delivery;
 pub mod health;
 pub mod metrics;
 pub mod plugin_cli;

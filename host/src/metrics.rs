@@ -4,6 +4,9 @@
 //! `warden_status` (0 operational, 1 degraded, 2 error), `warden_check_up{check}`,
 //! `warden_check_duration_seconds{check}`, `warden_config_reloads_total{result}` and one
 //! gauge per task measurement (`warden_db_pool_*`, `warden_pg_*`, `warden_storage_fill_*`).
+//! Delivery: `warden_outbox_pending{kind}` and `warden_outbox_failed{kind}` (rows now in
+//! that state), `warden_outbox_delivered_total{kind}`, `warden_outbox_retried_total{kind}`,
+//! `warden_outbox_failed_total{kind}` (attempts), and `warden_spool_runs`.
 
 use std::sync::OnceLock;
 
@@ -72,4 +75,29 @@ pub fn record_evaluation(policy: &str, outcome: &str, seconds: f64) {
 
 pub fn record_quarantine(policy: &str, quarantined: bool) {
     gauge!("warden_policy_quarantined", "policy" => policy.to_owned()).set(if quarantined { 1.0 } else { 0.0 });
+}
+
+/// Runs waiting in the local spool for the state store.
+pub fn record_spool(runs: usize) {
+    metrics::gauge!("warden_spool_runs").set(runs as f64);
+}
+
+/// One delivery attempt's result: `delivered`, `retried` or `failed`.
+pub fn record_delivery(kind: &str, result: &str) {
+    let name = match result {
+        "delivered" => "warden_outbox_delivered_total",
+        "retried" => "warden_outbox_retried_total",
+        _ => "warden_outbox_failed_total",
+    };
+    counter!(name, "kind" => kind.to_owned()).increment(1);
+}
+
+/// Rows now pending and failed per kind, from the store's counts.
+pub fn record_outbox_counts(counts: &[(String, String, i64)]) {
+    for kind in ["email", "subscribers", "notice", "ticket"] {
+        for state in ["pending", "failed"] {
+            let n = counts.iter().filter(|(k, s, _)| k == kind && s == state).map(|(.., n)| *n).sum::<i64>();
+            gauge!(format!("warden_outbox_{state}"), "kind" => kind).set(n as f64);
+        }
+    }
 }

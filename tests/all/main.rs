@@ -1,9 +1,11 @@
 //! One test binary for every integration test (each extra binary links ~500 MB).
 //! Areas: configuration snapshots, Postgres-backed tasks and store, S3, end to end.
 
+mod smtp_server;
 mod support;
 
 mod config_ui;
+mod delivery;
 mod e2e;
 pub mod policies;
 mod postgres;

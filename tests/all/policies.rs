@@ -403,29 +403,36 @@ on = ["probe"]
     let set = PolicySet::load(Arc::new(PolicyEngine::new(Some(&cache)).unwrap()), &cfg, None).unwrap();
     let job = cfg.job("probe").unwrap();
 
-    // The commit fails after every row was written: nothing may remain.
+    // The commit fails after every row was written: nothing may remain in the store, and
+    // the whole decision waits in the spool instead of being lost.
     ctx.store.fail_next_commit();
     let first = execute_observed(job, at(0), Trigger::Manual, &ctx, Some(&set), &|_| {}).await;
     assert!(!first.committed);
+    assert!(first.spooled, "a commit that fails goes to the spool");
     let decided = first.evaluations[0].1.as_ref().unwrap();
     assert_eq!(decided.actions.iter().filter(|a| a.outbox_kind().is_some()).count(), 3, "ticket, email, notice");
     assert!(ctx.store.policy_state("status-alert").await.unwrap().is_empty(), "state write rolled back");
     assert!(ctx.store.outbox().await.unwrap().is_empty(), "actions rolled back");
     assert_eq!(ctx.store.count_health().await.unwrap(), 0, "snapshot rolled back");
+    assert_eq!(ctx.spool.len(), 1);
+    let spooled: Vec<String> = ctx.spool.undelivered().into_iter().map(|r| r.row.kind).collect();
+    assert_eq!(spooled, ["ticket", "email"], "email and ticket can be sent from the spool; the fan-out waits");
 
-    // The next occurrence decides again from the old state, and this time it all lands.
+    // The next occurrence first moves the spool into the store (state and actions
+    // together), then decides from that state: the database is still down, so nothing new.
     let second = execute_observed(job, at(1), Trigger::Manual, &ctx, Some(&set), &|_| {}).await;
     assert!(second.committed);
+    assert!(ctx.spool.is_empty());
     assert_eq!(
         ctx.store.policy_state("status-alert").await.unwrap().get("last_status").map(String::as_str),
         Some("error")
     );
     let outbox = ctx.store.outbox().await.unwrap();
     let kinds: Vec<&str> = outbox.iter().map(|(kind, ..)| kind.as_str()).collect();
-    assert_eq!(kinds, ["ticket", "email", "subscribers"]);
+    assert_eq!(kinds, ["ticket", "email", "subscribers"], "the first decision's actions, once");
     assert!(outbox[1].2.contains("MNW down — critical service failure"), "{}", outbox[1].2);
     assert!(outbox.iter().all(|(.., policy, state)| policy.as_deref() == Some("status-alert") && state == "pending"));
-    assert_eq!(ctx.store.count_health().await.unwrap(), 1);
+    assert_eq!(ctx.store.count_health().await.unwrap(), 2);
 }
 
 #[tokio::test]

@@ -33,8 +33,11 @@ fn snapshot(report: &warden::daemon::RunReport) -> &warden::health::Snapshot {
     }
 }
 
+/// The context for a test, with a spool of its own (the configuration paths are shared).
 async fn open(config: &Config) -> TaskContext {
-    warden::daemon::open(config).await.unwrap()
+    let mut ctx = warden::daemon::open(config).await.unwrap();
+    ctx.spool = warden::store::Spool::open(&std::env::temp_dir().join(crate::support::unique("spool"))).unwrap();
+    ctx
 }
 
 #[tokio::test]

@@ -1,7 +1,11 @@
-//! The HTTP endpoint: `GET /health` and `GET /metrics`.
+//! The HTTP endpoint: `GET /health`, `GET /metrics`, and the unsubscribe page of the
+//! subscriber notices (`unsubscribe.rs`).
 //!
-//! Architecture invariant: handlers read in-memory state only (the latest snapshot and
-//! the metrics registry), so `/health` keeps answering while the state store is down.
+//! Architecture invariant: `/health` and `/metrics` read in-memory state only (the latest
+//! snapshot and the metrics registry), so they keep answering while the state store is
+//! down. Only the unsubscribe handler writes: the opt-out on the target database.
+
+mod unsubscribe;
 
 use std::sync::{Arc, RwLock};
 
@@ -13,17 +17,45 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
+use crate::delivery::Channels;
 use crate::health::{Snapshot, Status};
+use crate::store::StateStore;
 
 /// What the daemon shares with the HTTP handlers.
 pub struct Shared {
     latest: RwLock<Option<Snapshot>>,
     metrics: PrometheusHandle,
+    /// The delivery channels (signing key, opt-out statement), replaced on reload.
+    channels: RwLock<Option<Arc<Channels>>>,
+    store: Option<StateStore>,
 }
 
 impl Shared {
     pub fn new(metrics: PrometheusHandle, latest: Option<Snapshot>) -> Arc<Self> {
-        Arc::new(Self { latest: RwLock::new(latest), metrics })
+        Arc::new(Self { latest: RwLock::new(latest), metrics, channels: RwLock::new(None), store: None })
+    }
+
+    /// With the store and delivery channels, for the unsubscribe endpoint.
+    pub fn with_delivery(
+        metrics: PrometheusHandle,
+        latest: Option<Snapshot>,
+        store: StateStore,
+        channels: Arc<Channels>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            latest: RwLock::new(latest),
+            metrics,
+            channels: RwLock::new(Some(channels)),
+            store: Some(store),
+        })
+    }
+
+    pub fn set_channels(&self, channels: Arc<Channels>) {
+        *self.channels.write().unwrap_or_else(|e| e.into_inner()) = Some(channels);
+    }
+
+    pub fn channels(&self) -> Option<Arc<Channels>> {
+        self.channels.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn set_latest(&self, snapshot: Snapshot) {
@@ -36,7 +68,11 @@ impl Shared {
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(shared)
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/unsubscribe", get(unsubscribe::page).post(unsubscribe::confirm))
+        .with_state(shared)
 }
 
 /// 200 when operational or degraded; 503 on error or before the first check.

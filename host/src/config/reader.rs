@@ -124,15 +124,20 @@ impl<'a, 'i> TableReader<'a, 'i> {
 
     /// A positive integer no larger than `max`.
     pub fn count(&mut self, ctx: &mut Ctx<'_>, key: &str, max: u64) -> Option<u64> {
+        self.count_from(ctx, key, 1, max)
+    }
+
+    /// An integer from `min` to `max`.
+    pub fn count_from(&mut self, ctx: &mut Ctx<'_>, key: &str, min: u64, max: u64) -> Option<u64> {
         let value = self.get(key)?;
         let Some(int) = value.get_ref().as_integer() else {
             self.wrong_type(ctx, key, value, "an integer");
             return None;
         };
         match i64::from_str_radix(int.as_str().replace('_', "").as_str(), int.radix()) {
-            Ok(n) if n >= 1 && n as u64 <= max => Some(n as u64),
+            Ok(n) if n >= 0 && n as u64 >= min && n as u64 <= max => Some(n as u64),
             _ => {
-                let msg = format!("expected an integer from 1 to {max}, found {}", int.as_str());
+                let msg = format!("expected an integer from {min} to {max}, found {}", int.as_str());
                 ctx.diag.error(value.span(), self.field(key), msg);
                 None
             }

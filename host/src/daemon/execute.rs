@@ -5,13 +5,13 @@
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::policies::PolicySet;
 use crate::config::Job;
 use crate::metrics;
 use crate::runtime::{Capabilities, Evaluation};
-use crate::store::{Decision, Outcome, RunCommit};
+use crate::store::{Decision, NewOutboxRow, Outcome, RunCommit, StoreError};
 use crate::tasks::{self, Event, RunResult, TaskContext};
 
 /// How an occurrence was started.
@@ -49,6 +49,8 @@ pub struct RunReport {
     pub evaluations: Vec<(String, Result<Evaluation, String>)>,
     /// Whether the run's writes were committed.
     pub committed: bool,
+    /// Whether the run's writes went to the local spool instead.
+    pub spooled: bool,
 }
 
 /// Runs an occurrence without policies.
@@ -60,7 +62,9 @@ pub async fn execute(job: &Job, scheduled: DateTime<Utc>, trigger: Trigger, ctx:
 /// policies and commits everything at once. `observe` sees the event as soon as the task
 /// ends, before anything is written, so `/health` is fresh even while the store is down.
 /// When the state store is unreachable the task still runs (a probe must report the
-/// outage) and the run is logged unrecorded.
+/// outage), the policies decide from their last known state, and the whole commit goes to
+/// the local spool, from which the dispatcher sends the alerts and which moves into the
+/// store when it returns.
 pub async fn execute_observed(
     job: &Job,
     scheduled: DateTime<Utc>,
@@ -70,6 +74,7 @@ pub async fn execute_observed(
     observe: &(dyn Fn(&Event) + Send + Sync),
 ) -> RunReport {
     let started = Instant::now();
+    let started_at = Utc::now();
     let mut report = RunReport {
         job: job.name.clone(),
         run_id: None,
@@ -82,6 +87,7 @@ pub async fn execute_observed(
         claimed_elsewhere: false,
         evaluations: Vec::new(),
         committed: false,
+        spooled: false,
     };
     match ctx.store.claim(&job.name, scheduled, trigger.as_str()).await {
         Ok(Some(id)) => report.run_id = Some(id),
@@ -92,6 +98,15 @@ pub async fn execute_observed(
             return report;
         }
         Err(e) => warn!(job = %job.name, error = %e, "state store unreachable; running the job unclaimed"),
+    }
+    // While anything waits in the spool, the store is behind it: drain first, or keep
+    // spooling so the policies' writes land in order.
+    let mut store_up = report.run_id.is_some();
+    if store_up && !ctx.spool.is_empty() {
+        if let Err(e) = ctx.spool.drain(&ctx.store).await {
+            warn!(error = %e, "could not move the spool into the state store; spooling this run too");
+            store_up = false;
+        }
     }
     let result = tokio::time::timeout(job.timeout.std(), tasks::run(job, ctx)).await;
     let output = match result {
@@ -130,13 +145,20 @@ pub async fn execute_observed(
     if let Some(set) = policies {
         for policy in set.for_job(&job.name) {
             let name = policy.name().to_owned();
-            let state = match ctx.store.policy_state(&name).await {
-                Ok(state) => state,
-                Err(e) => {
-                    warn!(policy = %name, error = %e, "cannot read the policy's state; not evaluated");
-                    report.evaluations.push((name, Err(e.to_string())));
-                    continue;
+            let state = if store_up {
+                match ctx.store.policy_state(&name).await {
+                    Ok(state) => {
+                        ctx.spool.remember(&name, &state);
+                        state
+                    }
+                    Err(e) => {
+                        warn!(policy = %name, error = %e, "cannot read the policy's state; deciding from the last known state");
+                        store_up = false;
+                        ctx.spool.state(&name)
+                    }
                 }
+            } else {
+                ctx.spool.state(&name)
             };
             let caps = Capabilities {
                 sql: policy.spec.grants.sql_read.then(|| ctx.targets.db.clone()),
@@ -167,24 +189,37 @@ pub async fn execute_observed(
         }
     }
 
-    let snapshot = match &event {
-        Event::Snapshot(s) => Some(s),
-        _ => None,
-    };
     let commit = RunCommit {
         run_id: report.run_id,
-        job: &job.name,
+        job: job.name.clone(),
+        scheduled_at: scheduled,
+        trigger: trigger.as_str().to_owned(),
+        started_at,
         outcome: report.outcome,
-        error: report.error.as_deref(),
+        error: report.error.clone(),
         rows_affected: report.rows_affected,
-        detail: report.detail.as_deref(),
-        snapshot,
-        decisions: &decisions,
+        detail: report.detail.clone(),
+        snapshot: match &event {
+            Event::Snapshot(s) => Some(s.clone()),
+            _ => None,
+        },
+        decisions,
     };
-    match ctx.store.commit(&commit).await {
-        Ok(()) => report.committed = true,
-        Err(e) => warn!(job = %job.name, run_id = ?report.run_id, error = %e, "could not record the run"),
+    let stored = if store_up { ctx.store.commit(&commit).await } else { Err(StoreError::Unreachable) };
+    match stored {
+        Ok(()) => {
+            ctx.spool.committed(&commit);
+            report.committed = true;
+        }
+        Err(e) => match ctx.spool.push(commit) {
+            Ok(()) => {
+                report.spooled = true;
+                warn!(job = %job.name, error = %e, spool = %ctx.spool.path().display(), "state store unavailable; run spooled");
+            }
+            Err(io) => error!(job = %job.name, error = %e, spool_error = %io, "could not record the run, nor spool it"),
+        },
     }
+    metrics::record_spool(ctx.spool.len());
     report.seconds = started.elapsed().as_secs_f64();
     metrics::record_run(&job.name, report.outcome.as_str(), report.seconds);
     match &report.error {
@@ -208,12 +243,12 @@ fn decision(policy: &str, job: &str, scheduled: DateTime<Utc>, evaluation: &Eval
         .enumerate()
         .filter_map(|(i, action)| {
             let kind = action.outbox_kind()?;
-            let key = match action {
+            let dedup_key = match action {
                 crate::runtime::ActionRecord::OpenTicket { dedup_key, .. } => dedup_key.clone(),
                 _ => format!("{policy}:{job}:{}:{i}", scheduled.timestamp_millis()),
             };
             let payload = serde_json::to_string(action).unwrap_or_default();
-            Some((kind.to_owned(), key, payload))
+            Some(NewOutboxRow { kind: kind.to_owned(), dedup_key, payload, recipient: None })
         })
         .collect();
     Decision { policy: policy.to_owned(), state_writes: evaluation.state_writes.clone(), outbox }

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use tokio::sync::mpsc;
+use tokio::sync::watch as signal;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
@@ -22,8 +23,9 @@ pub use policies::PolicySet;
 
 use crate::admin::{self, Shared};
 use crate::config::{self, Config, Job};
+use crate::delivery::{Channels, Dispatcher};
 use crate::schedule::{Fire, Scheduler};
-use crate::store::StateStore;
+use crate::store::{Spool, StateStore};
 use crate::targets::Targets;
 use crate::tasks::{Event, TaskContext};
 
@@ -32,11 +34,19 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The loop wakes at least this often, so a wall-clock jump is noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 
-/// Opens the state store and targets for a configuration.
+/// Opens the state store, the spool beside it and the targets for a configuration.
 pub async fn open(config: &Config) -> anyhow::Result<TaskContext> {
     let store = StateStore::open(&config.state).await?;
+    let spool_path = warden_dir(config).join("spool.jsonl");
+    let spool = Spool::open(&spool_path).with_context(|| format!("cannot open the spool {}", spool_path.display()))?;
     let targets = Targets::open(&config.targets).await?;
-    Ok(TaskContext { targets, store })
+    Ok(TaskContext { targets, store, spool })
+}
+
+/// warden's local folder beside the configuration: the component cache and the spool.
+pub fn warden_dir(config: &Config) -> PathBuf {
+    let base = config::base_dir(&config.path);
+    std::path::absolute(&base).unwrap_or(base).join(".warden")
 }
 
 struct Daemon {
@@ -50,6 +60,9 @@ struct Daemon {
     running: JoinSet<String>,
     /// The text of the configuration now running, so an unchanged file is not reloaded.
     loaded_text: Option<String>,
+    /// The delivery channels the dispatcher and the unsubscribe page use.
+    channels: signal::Sender<Arc<Channels>>,
+    wake: Arc<Notify>,
 }
 
 /// Runs until SIGTERM or Ctrl-C.
@@ -68,7 +81,19 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr) -> anyhow::Res
         warn!(error = %e, "could not read the last health snapshot");
         None
     });
-    let shared = Shared::new(metrics, latest);
+    if let Ok(n) = ctx.store.release_stale_claims().await
+        && n > 0
+    {
+        info!(rows = n, "outbox rows held by the previous process are due again");
+    }
+    let channels = Arc::new(Channels::new(&config, ctx.targets.clone())?);
+    info!(mail = %channels.describe(), admin = ?config.alerts.admin, subscribers = channels.subscribers.is_some(), "alert delivery ready");
+    let (channels_tx, channels_rx) = signal::channel(channels.clone());
+    let wake = Arc::new(Notify::new());
+    let (stop_dispatch, dispatch_stop) = signal::channel(false);
+    let mut dispatcher =
+        Dispatcher::new(ctx.store.clone(), ctx.spool.clone(), channels_rx, wake.clone()).spawn(dispatch_stop);
+    let shared = Shared::with_delivery(metrics, latest, ctx.store.clone(), channels);
 
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     info!(addr = %listener.local_addr()?, "serving /health and /metrics");
@@ -92,6 +117,8 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr) -> anyhow::Res
         running: JoinSet::new(),
         config: config.clone(),
         loaded_text: std::fs::read_to_string(path).ok(),
+        channels: channels_tx,
+        wake,
     };
     info!(
         config = %path.display(),
@@ -116,10 +143,14 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr) -> anyhow::Res
             .min(MAX_SLEEP);
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
-            Some(done) = daemon.running.join_next() => match done {
-                Ok(job) => daemon.scheduler.finished(&job),
-                Err(e) => error!(error = %e, "a job task panicked"),
-            },
+            Some(done) = daemon.running.join_next() => {
+                // A finished run may have queued alerts: the dispatcher looks at once.
+                daemon.wake.notify_waiters();
+                match done {
+                    Ok(job) => daemon.scheduler.finished(&job),
+                    Err(e) => error!(error = %e, "a job task panicked"),
+                }
+            }
             Some(()) = reload_rx.recv() => {
                 // Editors write in several steps: let the file settle, then read it once.
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -140,6 +171,12 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr) -> anyhow::Res
             daemon.running.abort_all();
         }
     }
+    // The dispatcher finishes the delivery in hand; anything left is sent after the restart.
+    let _ = stop_dispatch.send(true);
+    if tokio::time::timeout(SHUTDOWN_GRACE, async { while dispatcher.join_next().await.is_some() {} }).await.is_err() {
+        warn!("the dispatcher was stopped in the middle of a delivery; it is sent again after the restart");
+        dispatcher.abort_all();
+    }
     let _ = stop_http.send(());
     server.await??;
     info!("warden stopped");
@@ -148,9 +185,7 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr) -> anyhow::Res
 
 /// The policy engine, caching compiled components beside the state.
 pub fn policy_engine(config: &Config) -> anyhow::Result<crate::runtime::PolicyEngine> {
-    let base = config::base_dir(&config.path);
-    let base = std::path::absolute(&base).unwrap_or(base);
-    let cache = base.join(".warden/cache");
+    let cache = warden_dir(config).join("cache");
     crate::runtime::PolicyEngine::new(Some(&cache))
         .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e:#}"))
 }
@@ -241,6 +276,22 @@ impl Daemon {
         if new.targets != self.config.targets {
             match Targets::open(&new.targets).await {
                 Ok(targets) => self.ctx.targets = targets,
+                Err(e) => {
+                    crate::metrics::record_reload(false);
+                    error!(error = %e, "configuration refused; the running one stays");
+                    return;
+                }
+            }
+        }
+        if new.alerts != self.config.alerts || new.product != self.config.product || new.targets != self.config.targets
+        {
+            match Channels::new(&new, self.ctx.targets.clone()) {
+                Ok(channels) => {
+                    let channels = Arc::new(channels);
+                    self.shared.set_channels(channels.clone());
+                    info!(mail = %channels.describe(), "alert delivery reconfigured");
+                    self.channels.send_replace(channels);
+                }
                 Err(e) => {
                     crate::metrics::record_reload(false);
                     error!(error = %e, "configuration refused; the running one stays");

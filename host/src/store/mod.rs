@@ -4,7 +4,10 @@
 //! Architecture invariant: the store never touches the target database, and nothing
 //! outside this module writes warden's tables.
 
-use std::collections::HashMap;
+mod spool;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -21,6 +24,8 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
 /// The schema warden's tables live in on PostgreSQL.
 pub const PG_SCHEMA: &str = "warden";
 
+pub use spool::Spool;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state store {url}: {source}")]
@@ -33,10 +38,13 @@ pub enum StoreError {
     Corrupt(String),
     #[error("state store: commit failed (injected by a test)")]
     Injected,
+    #[error("state store: unreachable")]
+    Unreachable,
 }
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Running,
     Ok,
@@ -87,30 +95,101 @@ struct HealthRow {
 pub struct StateStore {
     pool: Pool,
     replica: String,
+    /// Set once the schema exists and the migrations ran; a store that was down at start
+    /// is prepared on first contact.
+    ready: Arc<tokio::sync::OnceCell<()>>,
+    url: String,
     /// Test hook: the next `commit` fails after writing everything, before COMMIT.
-    fail_next_commit: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    fail_next_commit: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One policy's decisions for one run: state writes and actions, committed together.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Decision {
     pub policy: String,
-    pub state_writes: std::collections::BTreeMap<String, Option<String>>,
-    /// (outbox kind, dedup key, JSON payload)
-    pub outbox: Vec<(String, String, String)>,
+    pub state_writes: BTreeMap<String, Option<String>>,
+    pub outbox: Vec<NewOutboxRow>,
 }
 
-/// Everything a finished run writes, in one transaction.
-#[derive(Debug, Clone)]
-pub struct RunCommit<'a> {
+/// An action bound for the outbox.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NewOutboxRow {
+    pub kind: String,
+    pub dedup_key: String,
+    /// JSON
+    pub payload: String,
+    /// The user a subscriber notice goes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+}
+
+/// Everything a finished run writes, in one transaction. Owned, so it can wait in the
+/// spool while the store is unreachable.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunCommit {
+    /// The claimed `job_runs` row; `None` when the store was unreachable at the claim.
     pub run_id: Option<i64>,
-    pub job: &'a str,
+    pub job: String,
+    pub scheduled_at: DateTime<Utc>,
+    pub trigger: String,
+    pub started_at: DateTime<Utc>,
     pub outcome: Outcome,
-    pub error: Option<&'a str>,
+    pub error: Option<String>,
     pub rows_affected: Option<u64>,
-    pub detail: Option<&'a str>,
-    pub snapshot: Option<&'a Snapshot>,
-    pub decisions: &'a [Decision],
+    pub detail: Option<String>,
+    pub snapshot: Option<Snapshot>,
+    pub decisions: Vec<Decision>,
+}
+
+/// A row the dispatcher holds for delivery.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub dedup_key: String,
+    pub kind: String,
+    pub payload: String,
+    pub job: Option<String>,
+    pub policy: Option<String>,
+    pub attempts: i32,
+    pub created_at: Ts,
+}
+
+/// A row as the CLI and the admin API show it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub dedup_key: String,
+    pub kind: String,
+    pub payload: String,
+    pub job: Option<String>,
+    pub policy: Option<String>,
+    pub state: String,
+    pub attempts: i32,
+    #[serde(serialize_with = "ser_ts")]
+    pub next_attempt_at: Ts,
+    #[serde(serialize_with = "ser_ts")]
+    pub created_at: Ts,
+    #[serde(serialize_with = "ser_opt_ts")]
+    pub delivered_at: Option<Ts>,
+    pub last_error: Option<String>,
+}
+
+fn ser_ts<S: serde::Serializer>(ts: &Ts, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&ts.0.to_rfc3339())
+}
+
+fn ser_opt_ts<S: serde::Serializer>(ts: &Option<Ts>, s: S) -> Result<S::Ok, S::Error> {
+    match ts {
+        Some(ts) => s.serialize_str(&ts.0.to_rfc3339()),
+        None => s.serialize_none(),
+    }
+}
+
+/// A spooled run being moved into the store: its replay mark and the rows the dispatcher
+/// already delivered from the spool (dedup key → when).
+pub struct SpoolApply<'a> {
+    pub marks: &'a [String],
+    pub delivered: &'a HashMap<String, DateTime<Utc>>,
 }
 
 const RUN_COLUMNS: &str =
@@ -118,31 +197,51 @@ const RUN_COLUMNS: &str =
 
 impl StateStore {
     /// Opens the store and runs its migrations, creating the SQLite file (or the Postgres
-    /// schema) on first start.
+    /// schema) on first start. A Postgres store that cannot be reached is opened lazily and
+    /// prepared on first contact, so warden starts (and spools) while it is down.
     pub async fn open(config: &StateConfig) -> Result<Self, StoreError> {
         let url = config.url.display();
-        let settings = PoolSettings { max_connections: 5, acquire_timeout: Duration::from_secs(5), lazy: false };
-        if let DbUrl::Postgres(_) = &config.url {
-            // The schema must exist before the pool's search_path can point at it.
-            let plain = Pool::open(&config.url, settings, None)
-                .await
-                .map_err(|source| StoreError::Open { url: url.clone(), source })?;
-            plain
-                .execute(&format!("CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}"))
-                .await
-                .map_err(|source| StoreError::Open { url: url.clone(), source })?;
-            plain.close().await;
-        }
-        let pool = Pool::open(&config.url, settings, Some(PG_SCHEMA))
-            .await
-            .map_err(|source| StoreError::Open { url: url.clone(), source })?;
-        let migrated = match &pool {
-            Pool::Sqlite(p) => SQLITE_MIGRATIONS.run(p).await,
-            Pool::Postgres(p) => POSTGRES_MIGRATIONS.run(p).await,
+        let settings = PoolSettings { max_connections: 5, acquire_timeout: Duration::from_secs(3), lazy: false };
+        let pool = match Pool::open(&config.url, settings, Some(PG_SCHEMA)).await {
+            Ok(pool) => pool,
+            Err(e) if matches!(config.url, DbUrl::Postgres(_)) && unreachable(&e) => {
+                tracing::warn!(url = %url, error = %e, "state store unreachable at start; decisions go to the local spool until it returns");
+                Pool::open(&config.url, PoolSettings { lazy: true, ..settings }, Some(PG_SCHEMA))
+                    .await
+                    .map_err(|source| StoreError::Open { url: url.clone(), source })?
+            }
+            Err(source) => return Err(StoreError::Open { url, source }),
         };
-        migrated.map_err(|source| StoreError::Migrate { url, source })?;
         let replica = format!("{}-{}-{:04x}", hostname(), std::process::id(), rand::random::<u16>());
-        Ok(Self { pool, replica, fail_next_commit: Default::default() })
+        let store = Self { pool, replica, ready: Default::default(), url, fail_next_commit: Default::default() };
+        match store.ready().await {
+            Ok(()) => {}
+            Err(StoreError::Query(e)) if unreachable(&e) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(store)
+    }
+
+    /// Creates the schema and runs the migrations once per process, on first contact.
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.ready
+            .get_or_try_init(|| async {
+                if let Pool::Postgres(p) = &self.pool {
+                    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}")))
+                        .execute(p)
+                        .await?;
+                }
+                let migrated = match &self.pool {
+                    Pool::Sqlite(p) => SQLITE_MIGRATIONS.run(p).await,
+                    Pool::Postgres(p) => POSTGRES_MIGRATIONS.run(p).await,
+                };
+                migrated.map_err(|source| match source {
+                    sqlx::migrate::MigrateError::Execute(e) if unreachable(&e) => StoreError::Query(e),
+                    source => StoreError::Migrate { url: self.url.clone(), source },
+                })
+            })
+            .await
+            .map(|_| ())
     }
 
     pub fn pool(&self) -> &Pool {
@@ -156,6 +255,7 @@ impl StateStore {
     /// Claims an occurrence by inserting its `job_runs` row. `None` means another
     /// process (or an earlier run of this one) already claimed it.
     pub async fn claim(&self, job: &str, scheduled: DateTime<Utc>, trigger: &str) -> Result<Option<i64>, StoreError> {
+        self.ready().await?;
         let sql = "INSERT INTO job_runs (job, scheduled_at, trigger, replica, started_at, outcome) \
                    VALUES ($1, $2, $3, $4, $5, 'running') ON CONFLICT (job, scheduled_at) DO NOTHING RETURNING id";
         let now = Ts(Utc::now());
@@ -174,6 +274,7 @@ impl StateStore {
 
     /// Records an occurrence skipped because the previous run was still going.
     pub async fn record_skip(&self, job: &str, scheduled: DateTime<Utc>, reason: &str) -> Result<(), StoreError> {
+        self.ready().await?;
         let sql = "INSERT INTO job_runs (job, scheduled_at, trigger, replica, started_at, finished_at, outcome, detail) \
                    VALUES ($1, $2, 'schedule', $3, $4, $4, 'skipped', $5) ON CONFLICT (job, scheduled_at) DO NOTHING";
         let now = Ts(Utc::now());
@@ -193,6 +294,7 @@ impl StateStore {
 
     /// The newest run of every job that has one.
     pub async fn last_runs(&self) -> Result<HashMap<String, RunRow>, StoreError> {
+        self.ready().await?;
         let sql = format!("SELECT {RUN_COLUMNS} FROM job_runs WHERE id IN (SELECT MAX(id) FROM job_runs GROUP BY job)");
         let rows: Vec<RunRow> =
             with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).fetch_all(p).await?);
@@ -201,6 +303,7 @@ impl StateStore {
 
     /// The latest occurrence each job actually ran (skips do not count): the input to catch-up.
     pub async fn last_ran(&self) -> Result<HashMap<String, DateTime<Utc>>, StoreError> {
+        self.ready().await?;
         let sql = "SELECT job, MAX(scheduled_at) FROM job_runs WHERE outcome <> 'skipped' GROUP BY job";
         let rows: Vec<(String, Ts)> = with_pool!(&self.pool, |p| sqlx::query_as(sql).fetch_all(p).await?);
         Ok(rows.into_iter().map(|(job, ts)| (job, ts.0)).collect())
@@ -208,6 +311,7 @@ impl StateStore {
 
     /// A job's runs, newest first.
     pub async fn runs(&self, job: &str, limit: i64) -> Result<Vec<RunRow>, StoreError> {
+        self.ready().await?;
         let sql = format!("SELECT {RUN_COLUMNS} FROM job_runs WHERE job = $1 ORDER BY id DESC LIMIT $2");
         Ok(with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(job)
@@ -218,6 +322,7 @@ impl StateStore {
 
     /// The newest stored snapshot, so `/health` answers right after a restart.
     pub async fn latest_health(&self) -> Result<Option<Snapshot>, StoreError> {
+        self.ready().await?;
         let sql = "SELECT job, checked_at, status, duration_ms, checks FROM health_history ORDER BY id DESC LIMIT 1";
         let row: Option<HealthRow> = with_pool!(&self.pool, |p| sqlx::query_as(sql).fetch_optional(p).await?);
         let Some(row) = row else { return Ok(None) };
@@ -234,77 +339,131 @@ impl StateStore {
 
     /// Writes the run's end, its health snapshot, and every policy's state writes and
     /// outbox rows in ONE transaction: all of it lands, or none of it.
-    pub async fn commit(&self, run: &RunCommit<'_>) -> Result<(), StoreError> {
+    pub async fn commit(&self, run: &RunCommit) -> Result<(), StoreError> {
+        self.write_runs(std::slice::from_ref(run), None).await
+    }
+
+    /// Moves spooled runs into the store in ONE transaction. Each run's mark makes a replay
+    /// of the same spool a no-op; rows already delivered from the spool land as delivered.
+    pub async fn apply_spool(&self, runs: &[RunCommit], apply: SpoolApply<'_>) -> Result<(), StoreError> {
+        self.write_runs(runs, Some(apply)).await
+    }
+
+    async fn write_runs(&self, runs: &[RunCommit], spool: Option<SpoolApply<'_>>) -> Result<(), StoreError> {
+        self.ready().await?;
         let now = Ts(Utc::now());
         let fail = self.fail_next_commit.swap(false, std::sync::atomic::Ordering::SeqCst);
-        let checks = match run.snapshot {
-            Some(s) => Some(serde_json::to_string(&s.checks).map_err(|e| StoreError::Corrupt(e.to_string()))?),
-            None => None,
-        };
+        let mut checks = Vec::with_capacity(runs.len());
+        for run in runs {
+            checks.push(match &run.snapshot {
+                Some(s) => Some(serde_json::to_string(&s.checks).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+                None => None,
+            });
+        }
         with_pool!(&self.pool, |p| {
             let mut tx = p.begin().await?;
-            if let Some(id) = run.run_id {
-                let rows = run.rows_affected.map(|r| i64::try_from(r).unwrap_or(i64::MAX));
-                sqlx::query(
-                    "UPDATE job_runs SET finished_at = $2, outcome = $3, error = $4, rows_affected = $5, detail = $6 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(now)
-                .bind(run.outcome.as_str())
-                .bind(run.error)
-                .bind(rows)
-                .bind(run.detail)
-                .execute(&mut *tx)
-                .await?;
-            }
-            if let (Some(s), Some(checks)) = (run.snapshot, &checks) {
-                sqlx::query("INSERT INTO health_history (job, checked_at, status, duration_ms, checks) VALUES ($1, $2, $3, $4, $5)")
-                    .bind(&s.job)
-                    .bind(Ts(s.checked_at))
-                    .bind(s.status.as_str())
-                    .bind(i64::try_from(s.duration_ms).unwrap_or(i64::MAX))
-                    .bind(checks)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            for d in run.decisions {
-                for (key, value) in &d.state_writes {
-                    match value {
-                        Some(v) => {
-                            sqlx::query(
-                                "INSERT INTO policy_state (plugin, key, value, updated_at) VALUES ($1, $2, $3, $4) \
-                                 ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                            )
-                            .bind(&d.policy)
-                            .bind(key)
-                            .bind(v)
-                            .bind(now)
-                            .execute(&mut *tx)
-                            .await?;
-                        }
-                        None => {
-                            sqlx::query("DELETE FROM policy_state WHERE plugin = $1 AND key = $2")
-                                .bind(&d.policy)
-                                .bind(key)
-                                .execute(&mut *tx)
-                                .await?;
-                        }
-                    }
-                }
-                for (kind, dedup_key, payload) in &d.outbox {
-                    sqlx::query(
-                        "INSERT INTO outbox (dedup_key, kind, payload, job, policy, run_id, next_attempt_at, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (dedup_key) DO NOTHING",
+            for (i, run) in runs.iter().enumerate() {
+                if let Some(spool) = &spool {
+                    let marked = sqlx::query(
+                        "INSERT INTO spool_applied (id, applied_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
                     )
-                    .bind(dedup_key)
-                    .bind(kind)
-                    .bind(payload)
-                    .bind(run.job)
-                    .bind(&d.policy)
-                    .bind(run.run_id)
+                    .bind(&spool.marks[i])
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
+                    if marked.rows_affected() == 0 {
+                        continue; // applied by an earlier drain that could not truncate the spool
+                    }
+                }
+                let rows = run.rows_affected.map(|r| i64::try_from(r).unwrap_or(i64::MAX));
+                let run_id = match run.run_id {
+                    Some(id) => {
+                        sqlx::query(
+                            "UPDATE job_runs SET finished_at = $2, outcome = $3, error = $4, rows_affected = $5, detail = $6 WHERE id = $1",
+                        )
+                        .bind(id)
+                        .bind(now)
+                        .bind(run.outcome.as_str())
+                        .bind(&run.error)
+                        .bind(rows)
+                        .bind(&run.detail)
+                        .execute(&mut *tx)
+                        .await?;
+                        Some(id)
+                    }
+                    // Ran while the store was unreachable: recorded now, unless another
+                    // replica claimed the occurrence meanwhile.
+                    None => sqlx::query_scalar(
+                        "INSERT INTO job_runs (job, scheduled_at, trigger, replica, started_at, finished_at, outcome, error, rows_affected, detail) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (job, scheduled_at) DO NOTHING RETURNING id",
+                    )
+                    .bind(&run.job)
+                    .bind(Ts(run.scheduled_at))
+                    .bind(&run.trigger)
+                    .bind(&self.replica)
+                    .bind(Ts(run.started_at))
+                    .bind(now)
+                    .bind(run.outcome.as_str())
+                    .bind(&run.error)
+                    .bind(rows)
+                    .bind(&run.detail)
+                    .fetch_optional(&mut *tx)
+                    .await?,
+                };
+                if let (Some(s), Some(checks)) = (&run.snapshot, &checks[i]) {
+                    sqlx::query("INSERT INTO health_history (job, checked_at, status, duration_ms, checks) VALUES ($1, $2, $3, $4, $5)")
+                        .bind(&s.job)
+                        .bind(Ts(s.checked_at))
+                        .bind(s.status.as_str())
+                        .bind(i64::try_from(s.duration_ms).unwrap_or(i64::MAX))
+                        .bind(checks)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for d in &run.decisions {
+                    for (key, value) in &d.state_writes {
+                        match value {
+                            Some(v) => {
+                                sqlx::query(
+                                    "INSERT INTO policy_state (plugin, key, value, updated_at) VALUES ($1, $2, $3, $4) \
+                                     ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                                )
+                                .bind(&d.policy)
+                                .bind(key)
+                                .bind(v)
+                                .bind(now)
+                                .execute(&mut *tx)
+                                .await?;
+                            }
+                            None => {
+                                sqlx::query("DELETE FROM policy_state WHERE plugin = $1 AND key = $2")
+                                    .bind(&d.policy)
+                                    .bind(key)
+                                    .execute(&mut *tx)
+                                    .await?;
+                            }
+                        }
+                    }
+                    for row in &d.outbox {
+                        let delivered = spool.as_ref().and_then(|s| s.delivered.get(&row.dedup_key)).map(|at| Ts(*at));
+                        sqlx::query(
+                            "INSERT INTO outbox (dedup_key, kind, payload, job, policy, run_id, state, next_attempt_at, created_at, delivered_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) \
+                             ON CONFLICT (dedup_key) DO UPDATE SET state = 'delivered', delivered_at = excluded.delivered_at \
+                             WHERE outbox.state = 'pending' AND excluded.state = 'delivered'",
+                        )
+                        .bind(&row.dedup_key)
+                        .bind(&row.kind)
+                        .bind(&row.payload)
+                        .bind(&run.job)
+                        .bind(&d.policy)
+                        .bind(run_id)
+                        .bind(if delivered.is_some() { "delivered" } else { "pending" })
+                        .bind(now)
+                        .bind(delivered)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
                 }
             }
             if fail {
@@ -316,8 +475,141 @@ impl StateStore {
         Ok(())
     }
 
+    // ---- the outbox, for the dispatcher ----------------------------------------------
+
+    /// Leases up to `limit` due pending rows of `kinds` to this process until `lease`
+    /// from now, oldest due first. Replicas sharing a Postgres store never get the same row.
+    pub async fn claim_due(&self, kinds: &[&str], limit: i64, lease: Duration) -> Result<Vec<OutboxRow>, StoreError> {
+        self.ready().await?;
+        let now = Utc::now();
+        let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
+        let kinds = kinds.iter().map(|k| format!("'{}'", k.replace('\'', ""))).collect::<Vec<_>>().join(", ");
+        let lock = if self.pool.is_sqlite() { "" } else { " FOR UPDATE SKIP LOCKED" };
+        let sql = format!(
+            "UPDATE outbox SET next_attempt_at = $1, claimed_by = $2 WHERE id IN (\
+               SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= $3 AND kind IN ({kinds}) \
+               ORDER BY next_attempt_at, id LIMIT $4{lock}) \
+             RETURNING id, dedup_key, kind, payload, job, policy, attempts, created_at"
+        );
+        let mut rows: Vec<OutboxRow> = with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(Ts(until))
+            .bind(&self.replica)
+            .bind(Ts(now))
+            .bind(limit)
+            .fetch_all(p)
+            .await?);
+        rows.sort_by_key(|r| r.id);
+        Ok(rows)
+    }
+
+    /// Gives back every lease: on SQLite only one process uses the store, so a lease left
+    /// from before a restart is stale and its row is due again at once.
+    pub async fn release_stale_claims(&self) -> Result<u64, StoreError> {
+        self.ready().await?;
+        if !self.pool.is_sqlite() {
+            return Ok(0);
+        }
+        let sql = "UPDATE outbox SET next_attempt_at = $1, claimed_by = NULL WHERE state = 'pending' AND claimed_by IS NOT NULL";
+        Ok(with_pool!(&self.pool, |p| sqlx::query(sql).bind(Ts(Utc::now())).execute(p).await?.rows_affected()))
+    }
+
+    pub async fn mark_delivered(&self, id: i64) -> Result<(), StoreError> {
+        self.ready().await?;
+        let sql = "UPDATE outbox SET state = 'delivered', delivered_at = $2, attempts = attempts + 1, claimed_by = NULL, \
+                   last_error = NULL WHERE id = $1";
+        with_pool!(&self.pool, |p| sqlx::query(sql).bind(id).bind(Ts(Utc::now())).execute(p).await.map(|_| ())?);
+        Ok(())
+    }
+
+    /// Records a failed attempt: due again at `next`, or failed for good when `next` is `None`.
+    pub async fn mark_attempt(&self, id: i64, error: &str, next: Option<DateTime<Utc>>) -> Result<(), StoreError> {
+        self.ready().await?;
+        let (state, next) = match next {
+            Some(next) => ("pending", next),
+            None => ("failed", Utc::now()),
+        };
+        let sql = "UPDATE outbox SET state = $2, next_attempt_at = $3, attempts = attempts + 1, claimed_by = NULL, \
+                   last_error = $4 WHERE id = $1";
+        with_pool!(&self.pool, |p| sqlx::query(sql)
+            .bind(id)
+            .bind(state)
+            .bind(Ts(next))
+            .bind(error)
+            .execute(p)
+            .await
+            .map(|_| ())?);
+        Ok(())
+    }
+
+    /// Replaces a `subscribers` row by one `notice` row per recipient, in one transaction:
+    /// after a crash either the whole fan-out is queued or the parent is still pending.
+    pub async fn expand(&self, parent: &OutboxRow, children: &[NewOutboxRow]) -> Result<(), StoreError> {
+        self.ready().await?;
+        let now = Ts(Utc::now());
+        with_pool!(&self.pool, |p| {
+            let mut tx = p.begin().await?;
+            for child in children {
+                sqlx::query(
+                    "INSERT INTO outbox (dedup_key, kind, payload, job, policy, next_attempt_at, created_at, recipient) \
+                     SELECT $1, $2, $3, job, policy, $4, $4, $6 FROM outbox WHERE id = $5 ON CONFLICT (dedup_key) DO NOTHING",
+                )
+                .bind(&child.dedup_key)
+                .bind(&child.kind)
+                .bind(&child.payload)
+                .bind(now)
+                .bind(parent.id)
+                .bind(&child.recipient)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query(
+                "UPDATE outbox SET state = 'delivered', delivered_at = $2, attempts = attempts + 1, claimed_by = NULL, \
+                 last_error = $3 WHERE id = $1",
+            )
+            .bind(parent.id)
+            .bind(now)
+            .bind(format!("expanded into {} notices", children.len()))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Stops notices queued for a user who just opted out: recorded as silenced, never sent.
+    pub async fn cancel_notices(&self, recipient: &str) -> Result<u64, StoreError> {
+        self.ready().await?;
+        let sql = "UPDATE outbox SET state = 'silenced', last_error = 'recipient unsubscribed', claimed_by = NULL \
+                   WHERE kind = 'notice' AND state = 'pending' AND recipient = $1";
+        Ok(with_pool!(&self.pool, |p| sqlx::query(sql).bind(recipient).execute(p).await?.rows_affected()))
+    }
+
+    /// Row counts by (kind, state).
+    pub async fn outbox_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        self.ready().await?;
+        let sql = "SELECT kind, state, COUNT(*) FROM outbox GROUP BY kind, state";
+        Ok(with_pool!(&self.pool, |p| sqlx::query_as(sql).fetch_all(p).await?))
+    }
+
+    /// Outbox rows, newest first, optionally in one state.
+    pub async fn outbox_entries(&self, state: Option<&str>, limit: i64) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.ready().await?;
+        let sql = "SELECT id, dedup_key, kind, payload, job, policy, state, attempts, next_attempt_at, created_at, \
+                   delivered_at, last_error FROM outbox WHERE ($1 IS NULL OR state = $1) ORDER BY id DESC LIMIT $2";
+        Ok(with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(state).bind(limit).fetch_all(p).await?))
+    }
+
+    /// Makes failed rows (one, or all) pending again with a fresh attempt budget.
+    pub async fn redrive(&self, id: Option<i64>) -> Result<u64, StoreError> {
+        self.ready().await?;
+        let sql = "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = $2, claimed_by = NULL \
+                   WHERE state = 'failed' AND ($1 IS NULL OR id = $1)";
+        Ok(with_pool!(&self.pool, |p| sqlx::query(sql).bind(id).bind(Ts(Utc::now())).execute(p).await?.rows_affected()))
+    }
+
     /// A policy's stored state.
-    pub async fn policy_state(&self, policy: &str) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+    pub async fn policy_state(&self, policy: &str) -> Result<BTreeMap<String, String>, StoreError> {
+        self.ready().await?;
         let sql = "SELECT key, value FROM policy_state WHERE plugin = $1";
         let rows: Vec<(String, String)> =
             with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(policy).fetch_all(p).await?);
@@ -326,6 +618,7 @@ impl StateStore {
 
     /// Outbox rows as (kind, dedup key, payload, policy, state), oldest first.
     pub async fn outbox(&self) -> Result<Vec<(String, String, String, Option<String>, String)>, StoreError> {
+        self.ready().await?;
         let sql = "SELECT kind, dedup_key, payload, policy, state FROM outbox ORDER BY id";
         Ok(with_pool!(&self.pool, |p| sqlx::query_as(sql).fetch_all(p).await?))
     }
@@ -337,8 +630,15 @@ impl StateStore {
     }
 
     pub async fn count_health(&self) -> Result<i64, StoreError> {
+        self.ready().await?;
         Ok(with_pool!(&self.pool, |p| sqlx::query_scalar("SELECT COUNT(*) FROM health_history").fetch_one(p).await?))
     }
+}
+
+/// Whether an error means the database could not be reached (as opposed to refusing a query).
+pub fn unreachable(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_))
+        || matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
 }
 
 fn hostname() -> String {

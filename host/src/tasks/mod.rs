@@ -16,16 +16,19 @@ use serde::Serialize;
 use crate::config::{DbRole, Job, Task};
 use crate::db::Pool;
 use crate::health::Snapshot;
+use crate::store::Spool;
 use crate::store::StateStore;
 use crate::targets::Targets;
 
 pub use probe::run_probe;
 
-/// What a task needs: the targets and the state store (for `db = "state"` maintenance).
+/// What a task needs: the targets and the state store (for `db = "state"` maintenance),
+/// and the spool that stands in for the store while it is unreachable.
 #[derive(Debug, Clone)]
 pub struct TaskContext {
     pub targets: Targets,
     pub store: StateStore,
+    pub spool: Spool,
 }
 
 impl TaskContext {

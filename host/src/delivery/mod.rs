@@ -1,0 +1,458 @@
+//! Delivery: the dispatcher that drains the outbox. Every row a policy decided is
+//! delivered at least once or marked failed where it stays visible; nothing is dropped.
+//!
+//! Two lanes run side by side: the urgent lane (admin email, tickets, and the fan-out of a
+//! subscriber notice into one row per user) and the paced lane (the per-user notices, at
+//! most `pace` per second), so a thousand notices never hold back the admin's alert. A row
+//! is leased while it is sent; a crash between sending and marking resends at most that
+//! row. While the state store is unreachable the urgent lane sends admin email and tickets
+//! straight from the spool.
+//!
+//! Architecture invariant: the dispatcher is the only code that sends anything.
+
+pub mod mail;
+pub mod unsubscribe;
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use lettre::message::Mailbox;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use crate::config::{Config, PerBackend, Secret};
+use crate::health::Status;
+use crate::runtime::ActionRecord;
+use crate::store::{NewOutboxRow, OutboxRow, Spool, StateStore};
+use crate::targets::Targets;
+use mail::{Draft, Mailer};
+use unsubscribe::Signer;
+use webhook::Tickets;
+
+/// How long a claimed row is held before another dispatcher may take it.
+const LEASE: Duration = Duration::from_secs(60);
+/// How often the lanes look for due rows when nothing wakes them.
+const POLL: Duration = Duration::from_secs(1);
+/// Rows the urgent lane takes at once.
+const URGENT_BATCH: i64 = 16;
+/// The most notices taken at once.
+const NOTICE_BATCH: i64 = 64;
+/// How often the outbox counts behind the metrics are refreshed.
+const COUNTS_EVERY: Duration = Duration::from_secs(5);
+
+/// Why a delivery did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Worth another attempt later (connection refused, timeout, 4xx SMTP, 5xx HTTP).
+    Retry(String),
+    /// Will never succeed as it is (5xx SMTP, 4xx HTTP, no recipients): failed at once.
+    Permanent(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Retry(e) | Failure::Permanent(e) => f.write_str(e),
+        }
+    }
+}
+
+/// A subscriber notice, as one outbox row per user holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Notice {
+    pub user: String,
+    pub email: String,
+    pub status: Status,
+    pub previous: Option<Status>,
+}
+
+/// Status notices to users: where they come from and how they are signed and paced.
+#[derive(Debug, Clone)]
+pub struct SubscriberChannel {
+    pub query: PerBackend,
+    pub opt_out: PerBackend,
+    pub signer: Signer,
+    pub pace: u32,
+}
+
+/// Everything delivery needs from the configuration; rebuilt on reload.
+#[derive(Debug, Clone)]
+pub struct Channels {
+    pub product: String,
+    pub from: Mailbox,
+    pub admin: Vec<String>,
+    pub mailer: Mailer,
+    pub tickets: Tickets,
+    pub subscribers: Option<SubscriberChannel>,
+    pub public_url: String,
+    pub targets: Targets,
+    pub max_attempts: u32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Channels {
+    /// Builds the channels (reading or creating the signing secret). Inside the runtime.
+    pub fn new(config: &Config, targets: Targets) -> anyhow::Result<Channels> {
+        let alerts = &config.alerts;
+        let from: Mailbox = alerts.from.parse().map_err(|e| anyhow::anyhow!("alerts.from `{}`: {e}", alerts.from))?;
+        let subscribers = match &alerts.subscribers {
+            Some(s) => {
+                let secret = match &s.secret {
+                    Secret::Inline(text) => text.as_bytes().to_vec(),
+                    Secret::File(path) => unsubscribe::load_or_create_secret(path)
+                        .map_err(|e| anyhow::anyhow!("signing secret {}: {e}", path.display()))?,
+                };
+                Some(SubscriberChannel {
+                    query: s.query.clone(),
+                    opt_out: s.opt_out.clone(),
+                    signer: Signer::new(&secret),
+                    pace: s.pace,
+                })
+            }
+            None => None,
+        };
+        Ok(Channels {
+            product: config.product.clone(),
+            from,
+            admin: alerts.admin.clone(),
+            mailer: Mailer::new(alerts.smtp.as_deref(), &alerts.mail_dir).map_err(anyhow::Error::msg)?,
+            tickets: Tickets::new(&alerts.tickets).map_err(anyhow::Error::msg)?,
+            subscribers,
+            public_url: alerts.public_url.clone(),
+            targets,
+            max_attempts: alerts.max_attempts,
+            backoff: alerts.backoff.std(),
+            max_backoff: alerts.max_backoff.std(),
+        })
+    }
+
+    /// Where mail goes, for the start-up log.
+    pub fn describe(&self) -> String {
+        match &self.mailer {
+            Mailer::Smtp { url, .. } => format!("SMTP {}", mail::redact(url)),
+            Mailer::Dir(dir) => format!(".eml files in {}", dir.display()),
+        }
+    }
+
+    /// The delay before attempt `attempts + 1`: doubling from `backoff`, capped, with
+    /// ±20 % jitter so retries of many rows spread out.
+    pub fn backoff_after(&self, attempts: u32) -> Duration {
+        let doubled = self.backoff.saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
+        doubled.min(self.max_backoff).mul_f64(rand::random_range(0.8..1.2))
+    }
+
+    /// Delivers one row (of any kind but `subscribers`, which needs the store).
+    pub async fn deliver(
+        &self,
+        kind: &str,
+        dedup_key: &str,
+        payload: &str,
+        job: Option<&str>,
+        policy: Option<&str>,
+    ) -> Result<String, Failure> {
+        let name = format!("{}-{}", kind, mail::row_hash(dedup_key));
+        match kind {
+            "email" => {
+                let Ok(ActionRecord::EmailAdmin { subject, body }) = serde_json::from_str(payload) else {
+                    return Err(Failure::Permanent(format!("unreadable email payload: {payload}")));
+                };
+                if self.admin.is_empty() {
+                    return Err(Failure::Permanent("no admin recipients configured (alerts.admin)".into()));
+                }
+                let draft = Draft {
+                    from: &self.from,
+                    to: &self.admin,
+                    subject: &subject,
+                    text: &body,
+                    html: None,
+                    dedup_key,
+                    unsubscribe: None,
+                };
+                let message = draft.build().map_err(Failure::Permanent)?;
+                self.mailer.send(&message, &name).await
+            }
+            "notice" => {
+                let notice: Notice =
+                    serde_json::from_str(payload).map_err(|e| Failure::Permanent(format!("unreadable notice: {e}")))?;
+                let Some(subs) = &self.subscribers else {
+                    return Err(Failure::Retry("subscribers are not configured (alerts.subscribers)".into()));
+                };
+                let url = subs.signer.url(&self.public_url, &notice.user);
+                let (subject, text, html) = mail::notice(&self.product, notice.status, notice.previous, &url);
+                let to = [notice.email.clone()];
+                let draft = Draft {
+                    from: &self.from,
+                    to: &to,
+                    subject: &subject,
+                    text: &text,
+                    html: Some(&html),
+                    dedup_key,
+                    unsubscribe: Some(&url),
+                };
+                let message = draft.build().map_err(Failure::Permanent)?;
+                self.mailer.send(&message, &name).await
+            }
+            "ticket" => {
+                let Ok(ActionRecord::OpenTicket { title, body, priority, .. }) = serde_json::from_str(payload) else {
+                    return Err(Failure::Permanent(format!("unreadable ticket payload: {payload}")));
+                };
+                let json = serde_json::json!({
+                    "title": title,
+                    "body": body,
+                    "priority": priority,
+                    "dedup_key": dedup_key,
+                    "product": self.product,
+                    "job": job,
+                    "policy": policy,
+                });
+                self.tickets.send(&json, dedup_key, &name).await
+            }
+            other => Err(Failure::Permanent(format!("unknown outbox kind `{other}`"))),
+        }
+    }
+
+    /// The opted-in users, from the target database: one notice row per user.
+    async fn fan_out(&self, parent: &OutboxRow) -> Result<Vec<NewOutboxRow>, Failure> {
+        let Ok(ActionRecord::NotifySubscribers { status, previous }) = serde_json::from_str(&parent.payload) else {
+            return Err(Failure::Permanent(format!("unreadable subscribers payload: {}", parent.payload)));
+        };
+        let Some(subs) = &self.subscribers else { return Ok(Vec::new()) };
+        let db = &self.targets.db;
+        let Some(query) = subs.query.for_sqlite(db.is_sqlite()) else {
+            return Err(Failure::Permanent(format!("alerts.subscribers.query has no SQL for {}", db.backend())));
+        };
+        let users = subscribers(db, query).await.map_err(|e| Failure::Retry(format!("subscriber query: {e}")))?;
+        Ok(users
+            .into_iter()
+            .map(|(user, email)| {
+                let notice = Notice { user: user.clone(), email, status, previous };
+                NewOutboxRow {
+                    kind: "notice".into(),
+                    dedup_key: format!("{}:{user}", parent.dedup_key),
+                    payload: serde_json::to_string(&notice).unwrap_or_default(),
+                    recipient: Some(user),
+                }
+            })
+            .collect())
+    }
+}
+
+/// Runs the subscriber query: (user id as text, email) per row.
+async fn subscribers(db: &crate::db::Pool, query: &str) -> Result<Vec<(String, String)>, sqlx::Error> {
+    use sqlx::Row;
+    let text = sqlx::AssertSqlSafe(query.to_owned());
+    let rows = crate::with_pool!(db, |p| {
+        let rows = sqlx::query(text).fetch_all(p).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let user = match row.try_get::<i64, _>(0) {
+                Ok(id) => id.to_string(),
+                Err(_) => row.try_get::<String, _>(0)?,
+            };
+            out.push((user, row.try_get::<String, _>(1)?));
+        }
+        out
+    });
+    Ok(rows)
+}
+
+/// Opts a user out through the configured statement; `$1` is the user id as text.
+pub async fn opt_out(channels: &Channels, user: &str) -> Result<u64, String> {
+    let Some(subs) = &channels.subscribers else { return Err("subscribers are not configured".into()) };
+    let db = &channels.targets.db;
+    let Some(statement) = subs.opt_out.for_sqlite(db.is_sqlite()) else {
+        return Err(format!("alerts.subscribers.opt_out has no SQL for {}", db.backend()));
+    };
+    let text = sqlx::AssertSqlSafe(statement.to_owned());
+    let done = crate::with_pool!(db, |p| sqlx::query(text).bind(user).execute(p).await.map(|r| r.rows_affected()));
+    done.map_err(|e| e.to_string())
+}
+
+/// The running dispatcher.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    store: StateStore,
+    spool: Spool,
+    channels: watch::Receiver<Arc<Channels>>,
+    wake: Arc<Notify>,
+}
+
+impl Dispatcher {
+    pub fn new(store: StateStore, spool: Spool, channels: watch::Receiver<Arc<Channels>>, wake: Arc<Notify>) -> Self {
+        Dispatcher { store, spool, channels, wake }
+    }
+
+    /// Starts both lanes; they stop between two deliveries once `stop` turns true.
+    pub fn spawn(self, stop: watch::Receiver<bool>) -> tokio::task::JoinSet<()> {
+        let mut set = tokio::task::JoinSet::new();
+        let urgent = self.clone();
+        let stop2 = stop.clone();
+        set.spawn(async move { urgent.urgent_lane(stop2).await });
+        set.spawn(async move { self.notice_lane(stop).await });
+        set
+    }
+
+    fn channels(&self) -> Arc<Channels> {
+        self.channels.borrow().clone()
+    }
+
+    async fn idle(&self, stop: &mut watch::Receiver<bool>, wait: Duration) {
+        tokio::select! {
+            _ = self.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => {}
+        }
+    }
+
+    async fn urgent_lane(self, mut stop: watch::Receiver<bool>) {
+        let mut spool_retry: HashMap<String, (u32, Instant)> = HashMap::new();
+        let mut counted = Instant::now() - COUNTS_EVERY;
+        let mut store_warned = false;
+        while !*stop.borrow() {
+            let channels = self.channels();
+            if !self.spool.is_empty() && self.spool.drain(&self.store).await.is_err() {
+                self.send_from_spool(&channels, &mut spool_retry).await;
+            }
+            if self.spool.is_empty() {
+                spool_retry.clear();
+            }
+            let rows = match self.store.claim_due(&["email", "ticket", "subscribers"], URGENT_BATCH, LEASE).await {
+                Ok(rows) => {
+                    store_warned = false;
+                    rows
+                }
+                Err(e) => {
+                    if !store_warned {
+                        warn!(error = %e, "dispatcher: state store unreachable; sending from the spool until it returns");
+                        store_warned = true;
+                    }
+                    Vec::new()
+                }
+            };
+            let full = rows.len() as i64 == URGENT_BATCH;
+            for row in rows {
+                if row.kind == "subscribers" {
+                    self.expand(&channels, row).await;
+                } else {
+                    self.deliver_row(&channels, row).await;
+                }
+            }
+            if counted.elapsed() >= COUNTS_EVERY {
+                counted = Instant::now();
+                if let Ok(counts) = self.store.outbox_counts().await {
+                    crate::metrics::record_outbox_counts(&counts);
+                }
+            }
+            if !full {
+                self.idle(&mut stop, POLL).await;
+            }
+        }
+    }
+
+    async fn notice_lane(self, mut stop: watch::Receiver<bool>) {
+        let mut next_send = tokio::time::Instant::now();
+        while !*stop.borrow() {
+            let channels = self.channels();
+            let pace = channels.subscribers.as_ref().map_or(0, |s| s.pace);
+            let batch = if pace == 0 { NOTICE_BATCH } else { i64::from(pace).clamp(1, NOTICE_BATCH) };
+            let rows = self.store.claim_due(&["notice"], batch, LEASE).await.unwrap_or_default();
+            if rows.is_empty() {
+                self.idle(&mut stop, POLL).await;
+                continue;
+            }
+            for row in rows {
+                if pace > 0 {
+                    // Never faster than the pace: each send starts at least 1/pace after the last.
+                    tokio::time::sleep_until(next_send).await;
+                    next_send = tokio::time::Instant::now() + Duration::from_secs_f64(1.0 / f64::from(pace));
+                }
+                self.deliver_row(&channels, row).await;
+            }
+        }
+    }
+
+    async fn deliver_row(&self, channels: &Channels, row: OutboxRow) {
+        let result =
+            channels.deliver(&row.kind, &row.dedup_key, &row.payload, row.job.as_deref(), row.policy.as_deref()).await;
+        self.settle(channels, &row, result).await;
+    }
+
+    async fn expand(&self, channels: &Channels, row: OutboxRow) {
+        match channels.fan_out(&row).await {
+            Ok(children) => match self.store.expand(&row, &children).await {
+                Ok(()) => {
+                    crate::metrics::record_delivery(&row.kind, "delivered");
+                    info!(key = %row.dedup_key, notices = children.len(), "subscriber notices queued");
+                    self.wake.notify_waiters();
+                }
+                Err(e) => {
+                    warn!(key = %row.dedup_key, error = %e, "could not queue the subscriber notices; retried after the lease")
+                }
+            },
+            Err(failure) => self.settle(channels, &row, Err(failure)).await,
+        }
+    }
+
+    /// Records the outcome of one attempt.
+    async fn settle(&self, channels: &Channels, row: &OutboxRow, result: Result<String, Failure>) {
+        let attempts = u32::try_from(row.attempts).unwrap_or(0) + 1;
+        let marked = match &result {
+            Ok(note) => {
+                crate::metrics::record_delivery(&row.kind, "delivered");
+                info!(kind = %row.kind, key = %row.dedup_key, attempts, "delivered: {note}");
+                self.store.mark_delivered(row.id).await
+            }
+            Err(Failure::Retry(e)) if attempts < channels.max_attempts => {
+                let delay = channels.backoff_after(attempts);
+                crate::metrics::record_delivery(&row.kind, "retried");
+                warn!(kind = %row.kind, key = %row.dedup_key, attempts, retry_in = ?delay, error = %e, "delivery failed; will retry");
+                let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                self.store.mark_attempt(row.id, e, Some(next)).await
+            }
+            Err(failure) => {
+                crate::metrics::record_delivery(&row.kind, "failed");
+                warn!(kind = %row.kind, key = %row.dedup_key, attempts, error = %failure, "delivery failed for good; `warden outbox retry` re-drives it");
+                self.store.mark_attempt(row.id, &failure.to_string(), None).await
+            }
+        };
+        if let Err(e) = marked {
+            // The lease runs out and the row is attempted again: at least once, never lost.
+            warn!(key = %row.dedup_key, error = %e, "could not record the delivery attempt");
+        }
+    }
+
+    /// While the store is unreachable: admin email and tickets straight from the spool.
+    async fn send_from_spool(&self, channels: &Channels, retry: &mut HashMap<String, (u32, Instant)>) {
+        let _gate = self.spool.sending().await;
+        for spooled in self.spool.undelivered() {
+            let key = spooled.row.dedup_key.clone();
+            if retry.get(&key).is_some_and(|(_, at)| *at > Instant::now()) {
+                continue;
+            }
+            let row = &spooled.row;
+            match channels.deliver(&row.kind, &key, &row.payload, Some(&spooled.job), Some(&spooled.policy)).await {
+                Ok(note) => {
+                    crate::metrics::record_delivery(&row.kind, "delivered");
+                    info!(kind = %row.kind, key = %key, "delivered from the spool: {note}");
+                    if let Err(e) = self.spool.delivered(&key) {
+                        warn!(key = %key, error = %e, "could not note the delivery in the spool; it may be sent again");
+                    }
+                    retry.remove(&key);
+                }
+                Err(failure) => {
+                    // The row stays in the spool; the outbox takes over its retries (and its
+                    // attempt budget) once the store is back.
+                    let attempts = retry.get(&key).map_or(0, |(n, _)| *n) + 1;
+                    crate::metrics::record_delivery(&row.kind, "retried");
+                    warn!(kind = %row.kind, key = %key, attempts, error = %failure, "delivery from the spool failed; will retry");
+                    retry.insert(key, (attempts, Instant::now() + channels.backoff_after(attempts)));
+                }
+            }
+        }
+    }
+}

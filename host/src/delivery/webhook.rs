@@ -1,0 +1,86 @@
+//! Tickets: a JSON POST to the configured webhook with an `Idempotency-Key` header, or a
+//! JSON file per ticket when no webhook is configured.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::Failure;
+
+/// Where tickets go.
+#[derive(Clone)]
+pub enum Tickets {
+    Webhook {
+        client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+        url: hyper::Uri,
+        timeout: Duration,
+    },
+    Dir(PathBuf),
+}
+
+impl std::fmt::Debug for Tickets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tickets::Webhook { url, .. } => write!(f, "Tickets::Webhook({url})"),
+            Tickets::Dir(dir) => write!(f, "Tickets::Dir({})", dir.display()),
+        }
+    }
+}
+
+impl Tickets {
+    pub fn new(config: &crate::config::Tickets) -> Result<Tickets, String> {
+        let Some(url) = &config.webhook else { return Ok(Tickets::Dir(config.dir.clone())) };
+        let url: hyper::Uri = url.parse().map_err(|e| format!("invalid webhook URL `{url}`: {e}"))?;
+        let https =
+            hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build();
+        let client = Client::builder(TokioExecutor::new()).build(https);
+        Ok(Tickets::Webhook { client, url, timeout: config.timeout.std() })
+    }
+
+    /// Files or POSTs one ticket. 2xx is delivered; 408, 429, 5xx, a timeout or a
+    /// connection error is retried; any other 4xx is a permanent failure.
+    pub async fn send(&self, body: &serde_json::Value, idempotency_key: &str, name: &str) -> Result<String, Failure> {
+        let bytes = serde_json::to_vec_pretty(body).map_err(|e| Failure::Permanent(e.to_string()))?;
+        match self {
+            Tickets::Dir(dir) => {
+                let path = dir.join(format!("{name}.json"));
+                super::mail::write_atomically(&path, &bytes)
+                    .map_err(|e| Failure::Retry(format!("cannot write {}: {e}", path.display())))?;
+                Ok(format!("written to {}", path.display()))
+            }
+            Tickets::Webhook { client, url, timeout } => {
+                let request = hyper::Request::post(url.clone())
+                    .header(hyper::header::CONTENT_TYPE, "application/json")
+                    .header(hyper::header::USER_AGENT, concat!("warden/", env!("CARGO_PKG_VERSION")))
+                    .header("Idempotency-Key", idempotency_key)
+                    .body(Full::new(Bytes::from(bytes)))
+                    .map_err(|e| Failure::Permanent(format!("cannot build the request: {e}")))?;
+                let exchange = async {
+                    let response =
+                        client.request(request).await.map_err(|e| Failure::Retry(format!("webhook {url}: {e}")))?;
+                    let status = response.status();
+                    let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let said = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+                    if status.is_success() {
+                        Ok(format!("webhook answered {status}"))
+                    } else if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
+                        Err(Failure::Retry(format!("webhook answered {status}: {said}")))
+                    } else {
+                        Err(Failure::Permanent(format!("webhook answered {status}: {said}")))
+                    }
+                };
+                match tokio::time::timeout(*timeout, exchange).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        Err(Failure::Retry(format!("webhook {url}: no answer within {}s", timeout.as_secs_f64())))
+                    }
+                }
+            }
+        }
+    }
+}

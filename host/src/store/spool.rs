@@ -1,0 +1,323 @@
+//! The local durable spool: where runs and decisions go while the state store cannot be
+//! reached (for example when it lives on the very database that is down), so the alert
+//! about the outage is still sent and nothing decided is lost.
+//!
+//! One JSON line per record in an append-only file, each line fsynced before the call
+//! returns. Records: a run (what `StateStore::commit` would have written, with a replay
+//! mark) or a delivery (a spooled email or ticket the dispatcher sent while the store was
+//! down). The first run after the spool was empty also carries every policy's state as
+//! last read from the store, so a restart during the outage evaluates from the same state.
+//! `drain` moves everything into the store in one transaction and then empties the file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{NewOutboxRow, RunCommit, SpoolApply, StateStore, StoreError};
+
+type PolicyState = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "kebab-case")]
+enum Record {
+    Run {
+        mark: String,
+        run: RunCommit,
+        #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+        base_state: HashMap<String, PolicyState>,
+    },
+    Delivered {
+        dedup_key: String,
+        at: DateTime<Utc>,
+    },
+}
+
+/// A spooled outbox row the dispatcher may send while the store is down.
+#[derive(Debug, Clone)]
+pub struct SpooledRow {
+    pub row: NewOutboxRow,
+    pub job: String,
+    pub policy: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    runs: Vec<(String, RunCommit)>,
+    delivered: HashMap<String, DateTime<Utc>>,
+    /// Each policy's state as last known: read from the store, or written since.
+    known: HashMap<String, PolicyState>,
+}
+
+/// The spool. Cheap to clone; one per process.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    path: PathBuf,
+    inner: Arc<Mutex<Inner>>,
+    /// Held while draining and while sending from the spool, so a row is never sent from
+    /// the spool while it is being moved into the outbox.
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Spool {
+    /// Opens (or creates) the spool at `path`, reading what an earlier process left. A torn
+    /// last line (a crash in the middle of a write) is dropped; it was never acknowledged.
+    pub fn open(path: &Path) -> std::io::Result<Spool> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut inner = Inner::default();
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                // Only whole lines were acknowledged; a torn tail is cut so appends stay aligned.
+                let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                if whole < bytes.len() {
+                    tracing::warn!(spool = %path.display(), bytes = bytes.len() - whole, "cutting a torn last spool line");
+                    std::fs::OpenOptions::new().write(true).open(path)?.set_len(whole as u64)?;
+                }
+                for line in bytes[..whole].split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    match serde_json::from_slice::<Record>(line) {
+                        Ok(record) => inner.apply(record),
+                        Err(e) => {
+                            tracing::warn!(spool = %path.display(), error = %e, "skipping an unreadable spool line")
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        if !inner.runs.is_empty() {
+            tracing::warn!(spool = %path.display(), runs = inner.runs.len(), "the spool holds runs from before the restart; they go to the store when it is reachable");
+        }
+        Ok(Spool { path: path.to_path_buf(), inner: Arc::new(Mutex::new(inner)), gate: Default::default() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Spooled runs not yet in the store.
+    pub fn len(&self) -> usize {
+        self.lock().runs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Notes a policy's state as just read from the store.
+    pub fn remember(&self, policy: &str, state: &PolicyState) {
+        self.lock().known.insert(policy.to_owned(), state.clone());
+    }
+
+    /// Notes state writes the store just committed.
+    pub fn committed(&self, run: &RunCommit) {
+        let mut inner = self.lock();
+        for d in &run.decisions {
+            inner.write(&d.policy, &d.state_writes);
+        }
+    }
+
+    /// A policy's state as last known, for an evaluation while the store is unreachable.
+    pub fn state(&self, policy: &str) -> PolicyState {
+        self.lock().known.get(policy).cloned().unwrap_or_default()
+    }
+
+    /// Appends a run; it is on disk when this returns.
+    pub fn push(&self, run: RunCommit) -> std::io::Result<()> {
+        let mut inner = self.lock();
+        let base_state = if inner.runs.is_empty() { inner.known.clone() } else { HashMap::new() };
+        let mark = format!("{:032x}", rand::random::<u128>());
+        let record = Record::Run { mark, run, base_state };
+        self.append(&record)?;
+        inner.apply(record);
+        Ok(())
+    }
+
+    /// Spooled email and ticket rows not yet sent (subscriber fan-out waits for the store).
+    pub fn undelivered(&self) -> Vec<SpooledRow> {
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for (_, run) in &inner.runs {
+            for d in &run.decisions {
+                for row in &d.outbox {
+                    if matches!(row.kind.as_str(), "email" | "ticket") && !inner.delivered.contains_key(&row.dedup_key)
+                    {
+                        out.push(SpooledRow {
+                            row: row.clone(),
+                            job: run.job.clone(),
+                            policy: d.policy.clone(),
+                            created_at: run.started_at,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Holds the gate: no drain runs while the guard lives.
+    pub async fn sending(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.gate.lock().await
+    }
+
+    /// Records that a spooled row was sent; on disk when this returns.
+    pub fn delivered(&self, dedup_key: &str) -> std::io::Result<()> {
+        let record = Record::Delivered { dedup_key: dedup_key.to_owned(), at: Utc::now() };
+        let mut inner = self.lock();
+        self.append(&record)?;
+        inner.apply(record);
+        Ok(())
+    }
+
+    /// Moves every spooled run into the store in one transaction, then empties the spool.
+    /// Returns how many runs moved. Safe to repeat after a crash: each run's mark makes a
+    /// second application a no-op.
+    pub async fn drain(&self, store: &StateStore) -> Result<usize, StoreError> {
+        let _gate = self.gate.lock().await;
+        let (marks, runs, delivered) = {
+            let inner = self.lock();
+            if inner.runs.is_empty() {
+                return Ok(0);
+            }
+            let (marks, runs): (Vec<String>, Vec<RunCommit>) = inner.runs.iter().cloned().unzip();
+            (marks, runs, inner.delivered.clone())
+        };
+        store.apply_spool(&runs, SpoolApply { marks: &marks, delivered: &delivered }).await?;
+        let mut inner = self.lock();
+        inner.runs.drain(..runs.len());
+        let keep: std::collections::HashSet<&str> = inner
+            .runs
+            .iter()
+            .flat_map(|(_, r)| r.decisions.iter())
+            .flat_map(|d| &d.outbox)
+            .map(|o| o.dedup_key.as_str())
+            .collect();
+        let delivered: HashMap<String, DateTime<Utc>> =
+            inner.delivered.iter().filter(|(k, _)| keep.contains(k.as_str())).map(|(k, v)| (k.clone(), *v)).collect();
+        inner.delivered = delivered;
+        self.rewrite(&inner).map_err(|e| StoreError::Corrupt(format!("spool {}: {e}", self.path.display())))?;
+        tracing::info!(runs = runs.len(), spool = %self.path.display(), "spool drained into the state store");
+        Ok(runs.len())
+    }
+
+    fn append(&self, record: &Record) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+        file.write_all(&line)?;
+        file.sync_data()
+    }
+
+    /// Replaces the file by what is left (usually nothing), atomically.
+    fn rewrite(&self, inner: &Inner) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("tmp");
+        let mut file = std::fs::File::create(&tmp)?;
+        for (mark, run) in &inner.runs {
+            let record = Record::Run { mark: mark.clone(), run: run.clone(), base_state: HashMap::new() };
+            file.write_all(&serde_json::to_vec(&record).map_err(std::io::Error::other)?)?;
+            file.write_all(b"\n")?;
+        }
+        for (key, at) in &inner.delivered {
+            let record = Record::Delivered { dedup_key: key.clone(), at: *at };
+            file.write_all(&serde_json::to_vec(&record).map_err(std::io::Error::other)?)?;
+            file.write_all(b"\n")?;
+        }
+        file.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn apply(&mut self, record: Record) {
+        match record {
+            Record::Run { mark, run, base_state } => {
+                for (policy, state) in base_state {
+                    self.known.entry(policy).or_insert(state);
+                }
+                for d in &run.decisions {
+                    self.write(&d.policy, &d.state_writes);
+                }
+                self.runs.push((mark, run));
+            }
+            Record::Delivered { dedup_key, at } => {
+                self.delivered.insert(dedup_key, at);
+            }
+        }
+    }
+
+    fn write(&mut self, policy: &str, writes: &BTreeMap<String, Option<String>>) {
+        let state = self.known.entry(policy.to_owned()).or_default();
+        for (key, value) in writes {
+            match value {
+                Some(v) => state.insert(key.clone(), v.clone()),
+                None => state.remove(key),
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Decision, Outcome};
+
+    fn run(job: &str, key: &str, writes: &[(&str, Option<&str>)]) -> RunCommit {
+        RunCommit {
+            run_id: None,
+            job: job.into(),
+            scheduled_at: Utc::now(),
+            trigger: "schedule".into(),
+            started_at: Utc::now(),
+            outcome: Outcome::Ok,
+            error: None,
+            rows_affected: None,
+            detail: None,
+            snapshot: None,
+            decisions: vec![Decision {
+                policy: "p".into(),
+                state_writes: writes.iter().map(|(k, v)| (k.to_string(), v.map(str::to_owned))).collect(),
+                outbox: vec![NewOutboxRow {
+                    kind: "email".into(),
+                    dedup_key: key.into(),
+                    payload: "{}".into(),
+                    recipient: None,
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn a_reopened_spool_has_the_runs_the_state_and_the_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.jsonl");
+        let spool = Spool::open(&path).unwrap();
+        spool.remember("p", &BTreeMap::from([("a".into(), "1".into()), ("b".into(), "2".into())]));
+        spool.push(run("j", "k1", &[("a", Some("3"))])).unwrap();
+        spool.push(run("j", "k2", &[("b", None)])).unwrap();
+        spool.delivered("k1").unwrap();
+        // A crash in the middle of a write leaves a torn line; it is skipped.
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"record\":\"ru").unwrap();
+
+        let again = Spool::open(&path).unwrap();
+        assert_eq!(again.len(), 2);
+        assert_eq!(again.state("p"), BTreeMap::from([("a".to_owned(), "3".to_owned())]));
+        let undelivered: Vec<String> = again.undelivered().into_iter().map(|r| r.row.dedup_key).collect();
+        assert_eq!(undelivered, ["k2"]);
+        again.delivered("k2").unwrap();
+        assert!(Spool::open(&path).unwrap().undelivered().is_empty(), "an append after a torn line is readable");
+    }
+}

@@ -1,0 +1,694 @@
+//! Alert delivery through real servers: an SMTP server over TCP (`smtp_server.rs`), an
+//! HTTP server for the ticket webhook, real PostgreSQL cut off by a proxy, and the real
+//! `warden` binary killed in the middle of a fan-out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use mail_parser::MessageParser;
+use tokio::sync::{Notify, watch};
+use warden::delivery::{Channels, Dispatcher};
+use warden::store::{Decision, NewOutboxRow, Outcome, RunCommit, StateStore};
+
+use crate::policies::plugins_dir;
+use crate::smtp_server::{Received, SmtpServer};
+use crate::support::{Daemon, Proxy, TestDb, http_get, schedule_dir, wait_for, warden};
+
+// ---- reading mail -----------------------------------------------------------------
+
+/// The parts of a received message the tests look at, decoded.
+#[derive(Debug)]
+struct Mail {
+    to: Vec<String>,
+    subject: String,
+    message_id: String,
+    list_unsubscribe: Option<String>,
+    list_unsubscribe_post: Option<String>,
+    text: String,
+    html: Option<String>,
+}
+
+fn read(m: &Received) -> Mail {
+    let parsed = MessageParser::default().parse(m.data.as_bytes()).expect("a parsable message");
+    let raw_header = |name: &str| parsed.header_raw(name).map(|v| v.trim().to_owned());
+    Mail {
+        to: m.to.clone(),
+        subject: parsed.subject().unwrap_or_default().to_owned(),
+        message_id: parsed.message_id().unwrap_or_default().to_owned(),
+        list_unsubscribe: raw_header("List-Unsubscribe"),
+        list_unsubscribe_post: raw_header("List-Unsubscribe-Post"),
+        text: parsed.body_text(0).map(|t| t.into_owned()).unwrap_or_default(),
+        html: parsed.body_html(0).map(|t| t.into_owned()),
+    }
+}
+
+fn subjects(messages: &[Received]) -> Vec<String> {
+    messages.iter().map(|m| read(m).subject).collect()
+}
+
+// ---- a dispatcher in this process, on a SQLite store --------------------------------
+
+struct Outbox {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    store: StateStore,
+    stop: watch::Sender<bool>,
+    _lanes: tokio::task::JoinSet<()>,
+}
+
+impl Outbox {
+    /// A store and a running dispatcher for `alerts` (the body of `[alerts]`).
+    async fn start(alerts: &str) -> Outbox {
+        let (dir, path) = schedule_dir(&format!("version = 1\nproduct = \"MNW\"\n[alerts]\n{alerts}\n"));
+        let config = warden::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let ctx = warden::daemon::open(&config).await.unwrap();
+        let channels = Arc::new(Channels::new(&config, ctx.targets.clone()).unwrap());
+        let (_keep, rx) = watch::channel(channels);
+        std::mem::forget(_keep);
+        let (stop, stopped) = watch::channel(false);
+        let lanes = Dispatcher::new(ctx.store.clone(), ctx.spool.clone(), rx, Arc::new(Notify::new())).spawn(stopped);
+        Outbox { _dir: dir, path, store: ctx.store, stop, _lanes: lanes }
+    }
+
+    async fn queue(&self, rows: Vec<NewOutboxRow>) {
+        queue(&self.store, rows).await;
+    }
+
+    async fn states(&self) -> Vec<(String, String, i32)> {
+        self.store
+            .outbox_entries(None, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .rev()
+            .map(|e| (e.dedup_key, e.state, e.attempts))
+            .collect()
+    }
+
+    async fn wait_states(
+        &self,
+        what: &str,
+        done: impl Fn(&[(String, String, i32)]) -> bool,
+    ) -> Vec<(String, String, i32)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let states = self.states().await;
+            if done(&states) {
+                return states;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {states:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Commits rows as one policy decision of one run.
+async fn queue(store: &StateStore, rows: Vec<NewOutboxRow>) {
+    static N: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let run = RunCommit {
+        run_id: None,
+        job: "probe".into(),
+        scheduled_at: Utc::now() + chrono::Duration::milliseconds(n),
+        trigger: "manual".into(),
+        started_at: Utc::now(),
+        outcome: Outcome::Ok,
+        error: None,
+        rows_affected: None,
+        detail: None,
+        snapshot: None,
+        decisions: vec![Decision { policy: "test".into(), state_writes: BTreeMap::new(), outbox: rows }],
+    };
+    store.commit(&run).await.unwrap();
+}
+
+fn email(key: &str, subject: &str) -> NewOutboxRow {
+    let payload =
+        serde_json::json!({ "kind": "email-admin", "subject": subject, "body": format!("body of {subject}") });
+    NewOutboxRow { kind: "email".into(), dedup_key: key.into(), payload: payload.to_string(), recipient: None }
+}
+
+fn ticket(key: &str, title: &str) -> NewOutboxRow {
+    let payload = serde_json::json!({
+        "kind": "open-ticket", "title": title, "body": "details", "priority": "critical", "dedup_key": key,
+    });
+    NewOutboxRow { kind: "ticket".into(), dedup_key: key.into(), payload: payload.to_string(), recipient: None }
+}
+
+#[tokio::test]
+async fn smtp_down_for_several_attempts_then_up_delivers_every_alert_once() {
+    let smtp = SmtpServer::start();
+    smtp.refuse_next_sessions(4); // connections greeted with 421
+    let outbox = Outbox::start(&format!(
+        "admin = [\"ops@example.org\", \"oncall@example.org\"]\nfrom = \"MNW status <warden@example.org>\"\n\
+         smtp = \"{}\"\nbackoff = \"100ms\"\nmax_backoff = \"400ms\"\n",
+        smtp.url()
+    ))
+    .await;
+    outbox.queue(vec![email("a", "MNW down — critical service failure"), email("b", "second")]).await;
+    outbox.queue(vec![email("c", "third")]).await;
+
+    let states =
+        outbox.wait_states("three deliveries", |s| s.len() == 3 && s.iter().all(|(_, st, _)| st == "delivered")).await;
+    assert!(states.iter().any(|(.., attempts)| *attempts >= 2), "some row needed a retry: {states:?}");
+    // Then a 451 after DATA (the server took the message but deferred it): retried too.
+    smtp.defer(true);
+    outbox.queue(vec![email("d", "fourth")]).await;
+    outbox
+        .wait_states("a deferred attempt", |s| s.iter().any(|(k, st, n)| k == "d" && st == "pending" && *n >= 1))
+        .await;
+    smtp.defer(false);
+    outbox.wait_states("the fourth delivery", |s| s.iter().all(|(_, st, _)| st == "delivered")).await;
+
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let messages = smtp.messages();
+    let mut got = subjects(&messages);
+    got.sort();
+    assert_eq!(got, ["MNW down — critical service failure", "fourth", "second", "third"], "each alert once");
+    assert!(smtp.sessions() >= 5, "the refused sessions happened");
+    let first = messages.iter().map(read).find(|m| m.subject.starts_with("MNW down")).unwrap();
+    assert_eq!(first.to, ["ops@example.org", "oncall@example.org"]);
+    assert_eq!(first.text.trim(), "body of MNW down — critical service failure");
+    assert!(first.message_id.ends_with(".warden@example.org"), "{}", first.message_id);
+    assert_eq!(messages[0].from, "warden@example.org");
+}
+
+#[tokio::test]
+async fn a_row_out_of_attempts_is_failed_visible_and_can_be_re_driven() {
+    let smtp = SmtpServer::start();
+    smtp.refuse_next_sessions(1000);
+    let outbox = Outbox::start(&format!(
+        "admin = [\"ops@example.org\"]\nsmtp = \"{}\"\nbackoff = \"50ms\"\nmax_backoff = \"100ms\"\nmax_attempts = 3\n",
+        smtp.url()
+    ))
+    .await;
+    outbox.queue(vec![email("lost?", "never lost")]).await;
+    let states = outbox.wait_states("the row to fail", |s| s.iter().all(|(_, st, _)| st == "failed")).await;
+    assert_eq!(states, [("lost?".to_owned(), "failed".to_owned(), 3)]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(outbox.states().await[0].2, 3, "no attempt after failing");
+
+    // Visible on the command line, with the reason.
+    let dir = outbox.path.parent().unwrap();
+    let (code, out, err) =
+        warden(dir, &["--config", outbox.path.to_str().unwrap(), "outbox", "list", "--state", "failed"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("lost?") && out.contains("421"), "{out}");
+
+    smtp.refuse_next_sessions(0);
+    let (code, out, err) = warden(dir, &["--config", outbox.path.to_str().unwrap(), "outbox", "retry", "--all-failed"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 row(s) pending again"), "{out}");
+    outbox.wait_states("the re-driven delivery", |s| s.iter().all(|(_, st, _)| st == "delivered")).await;
+    assert_eq!(subjects(&smtp.wait_for(1, Duration::from_secs(5))), ["never lost"]);
+}
+
+// ---- the ticket webhook --------------------------------------------------------------
+
+/// An HTTP server answering each request with the next status scripted for its
+/// `Idempotency-Key` (200 once the script runs out), recording every request.
+struct Webhook {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<(HashMap<String, String>, serde_json::Value)>>>,
+}
+
+impl Webhook {
+    fn start(script: &[(&str, &[u16])]) -> Webhook {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests: Arc<Mutex<Vec<_>>> = Default::default();
+        let script: Arc<Mutex<HashMap<String, Vec<u16>>>> =
+            Arc::new(Mutex::new(script.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect()));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut headers = HashMap::new();
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                loop {
+                    line.clear();
+                    reader.read_line(&mut line).unwrap();
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    let (k, v) = line.split_once(':').unwrap();
+                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+                }
+                let len: usize = headers.get("content-length").map_or(0, |v| v.parse().unwrap());
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                let key = headers.get("idempotency-key").cloned().unwrap_or_default();
+                let status = {
+                    let mut script = script.lock().unwrap();
+                    let queue = script.entry(key).or_default();
+                    if queue.is_empty() { 200 } else { queue.remove(0) }
+                };
+                seen.lock().unwrap().push((headers, serde_json::from_slice(&body).unwrap()));
+                let mut out = stream;
+                let _ = write!(out, "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nno");
+            }
+        });
+        Webhook { addr, requests }
+    }
+}
+
+#[tokio::test]
+async fn tickets_go_to_the_webhook_5xx_is_retried_and_4xx_fails_at_once() {
+    let hook = Webhook::start(&[("status-alert:retry", &[500]), ("status-alert:bad", &[400])]);
+    let outbox = Outbox::start(&format!(
+        "backoff = \"50ms\"\nmax_backoff = \"100ms\"\n[alerts.tickets]\nwebhook = \"http://{}/tickets\"\n",
+        hook.addr
+    ))
+    .await;
+    outbox.queue(vec![ticket("status-alert:retry", "MNW down"), ticket("status-alert:bad", "rejected")]).await;
+    let states = outbox
+        .wait_states("both tickets settled", |s| s.len() == 2 && s.iter().all(|(_, st, _)| st != "pending"))
+        .await;
+    assert_eq!(
+        states,
+        [
+            ("status-alert:retry".to_owned(), "delivered".to_owned(), 2),
+            ("status-alert:bad".to_owned(), "failed".to_owned(), 1)
+        ]
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let requests = hook.requests.lock().unwrap().clone();
+    let keys: Vec<&str> = requests.iter().map(|(h, _)| h["idempotency-key"].as_str()).collect();
+    let retried = keys.iter().filter(|k| **k == "status-alert:retry").count();
+    let bad = keys.iter().filter(|k| **k == "status-alert:bad").count();
+    assert_eq!((retried, bad), (2, 1), "500 then 200: sent twice, delivered once; 400: never retried");
+    let (headers, body) = requests.iter().find(|(h, _)| h["idempotency-key"] == "status-alert:retry").unwrap();
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(body["title"], "MNW down");
+    assert_eq!(body["priority"], "critical");
+    assert_eq!(body["dedup_key"], "status-alert:retry");
+    assert_eq!(body["product"], "MNW");
+    let failed = outbox.store.outbox_entries(Some("failed"), 10).await.unwrap();
+    assert!(failed[0].last_error.as_deref().unwrap().contains("400"), "{:?}", failed[0].last_error);
+}
+
+// ---- end to end: the binary, Postgres, the proxy --------------------------------------
+
+fn probe_schedule(target: &str, state: &str, smtp: &str, extra_alerts: &str) -> String {
+    format!(
+        r#"version = 1
+product = "MNW"
+[targets]
+database = "{target}"
+[state]
+url = "{state}"
+[alerts]
+admin = ["ops@example.org"]
+from = "MNW status <warden@example.org>"
+smtp = "{smtp}"
+backoff = "200ms"
+max_backoff = "1s"
+{extra_alerts}
+[[job]]
+name = "health-probe"
+every = "1s"
+timeout = "5s"
+task = "probe"
+checks = [{{ name = "db", kind = "db", critical = true, timeout = "1s" }}]
+[[policy]]
+name = "status-alert"
+component = "{}"
+on = ["health-probe"]
+config = {{ cooldown = "0s" }}
+"#,
+        plugins_dir().join("status-alert.wasm").display()
+    )
+}
+
+fn pg_proxy(db: &TestDb) -> (Proxy, String) {
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap());
+    let url = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
+    assert_ne!(url, db.url, "the test database URL names 127.0.0.1:5432: {}", db.url);
+    (proxy, url)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_database_down_and_back_sends_the_down_mail_then_the_recovery_and_nothing_else() {
+    let db = TestDb::create().await;
+    let (proxy, target) = pg_proxy(&db);
+    let smtp = SmtpServer::start();
+    let (dir, config) = schedule_dir(&probe_schedule(&target, "sqlite://state.db", &smtp.url(), ""));
+    let daemon = Daemon::start(dir.path(), &config);
+    wait_for(Duration::from_secs(20), "operational", || (daemon.get("/health").0 == 200).then_some(()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(smtp.count(), 0, "the first operational status is not told");
+
+    proxy.cut();
+    let down = smtp.wait_for(1, Duration::from_secs(20));
+    let mail = read(&down[0]);
+    assert_eq!(mail.subject, "MNW down — critical service failure");
+    assert_eq!(mail.to, ["ops@example.org"]);
+    for needle in ["error", "operational", "DB: FAIL"] {
+        assert!(mail.text.contains(needle), "{needle} in {}", mail.text);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    proxy.restore();
+    let both = smtp.wait_for(2, Duration::from_secs(20));
+    assert_eq!(read(&both[1]).subject, "MNW recovered — all services operational");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(subjects(&smtp.messages()).len(), 2, "nothing else: {:?}", subjects(&smtp.messages()));
+
+    let metrics = wait_for(Duration::from_secs(10), "delivery metrics", || {
+        let (_, body) = daemon.get("/metrics");
+        body.contains("warden_outbox_delivered_total{kind=\"email\"} 2").then_some(body)
+    });
+    assert!(metrics.contains("warden_outbox_pending{kind=\"email\"} 0"), "{metrics}");
+    drop(daemon);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_state_store_on_the_database_that_goes_down_the_alert_still_goes_out_and_the_spool_drains() {
+    let db = TestDb::create().await;
+    let (proxy, url) = pg_proxy(&db);
+    let smtp = SmtpServer::start();
+    let (dir, config) = schedule_dir(&probe_schedule(&url, &url, &smtp.url(), ""));
+    let daemon = Daemon::start(dir.path(), &config);
+    wait_for(Duration::from_secs(20), "operational", || (daemon.get("/health").0 == 200).then_some(()));
+    std::thread::sleep(Duration::from_secs(2));
+
+    proxy.cut();
+    let down = smtp.wait_for(1, Duration::from_secs(30));
+    assert_eq!(read(&down[0]).subject, "MNW down — critical service failure");
+    let spool = dir.path().join(".warden/spool.jsonl");
+    assert!(std::fs::read_to_string(&spool).unwrap().contains("MNW down"), "the decision waits in the spool");
+
+    // warden dies while the store is still down; the new process starts without it and
+    // must neither lose the spool nor tell the outage twice.
+    drop(daemon);
+    let daemon = Daemon::start(dir.path(), &config);
+    wait_for(Duration::from_secs(20), "a probe after the restart", || (daemon.get("/health").0 == 503).then_some(()));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(smtp.count(), 1, "the restart told nothing new: {:?}", subjects(&smtp.messages()));
+
+    proxy.restore();
+    let both = smtp.wait_for(2, Duration::from_secs(30));
+    assert_eq!(read(&both[1]).subject, "MNW recovered — all services operational");
+    let pool = db.pool().await;
+    let rows: Vec<(String, String)> =
+        wait_for(Duration::from_secs(20), "the outbox to hold both alerts as delivered", || {
+            let rows: Vec<(String, String)> = futures_block(
+                sqlx::query_as("SELECT payload, state FROM warden.outbox WHERE kind = 'email' ORDER BY id")
+                    .fetch_all(&pool),
+            );
+            (rows.len() == 2 && rows.iter().all(|(_, s)| s == "delivered")).then_some(rows)
+        });
+    assert!(rows[0].0.contains("MNW down"), "the spooled alert moved into the outbox: {rows:?}");
+    let spooled_runs: i64 =
+        futures_block(sqlx::query_scalar("SELECT COUNT(*) FROM warden.spool_applied").fetch_one(&pool));
+    assert!(spooled_runs >= 2, "runs from both processes moved in: {spooled_runs}");
+    assert_eq!(std::fs::read_to_string(&spool).unwrap(), "", "the spool is empty once drained");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(smtp.count(), 2, "nothing else: {:?}", subjects(&smtp.messages()));
+    drop(daemon);
+    pool.close().await;
+    db.drop_db().await;
+}
+
+/// Runs a future to completion from synchronous test code inside a multi-thread runtime.
+fn futures_block<T>(f: impl std::future::Future<Output = Result<T, sqlx::Error>>) -> T {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f)).unwrap()
+}
+
+// ---- subscribers: fan-out, pace, kill and restart, unsubscribe ------------------------
+
+/// A SQLite application with `users` opted in and a `session` table the probe checks:
+/// dropping the table turns the status to degraded.
+fn subscriber_schedule(app: &Path, smtp: &str, pace: u32) -> String {
+    format!(
+        r#"version = 1
+product = "MNW"
+[targets]
+database = "sqlite://{}"
+demo_schema = false
+[alerts]
+admin = ["ops@example.org"]
+from = "MNW status <warden@example.org>"
+smtp = "{smtp}"
+public_url = "http://status.example.org"
+backoff = "200ms"
+[alerts.subscribers]
+query = "SELECT id, email FROM users WHERE status_alerts = 1 ORDER BY id"
+opt_out = "UPDATE users SET status_alerts = 0 WHERE id = $1"
+signing_secret = "a-test-secret-of-enough-length"
+pace = {pace}
+[[job]]
+name = "health-probe"
+every = "1s"
+task = "probe"
+checks = [
+  {{ name = "db", kind = "db", critical = true }},
+  {{ name = "sessions", kind = "sql", query = "SELECT COUNT(*) FROM session" }},
+]
+[[policy]]
+name = "status-alert"
+component = "{}"
+on = ["health-probe"]
+config = {{ cooldown = "0s" }}
+"#,
+        app.display(),
+        plugins_dir().join("status-alert.wasm").display()
+    )
+}
+
+async fn app_db(path: &Path, users: usize) -> sqlx::SqlitePool {
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path).create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    sqlx::query("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL, status_alerts INTEGER NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE session (id TEXT)").execute(&pool).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    for i in 1..=users {
+        sqlx::query("INSERT INTO users VALUES ($1, $2, 1)")
+            .bind(i as i64)
+            .bind(format!("user{i}@example.org"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    sqlx::query("INSERT INTO users VALUES (100000, 'never@example.org', 0)").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    pool
+}
+
+fn notices(smtp: &SmtpServer) -> Vec<Received> {
+    smtp.messages().into_iter().filter(|m| m.to != ["ops@example.org"]).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_subscribers_are_told_once_each_at_the_pace_across_a_kill_and_restart() {
+    const USERS: usize = 1000;
+    const PACE: u32 = 100;
+    let smtp = SmtpServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app.db");
+    let pool = app_db(&app, USERS).await;
+    let config = dir.path().join("schedules.toml");
+    std::fs::write(&config, subscriber_schedule(&app, &smtp.url(), PACE)).unwrap();
+    let daemon = Daemon::start(dir.path(), &config);
+    wait_for(Duration::from_secs(20), "operational", || (daemon.get("/health").0 == 200).then_some(()));
+    std::thread::sleep(Duration::from_secs(1));
+
+    sqlx::query("DROP TABLE session").execute(&pool).await.unwrap();
+    wait_for(Duration::from_secs(30), "300 notices", || (notices(&smtp).len() >= 300).then_some(()));
+    drop(daemon); // SIGKILL in the middle of the fan-out
+    let before = notices(&smtp).len();
+    assert!(before < USERS, "the kill came in the middle ({before} sent)");
+    let daemon = Daemon::start(dir.path(), &config);
+    let all = wait_for(Duration::from_secs(60), "every subscriber told", || {
+        let n = notices(&smtp);
+        let users: std::collections::HashSet<Vec<String>> = n.iter().map(|m| m.to.clone()).collect();
+        (users.len() == USERS).then_some(n)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let all_now = notices(&smtp);
+    assert!(all_now.len() <= USERS + 1, "at most the in-flight notice twice: {} sent", all_now.len());
+    assert!(all_now.len() >= all.len());
+    let mut per_user: HashMap<String, usize> = HashMap::new();
+    for m in &all_now {
+        *per_user.entry(m.to[0].clone()).or_default() += 1;
+    }
+    assert!(!per_user.contains_key("never@example.org"), "only opted-in users");
+    assert!(per_user.values().filter(|n| **n > 1).count() <= 1, "none twice but the one in flight");
+
+    // Never faster than the pace: no one-second window holds more than PACE (+1 for the
+    // window edge) notices.
+    let times: Vec<Instant> = all_now.iter().map(|m| m.at).collect();
+    let mut most = 0;
+    for (i, t) in times.iter().enumerate() {
+        let in_window = times[i..].iter().take_while(|u| u.duration_since(*t) < Duration::from_secs(1)).count();
+        most = most.max(in_window);
+    }
+    assert!(most <= PACE as usize + 1, "{most} notices in one second; pace {PACE}");
+
+    let admin: Vec<Received> = smtp.messages().into_iter().filter(|m| m.to == ["ops@example.org"]).collect();
+    assert_eq!(subjects(&admin), ["MNW degraded — partial service failure"]);
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_link_unsubscribes_and_a_tampered_one_is_refused() {
+    let smtp = SmtpServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app.db");
+    let pool = app_db(&app, 2).await;
+    let config = dir.path().join("schedules.toml");
+    std::fs::write(&config, subscriber_schedule(&app, &smtp.url(), 10)).unwrap();
+    let daemon = Daemon::start(dir.path(), &config);
+    wait_for(Duration::from_secs(20), "operational", || (daemon.get("/health").0 == 200).then_some(()));
+    std::thread::sleep(Duration::from_secs(1));
+
+    sqlx::query("DROP TABLE session").execute(&pool).await.unwrap();
+    wait_for(Duration::from_secs(20), "two notices", || (notices(&smtp).len() >= 2).then_some(()));
+    let notice = notices(&smtp).into_iter().map(|m| read(&m)).find(|m| m.to == ["user1@example.org"]).unwrap();
+    assert_eq!(notice.subject, "MNW is partly unavailable");
+    assert!(notice.text.contains("Current status of MNW: degraded (it was operational)."), "{}", notice.text);
+    let html = notice.html.clone().expect("an HTML part");
+    assert!(html.contains("<strong>degraded</strong>"), "{html}");
+    let header = notice.list_unsubscribe.clone().expect("List-Unsubscribe");
+    let link = header.trim_start_matches('<').trim_end_matches('>').to_owned();
+    assert!(link.starts_with("http://status.example.org/unsubscribe?u=1&a=status-alerts&s="), "{link}");
+    assert!(notice.text.contains(&link), "the text part carries the link");
+    assert!(html.contains(&link.replace('&', "&amp;")), "the HTML part carries the link");
+    assert_eq!(notice.list_unsubscribe_post.as_deref(), Some("List-Unsubscribe=One-Click"));
+
+    let path = link.trim_start_matches("http://status.example.org");
+    let opted_in = |id: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT status_alerts FROM users WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    // GET only asks (mail scanners fetch links).
+    let (code, page) = http_get(daemon.addr, path).unwrap();
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("<form method=\"post\""), "{page}");
+    assert_eq!(opted_in(1).await, 1);
+    // A tampered signature, or user 1's signature on user 2: 403, nothing changes.
+    let sig = link.rsplit("s=").next().unwrap();
+    let flipped = format!("{}{}", if sig.starts_with('0') { "1" } else { "0" }, &sig[1..]);
+    for bad in [path.replace(sig, &flipped), path.replace("u=1", "u=2")] {
+        let (code, _) = http_post(daemon.addr, &bad, "List-Unsubscribe=One-Click");
+        assert_eq!(code, 403, "{bad}");
+    }
+    assert_eq!((opted_in(1).await, opted_in(2).await), (1, 1));
+    // The one-click POST opts out; repeating it is harmless.
+    for _ in 0..2 {
+        let (code, body) = http_post(daemon.addr, path, "List-Unsubscribe=One-Click");
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("no longer receive"), "{body}");
+    }
+    assert_eq!((opted_in(1).await, opted_in(2).await), (0, 1));
+
+    // The recovery notice reaches user 2 only.
+    sqlx::query("CREATE TABLE session (id TEXT)").execute(&pool).await.unwrap();
+    wait_for(Duration::from_secs(20), "the recovery notice", || {
+        notices(&smtp).iter().any(|m| read(m).subject == "MNW is back to normal").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let recovery: Vec<Vec<String>> =
+        notices(&smtp).iter().filter(|m| read(m).subject == "MNW is back to normal").map(|m| m.to.clone()).collect();
+    assert_eq!(recovery, [vec!["user2@example.org".to_owned()]]);
+    drop(daemon);
+}
+
+fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let code = response.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, response)
+}
+
+#[test]
+fn with_no_smtp_server_mail_is_written_as_eml_files_and_the_log_says_where() {
+    let (dir, config) = schedule_dir(&format!(
+        r#"version = 1
+product = "MNW"
+[alerts]
+admin = ["ops@example.org"]
+[alerts.subscribers]
+query = "SELECT id, email FROM users WHERE status_alerts = 1"
+opt_out = "UPDATE users SET status_alerts = 0 WHERE id = $1"
+signing_secret_file = "secret/unsubscribe.key"
+[[job]]
+name = "health-probe"
+every = "1s"
+task = "probe"
+checks = [{{ name = "db", kind = "db", critical = true }}, {{ name = "sessions", kind = "sql", query = "SELECT COUNT(*) FROM session" }}]
+[[policy]]
+name = "status-alert"
+component = "{}"
+on = ["health-probe"]
+config = {{ cooldown = "0s" }}
+"#,
+        plugins_dir().join("status-alert.wasm").display()
+    ));
+    let daemon = Daemon::start(dir.path(), &config);
+    wait_for(Duration::from_secs(20), "operational", || (daemon.get("/health").0 == 200).then_some(()));
+    assert!(daemon.log().contains(&format!(".eml files in {}", dir.path().join("mail").display())), "{}", daemon.log());
+    // The demo application: drop its session table and the status degrades.
+    let app = dir.path().join("demo-app.db");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", app.display())).await.unwrap();
+        sqlx::query("DROP TABLE session").execute(&pool).await.unwrap();
+    });
+    // The signing secret was created on first start, readable by its owner only.
+    let key = dir.path().join("secret/unsubscribe.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read_to_string(&key).unwrap().len(), 64);
+    let files = wait_for(Duration::from_secs(20), "an .eml file", || {
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("mail")).ok()?.flatten().map(|e| e.path()).collect();
+        let eml: Vec<_> = files.into_iter().filter(|p| p.extension().is_some_and(|e| e == "eml")).collect();
+        (!eml.is_empty()).then_some(eml)
+    });
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let parsed = MessageParser::default().parse(text.as_bytes()).unwrap();
+    assert_eq!(parsed.subject(), Some("MNW degraded — partial service failure"));
+    let log = wait_for(Duration::from_secs(5), "the log line", || {
+        let log = daemon.log();
+        log.contains(&format!("written to {}", files[0].display())).then_some(log)
+    });
+    assert!(log.contains("delivered"), "{log}");
+    // The demo users 1 and 3 opted in: their notices are files too.
+    let notices = wait_for(Duration::from_secs(20), "two notice files", || {
+        let n = std::fs::read_dir(dir.path().join("mail"))
+            .ok()?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("notice-"))
+            .count();
+        (n == 2).then_some(n)
+    });
+    assert_eq!(notices, 2);
+}
