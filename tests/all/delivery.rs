@@ -355,7 +355,7 @@ async fn the_database_down_and_back_sends_the_down_mail_then_the_recovery_and_no
     let mail = read(&down[0]);
     assert_eq!(mail.subject, "MNW down — critical service failure");
     assert_eq!(mail.to, ["ops@example.org"]);
-    for needle in ["error", "operational", "DB: FAIL"] {
+    for needle in ["Status: Error", "Previous status: Operational", "DB: FAIL"] {
         assert!(mail.text.contains(needle), "{needle} in {}", mail.text);
     }
     std::thread::sleep(Duration::from_secs(2));
@@ -670,7 +670,13 @@ config = {{ cooldown = "0s" }}
     assert_eq!(std::fs::read_to_string(&key).unwrap().len(), 64);
     let files = wait_for(Duration::from_secs(20), "an .eml file", || {
         let files: Vec<_> = std::fs::read_dir(dir.path().join("mail")).ok()?.flatten().map(|e| e.path()).collect();
-        let eml: Vec<_> = files.into_iter().filter(|p| p.extension().is_some_and(|e| e == "eml")).collect();
+        let eml: Vec<_> = files
+            .into_iter()
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "eml")
+                    && p.file_name().unwrap().to_string_lossy().starts_with("email-")
+            })
+            .collect();
         (!eml.is_empty()).then_some(eml)
     });
     let text = std::fs::read_to_string(&files[0]).unwrap();

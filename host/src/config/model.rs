@@ -565,6 +565,7 @@ fn read_alerts(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> Option<Aler
 fn check_smtp_url(url: &str) -> Result<(), String> {
     let scheme = url.split("://").next().unwrap_or_default();
     if !matches!(scheme, "smtp" | "smtps") || !url.contains("://") {
+        let url = crate::delivery::mail::redact(url);
         return Err(format!(
             "`{url}` is not an SMTP URL: write smtp://host:25, smtp://user:pass@host:587?tls=required (STARTTLS) \
              or smtps://user:pass@host:465 (implicit TLS)"
@@ -572,7 +573,7 @@ fn check_smtp_url(url: &str) -> Result<(), String> {
     }
     lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url)
         .map(|_| ())
-        .map_err(|e| format!("invalid SMTP URL `{url}`: {e}"))
+        .map_err(|e| format!("invalid SMTP URL `{}`: {e}", crate::delivery::mail::redact(url)))
 }
 
 fn read_subscribers(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> Option<Subscribers> {
