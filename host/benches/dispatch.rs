@@ -6,6 +6,7 @@
 //! `cargo test --all-targets` runs it) it does a 2,000-row smoke run.
 
 #[path = "../../tests/all/smtp_server.rs"]
+#[allow(dead_code)] // the tests use the rest of it
 mod smtp_server;
 
 use std::sync::Arc;
@@ -100,7 +101,7 @@ pace = 0
         })
         .collect();
     let queued = Instant::now();
-    ctx.store.expand(&parent, &children).await.unwrap();
+    ctx.store.expand(&parent, &children, "bench").await.unwrap();
     let queue_seconds = queued.elapsed().as_secs_f64();
     drop(children);
     let rss_pending = rss_kib("VmRSS:");

@@ -182,10 +182,7 @@ async fn outbox(config: &Config, command: Option<OutboxCommand>) -> anyhow::Resu
                 anyhow::bail!("unknown state `{s}`: pending, delivered, failed or silenced");
             }
             let rows = store.outbox_entries(state.as_deref(), limit).await?;
-            println!(
-                "{:>6}  {:<11} {:<9} {:>8}  {:<20} {}",
-                "id", "kind", "state", "attempts", "created", "key / last error"
-            );
+            println!("    id  kind        state     attempts  created              key / last error");
             for r in rows {
                 println!(
                     "{:>6}  {:<11} {:<9} {:>8}  {:<20} {}",

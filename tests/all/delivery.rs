@@ -220,8 +220,11 @@ async fn a_row_out_of_attempts_is_failed_visible_and_can_be_re_driven() {
 /// `Idempotency-Key` (200 once the script runs out), recording every request.
 struct Webhook {
     addr: SocketAddr,
-    requests: Arc<Mutex<Vec<(HashMap<String, String>, serde_json::Value)>>>,
+    requests: Arc<Mutex<Vec<Request>>>,
 }
+
+/// A request's headers (lower-case names) and JSON body.
+type Request = (HashMap<String, String>, serde_json::Value);
 
 impl Webhook {
     fn start(script: &[(&str, &[u16])]) -> Webhook {
@@ -697,4 +700,37 @@ config = {{ cooldown = "0s" }}
         (n == 2).then_some(n)
     });
     assert_eq!(notices, 2);
+}
+
+#[tokio::test]
+async fn a_status_notice_overtaken_by_a_newer_one_is_not_told() {
+    let smtp = SmtpServer::start();
+    // The demo application (created on first start) has users 1 and 3 opted in.
+    let outbox = Outbox::start(&format!(
+        "smtp = \"{}\"\n[alerts.subscribers]\nquery = \"SELECT id, email FROM users WHERE status_alerts = 1\"\n\
+         opt_out = \"UPDATE users SET status_alerts = 0 WHERE id = $1\"\nsigning_secret = \"a-test-secret-of-enough-length\"\n",
+        smtp.url()
+    ))
+    .await;
+    let change = |key: &str, status: &str, previous: &str| NewOutboxRow {
+        kind: "subscribers".into(),
+        dedup_key: key.into(),
+        payload: serde_json::json!({ "kind": "notify-subscribers", "status": status, "previous": previous })
+            .to_string(),
+        recipient: None,
+    };
+    // Both queued before the dispatcher reached them (say, the application database was down).
+    outbox.queue(vec![change("down", "error", "operational"), change("up", "operational", "error")]).await;
+    let states =
+        outbox.wait_states("two notices sent", |s| s.iter().filter(|(_, st, _)| st == "delivered").count() == 4).await;
+    let keys: Vec<&str> = states.iter().map(|(k, ..)| k.as_str()).collect();
+    assert_eq!(keys, ["down", "up", "up:1", "up:3"]);
+    let entries = outbox.store.outbox_entries(None, 10).await.unwrap();
+    let down = entries.iter().find(|e| e.dedup_key == "down").unwrap();
+    assert!(down.last_error.as_deref().unwrap().contains("superseded"), "{down:?}");
+    let messages = smtp.wait_for(2, Duration::from_secs(10));
+    assert_eq!(subjects(&messages), ["MNW is back to normal", "MNW is back to normal"]);
+    let mut to: Vec<String> = messages.iter().map(|m| m.to[0].clone()).collect();
+    to.sort();
+    assert_eq!(to, ["ada@example.org", "linus@example.org"]);
 }

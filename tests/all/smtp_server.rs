@@ -32,7 +32,6 @@ struct State {
 
 /// The server; it runs until the process ends.
 #[derive(Clone)]
-#[allow(dead_code)]
 pub struct SmtpServer {
     pub addr: SocketAddr,
     state: Arc<State>,
@@ -43,7 +42,7 @@ impl SmtpServer {
         Self::start_with(false)
     }
 
-    /// A server that counts what it accepts and keeps nothing.
+    /// A server that counts what it accepts and keeps nothing (the dispatcher bench).
     #[allow(dead_code)]
     pub fn sink() -> SmtpServer {
         Self::start_with(true)

@@ -27,18 +27,18 @@ pub struct Link {
 }
 
 /// The channels, when the link verifies.
-fn verified(shared: &Shared, link: &Link) -> Result<Arc<Channels>, Response> {
+fn verified(shared: &Shared, link: &Link) -> Result<Arc<Channels>, Box<Response>> {
     let Some(channels) = shared.channels().filter(|c| c.subscribers.is_some()) else {
-        return Err(render(StatusCode::NOT_FOUND, "Not found", "Status notices are not enabled here."));
+        return Err(Box::new(render(StatusCode::NOT_FOUND, "Not found", "Status notices are not enabled here.")));
     };
     let signer = &channels.subscribers.as_ref().expect("checked above").signer;
     if link.u.is_empty() || !signer.verify(&link.u, &link.a, &link.s) {
         warn!(user = %link.u, "unsubscribe link with a bad signature refused");
-        return Err(render(
+        return Err(Box::new(render(
             StatusCode::FORBIDDEN,
             "Link not valid",
             "This unsubscribe link is not valid. Use the link from the most recent notice.",
-        ));
+        )));
     }
     Ok(channels)
 }
@@ -46,7 +46,7 @@ fn verified(shared: &Shared, link: &Link) -> Result<Arc<Channels>, Response> {
 pub async fn page(State(shared): State<Arc<Shared>>, Query(link): Query<Link>) -> Response {
     let channels = match verified(&shared, &link) {
         Ok(c) => c,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let action = format!("/unsubscribe?u={}&a={}&s={}", encode(&link.u), encode(&link.a), encode(&link.s));
     let product = escape(&channels.product);
@@ -61,7 +61,7 @@ pub async fn page(State(shared): State<Arc<Shared>>, Query(link): Query<Link>) -
 pub async fn confirm(State(shared): State<Arc<Shared>>, Query(link): Query<Link>) -> Response {
     let channels = match verified(&shared, &link) {
         Ok(c) => c,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match opt_out(&channels, &link.u).await {
         Ok(rows) => {

@@ -102,11 +102,12 @@ pub async fn execute_observed(
     // While anything waits in the spool, the store is behind it: drain first, or keep
     // spooling so the policies' writes land in order.
     let mut store_up = report.run_id.is_some();
-    if store_up && !ctx.spool.is_empty() {
-        if let Err(e) = ctx.spool.drain(&ctx.store).await {
-            warn!(error = %e, "could not move the spool into the state store; spooling this run too");
-            store_up = false;
-        }
+    if store_up
+        && !ctx.spool.is_empty()
+        && let Err(e) = ctx.spool.drain(&ctx.store).await
+    {
+        warn!(error = %e, "could not move the spool into the state store; spooling this run too");
+        store_up = false;
     }
     let result = tokio::time::timeout(job.timeout.std(), tasks::run(job, ctx)).await;
     let output = match result {

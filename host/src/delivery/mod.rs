@@ -383,17 +383,27 @@ impl Dispatcher {
     }
 
     async fn expand(&self, channels: &Channels, row: OutboxRow) {
+        if self.store.superseded(&row).await.unwrap_or(false) {
+            match self.store.expand(&row, &[], "superseded by a newer status change; not told").await {
+                Ok(()) => info!(key = %row.dedup_key, "subscriber notice superseded by a newer one; not sent"),
+                Err(e) => warn!(key = %row.dedup_key, error = %e, "could not record the superseded notice"),
+            }
+            return;
+        }
         match channels.fan_out(&row).await {
-            Ok(children) => match self.store.expand(&row, &children).await {
-                Ok(()) => {
-                    crate::metrics::record_delivery(&row.kind, "delivered");
-                    info!(key = %row.dedup_key, notices = children.len(), "subscriber notices queued");
-                    self.wake.notify_waiters();
+            Ok(children) => {
+                let note = format!("expanded into {} notices", children.len());
+                match self.store.expand(&row, &children, &note).await {
+                    Ok(()) => {
+                        crate::metrics::record_delivery(&row.kind, "delivered");
+                        info!(key = %row.dedup_key, notices = children.len(), "subscriber notices queued");
+                        self.wake.notify_waiters();
+                    }
+                    Err(e) => {
+                        warn!(key = %row.dedup_key, error = %e, "could not queue the subscriber notices; retried after the lease")
+                    }
                 }
-                Err(e) => {
-                    warn!(key = %row.dedup_key, error = %e, "could not queue the subscriber notices; retried after the lease")
-                }
-            },
+            }
             Err(failure) => self.settle(channels, &row, Err(failure)).await,
         }
     }

@@ -16,7 +16,7 @@ use super::Failure;
 #[derive(Clone)]
 pub enum Tickets {
     Webhook {
-        client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+        client: Box<Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>>,
         url: hyper::Uri,
         timeout: Duration,
     },
@@ -38,7 +38,7 @@ impl Tickets {
         let url: hyper::Uri = url.parse().map_err(|e| format!("invalid webhook URL `{url}`: {e}"))?;
         let https =
             hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build();
-        let client = Client::builder(TokioExecutor::new()).build(https);
+        let client = Box::new(Client::builder(TokioExecutor::new()).build(https));
         Ok(Tickets::Webhook { client, url, timeout: config.timeout.std() })
     }
 

@@ -543,7 +543,7 @@ impl StateStore {
 
     /// Replaces a `subscribers` row by one `notice` row per recipient, in one transaction:
     /// after a crash either the whole fan-out is queued or the parent is still pending.
-    pub async fn expand(&self, parent: &OutboxRow, children: &[NewOutboxRow]) -> Result<(), StoreError> {
+    pub async fn expand(&self, parent: &OutboxRow, children: &[NewOutboxRow], note: &str) -> Result<(), StoreError> {
         self.ready().await?;
         let now = Ts(Utc::now());
         with_pool!(&self.pool, |p| {
@@ -568,12 +568,26 @@ impl StateStore {
             )
             .bind(parent.id)
             .bind(now)
-            .bind(format!("expanded into {} notices", children.len()))
+            .bind(note)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
         });
         Ok(())
+    }
+
+    /// Whether a newer row of the same kind from the same policy is queued: a status notice
+    /// that waited out an outage is not told after the status it was overtaken by.
+    pub async fn superseded(&self, row: &OutboxRow) -> Result<bool, StoreError> {
+        self.ready().await?;
+        let sql = "SELECT COUNT(*) FROM outbox WHERE kind = $1 AND policy = $2 AND id > $3";
+        let newer: i64 = with_pool!(&self.pool, |p| sqlx::query_scalar(sql)
+            .bind(&row.kind)
+            .bind(&row.policy)
+            .bind(row.id)
+            .fetch_one(p)
+            .await?);
+        Ok(newer > 0)
     }
 
     /// Stops notices queued for a user who just opted out: recorded as silenced, never sent.

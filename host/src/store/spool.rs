@@ -26,7 +26,7 @@ type PolicyState = BTreeMap<String, String>;
 enum Record {
     Run {
         mark: String,
-        run: RunCommit,
+        run: Box<RunCommit>,
         #[serde(default, skip_serializing_if = "HashMap::is_empty")]
         base_state: HashMap<String, PolicyState>,
     },
@@ -137,7 +137,7 @@ impl Spool {
         let mut inner = self.lock();
         let base_state = if inner.runs.is_empty() { inner.known.clone() } else { HashMap::new() };
         let mark = format!("{:032x}", rand::random::<u128>());
-        let record = Record::Run { mark, run, base_state };
+        let record = Record::Run { mark, run: Box::new(run), base_state };
         self.append(&record)?;
         inner.apply(record);
         Ok(())
@@ -223,7 +223,7 @@ impl Spool {
         let tmp = self.path.with_extension("tmp");
         let mut file = std::fs::File::create(&tmp)?;
         for (mark, run) in &inner.runs {
-            let record = Record::Run { mark: mark.clone(), run: run.clone(), base_state: HashMap::new() };
+            let record = Record::Run { mark: mark.clone(), run: Box::new(run.clone()), base_state: HashMap::new() };
             file.write_all(&serde_json::to_vec(&record).map_err(std::io::Error::other)?)?;
             file.write_all(b"\n")?;
         }
@@ -251,7 +251,7 @@ impl Inner {
                 for d in &run.decisions {
                     self.write(&d.policy, &d.state_writes);
                 }
-                self.runs.push((mark, run));
+                self.runs.push((mark, *run));
             }
             Record::Delivered { dedup_key, at } => {
                 self.delivered.insert(dedup_key, at);
