@@ -46,7 +46,7 @@ const NOTICE_BATCH: i64 = 64;
 /// The most notices being sent at once. lettre writes a message's end in a second small
 /// segment, so on Linux each message waits out the peer's delayed ACK (~40 ms): above about
 /// 20 per second the pace needs sends in parallel (each on its own pooled connection).
-const MAX_IN_FLIGHT: u32 = 8;
+pub const MAX_IN_FLIGHT: u32 = 16;
 /// How often the outbox counts behind the metrics are refreshed.
 const COUNTS_EVERY: Duration = Duration::from_secs(5);
 
