@@ -6,7 +6,8 @@
 //! gauge per task measurement (`warden_db_pool_*`, `warden_pg_*`, `warden_storage_fill_*`).
 //! Delivery: `warden_outbox_pending{kind}` and `warden_outbox_failed{kind}` (rows now in
 //! that state), `warden_outbox_delivered_total{kind}`, `warden_outbox_retried_total{kind}`,
-//! `warden_outbox_failed_total{kind}` (attempts), and `warden_spool_runs`.
+//! `warden_outbox_failed_total{kind}` (attempts), `warden_spool_runs` and
+//! `warden_spool_rejected_runs_total`.
 
 use std::sync::OnceLock;
 
@@ -100,4 +101,9 @@ pub fn record_outbox_counts(counts: &[(String, String, i64)]) {
             gauge!(format!("warden_outbox_{state}"), "kind" => kind).set(n as f64);
         }
     }
+}
+
+/// Spooled runs the state store refused, set aside in a file beside the spool.
+pub fn record_spool_rejected(runs: usize) {
+    counter!("warden_spool_rejected_runs_total").increment(runs as u64);
 }

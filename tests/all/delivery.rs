@@ -735,3 +735,40 @@ async fn a_status_notice_overtaken_by_a_newer_one_is_not_told() {
     to.sort();
     assert_eq!(to, ["ada@example.org", "linus@example.org"]);
 }
+
+#[tokio::test]
+async fn spooled_runs_the_store_refuses_are_set_aside_and_do_not_block_the_rest() {
+    let (dir, path) = schedule_dir("version = 1\n");
+    let config = warden::config::load(&path).unwrap();
+    let ctx = warden::daemon::open(&config).await.unwrap();
+    let run = |run_id: Option<i64>, key: &str| RunCommit {
+        run_id,
+        job: "probe".into(),
+        scheduled_at: Utc::now(),
+        trigger: "schedule".into(),
+        started_at: Utc::now(),
+        outcome: Outcome::Ok,
+        error: None,
+        rows_affected: None,
+        detail: None,
+        snapshot: None,
+        decisions: vec![Decision { policy: "p".into(), state_writes: BTreeMap::new(), outbox: vec![email(key, key)] }],
+    };
+    // A run the store cannot take (its outbox row names a job run that does not exist).
+    ctx.spool.push(run(Some(999_999), "poison")).unwrap();
+    assert_eq!(ctx.spool.drain(&ctx.store).await.unwrap(), 1);
+    assert!(ctx.spool.is_empty());
+    assert!(ctx.store.outbox().await.unwrap().is_empty());
+    let aside: Vec<_> = std::fs::read_dir(dir.path().join(".warden"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("rejected"))
+        .collect();
+    assert_eq!(aside.len(), 1, "set aside in one file");
+    assert!(std::fs::read_to_string(aside[0].path()).unwrap().contains("poison"));
+    // The next one flows.
+    ctx.spool.push(run(None, "fine")).unwrap();
+    ctx.spool.drain(&ctx.store).await.unwrap();
+    let keys: Vec<String> = ctx.store.outbox().await.unwrap().into_iter().map(|r| r.1).collect();
+    assert_eq!(keys, ["fine"]);
+}

@@ -192,7 +192,20 @@ impl Spool {
             let (marks, runs): (Vec<String>, Vec<RunCommit>) = inner.runs.iter().cloned().unzip();
             (marks, runs, inner.delivered.clone())
         };
-        store.apply_spool(&runs, SpoolApply { marks: &marks, delivered: &delivered }).await?;
+        match store.apply_spool(&runs, SpoolApply { marks: &marks, delivered: &delivered }).await {
+            Ok(()) => {}
+            // The store answered and refused the runs: trying again would block every later
+            // run behind them. They are set aside, whole, for a human, and the rest flows.
+            Err(StoreError::Query(e)) if !super::unreachable(&e) => {
+                let aside = self.path.with_extension(format!("rejected-{}.jsonl", Utc::now().format("%Y%m%dT%H%M%S")));
+                std::fs::copy(&self.path, &aside).map_err(|io| {
+                    StoreError::Corrupt(format!("cannot set the spool aside to {}: {io}", aside.display()))
+                })?;
+                tracing::error!(spool = %aside.display(), error = %e, runs = runs.len(), "the state store refused the spooled runs; they are set aside in this file");
+                crate::metrics::record_spool_rejected(runs.len());
+            }
+            Err(e) => return Err(e),
+        }
         let mut inner = self.lock();
         inner.runs.drain(..runs.len());
         let keep: std::collections::HashSet<&str> = inner
