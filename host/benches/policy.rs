@@ -1,9 +1,10 @@
 //! Policy evaluation benchmark (prints a table): `cargo bench -p warden --bench policy`.
 //!
-//! `status-alert` on a typical snapshot, one thread, in four modes: ours (a fresh sandboxed
+//! `status-alert` on a typical snapshot, one thread, in five modes: ours (a fresh sandboxed
 //! Store per evaluation from the pre-instantiated component), Spin-style (link and
-//! instantiate per call), one reused instance (no isolation: the floor), and the same
-//! decision natively. Then cold and warm start-up with the compiled-artifact cache.
+//! instantiate per call) on our pooling engine and on an on-demand engine (each instance
+//! mapped and unmapped by the OS), one reused instance (no isolation: the floor), and the
+//! same decision natively. Then cold and warm start-up with the compiled-artifact cache.
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does a short smoke run.
 
 use std::collections::BTreeMap;
@@ -14,7 +15,7 @@ use chrono::{TimeZone, Utc};
 use warden::config::{Grants, Limits, PolicySpec};
 use warden::health::{CheckResult, Snapshot, Status};
 use warden::runtime::bench::Modes;
-use warden::runtime::{Capabilities, PolicyEngine};
+use warden::runtime::{Allocation, Capabilities, PolicyEngine};
 use warden::tasks::Event;
 
 fn snapshot() -> Snapshot {
@@ -78,6 +79,11 @@ fn main() {
         .map(|(k, v)| (k.into(), v.into()))
         .collect();
     let modes = Modes::new(&engine, &policy, &event, now).unwrap();
+    // The same per-call instantiation on an engine without the pool (each instance mapped
+    // and unmapped by the OS), to show what the pool and its page reuse contribute.
+    let on_demand = PolicyEngine::with(Allocation::OnDemand, Some(&cache)).unwrap();
+    let on_demand_policy = on_demand.load(&spec).unwrap();
+    let on_demand_modes = Modes::new(&on_demand, &on_demand_policy, &event, now).unwrap();
 
     println!(
         "policy benchmark ({} run, {n} evaluations per mode, component {} bytes)",
@@ -108,7 +114,15 @@ fn main() {
             modes.instantiate_per_call().await.unwrap();
             time(&mut s, t);
         }
-        rows.push(Row { name: "Spin-style: instantiate per call", samples: s });
+        rows.push(Row { name: "Spin-style instantiate per call, pooling", samples: s });
+
+        let mut s = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            on_demand_modes.instantiate_per_call().await.unwrap();
+            time(&mut s, t);
+        }
+        rows.push(Row { name: "Spin-style instantiate per call, on-demand", samples: s });
 
         let mut reused = modes.reused().await.unwrap();
         let mut s = Vec::with_capacity(n);

@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use wasmtime::component::{Component, HasSelf, Linker};
 
 pub use convert::{ActionRecord, Priority};
-pub use engine::PolicyEngine;
+pub use engine::{Allocation, PolicyEngine};
 pub use sandbox::{Capabilities, PluginCtx};
 
 use crate::config::{Grants, Limits, PolicySpec};
