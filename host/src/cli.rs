@@ -30,6 +30,9 @@ pub enum Command {
         /// Address for /health and /metrics.
         #[arg(long, env = "WARDEN_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// A file holding the bearer token of /admin/ (or set WARDEN_ADMIN_TOKEN).
+        #[arg(long, env = "WARDEN_ADMIN_TOKEN_FILE")]
+        admin_token_file: Option<PathBuf>,
     },
     /// Check the schedule file and list every problem in it.
     Check,
@@ -161,8 +164,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Check => check_policies(&cli.config, &config),
-        Command::Run { listen } => {
-            daemon::run(&cli.config, config, listen).await?;
+        Command::Run { listen, admin_token_file } => {
+            let token = admin_token(admin_token_file.as_deref())?;
+            daemon::run(&cli.config, config, listen, token).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Jobs => jobs(&config).await,
@@ -170,6 +174,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin(_) => unreachable!("handled above"),
         Command::Outbox { command } => outbox(&config, command).await,
     }
+}
+
+/// The admin token: from its file, or `WARDEN_ADMIN_TOKEN`; at least 16 characters.
+fn admin_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let token = match file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the admin token file {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => std::env::var("WARDEN_ADMIN_TOKEN").ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()),
+    };
+    if let Some(t) = &token
+        && t.len() < 16
+    {
+        anyhow::bail!("the admin token is too short: at least 16 characters (e.g. `openssl rand -hex 32`)");
+    }
+    Ok(token)
 }
 
 async fn outbox(config: &Config, command: Option<OutboxCommand>) -> anyhow::Result<ExitCode> {

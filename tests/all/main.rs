@@ -4,6 +4,7 @@
 mod smtp_server;
 mod support;
 
+mod admin_api;
 mod config_ui;
 mod delivery;
 mod e2e;

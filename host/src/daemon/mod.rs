@@ -65,8 +65,9 @@ struct Daemon {
     wake: Arc<Notify>,
 }
 
-/// Runs until SIGTERM or Ctrl-C.
-pub async fn run(path: &Path, config: Config, listen: SocketAddr) -> anyhow::Result<()> {
+/// Runs until SIGTERM or Ctrl-C. `admin_token` guards `/admin/`; without one those routes
+/// are off.
+pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: Option<String>) -> anyhow::Result<()> {
     let metrics = crate::metrics::install();
     let ctx = open(&config).await?;
     let engine = Arc::new(policy_engine(&config)?);
@@ -93,7 +94,15 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr) -> anyhow::Res
     let (stop_dispatch, dispatch_stop) = signal::channel(false);
     let mut dispatcher =
         Dispatcher::new(ctx.store.clone(), ctx.spool.clone(), channels_rx, wake.clone()).spawn(dispatch_stop);
-    let shared = Shared::with_delivery(metrics, latest, ctx.store.clone(), channels);
+    match (&admin_token, listen.ip().is_loopback()) {
+        (None, false) => {
+            warn!(%listen, "no admin token: /admin/ is off on this public address (set WARDEN_ADMIN_TOKEN)")
+        }
+        (None, true) => info!("no admin token: /admin/ is off (set WARDEN_ADMIN_TOKEN or WARDEN_ADMIN_TOKEN_FILE)"),
+        (Some(_), _) => info!("admin API on /admin/ (bearer token)"),
+    }
+    let shared =
+        Shared::with_delivery(metrics, latest, ctx.store.clone(), channels, Arc::new(config.clone()), admin_token);
 
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     info!(addr = %listener.local_addr()?, "serving /health and /metrics");
@@ -308,6 +317,7 @@ impl Daemon {
         // Runs in flight keep the set they started with.
         self.policies = Arc::new(policies);
         info!(jobs = new.jobs.len(), policies = new.policies.len(), "configuration reloaded");
+        self.shared.set_config(Arc::new(new.clone()));
         self.loaded_text = text;
         self.load_jobs(&new).await;
         self.config = new;

@@ -320,21 +320,68 @@ impl StateStore {
             .await?))
     }
 
+    /// A job's runs, newest first, older than `before` (an id) when given.
+    pub async fn runs_page(&self, job: &str, limit: i64, before: Option<i64>) -> Result<Vec<RunRow>, StoreError> {
+        self.ready().await?;
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM job_runs WHERE job = $1 AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
+        );
+        Ok(with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(job)
+            .bind(before)
+            .bind(limit)
+            .fetch_all(p)
+            .await?))
+    }
+
+    /// Stored snapshots with their ids, newest first, within `[from, to]` when given.
+    pub async fn health_page(
+        &self,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        limit: i64,
+        before: Option<i64>,
+    ) -> Result<Vec<(i64, Snapshot)>, StoreError> {
+        self.ready().await?;
+        let sql = "SELECT id, job, checked_at, status, duration_ms, checks FROM health_history \
+                   WHERE ($1 IS NULL OR checked_at >= $1) AND ($2 IS NULL OR checked_at <= $2) AND ($3 IS NULL OR id < $3) \
+                   ORDER BY id DESC LIMIT $4";
+        let rows: Vec<(i64, String, Ts, String, i64, String)> = with_pool!(&self.pool, |p| sqlx::query_as(sql)
+            .bind(from.map(Ts))
+            .bind(to.map(Ts))
+            .bind(before)
+            .bind(limit)
+            .fetch_all(p)
+            .await?);
+        rows.into_iter()
+            .map(|(id, job, checked_at, status, duration_ms, checks)| {
+                let row = HealthRow { job, checked_at, status, duration_ms, checks };
+                Ok((id, snapshot_of(row)?))
+            })
+            .collect()
+    }
+
+    /// Outbox rows, newest first, optionally in one state, older than `before` when given.
+    pub async fn outbox_page(
+        &self,
+        state: Option<&str>,
+        limit: i64,
+        before: Option<i64>,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.ready().await?;
+        let sql = "SELECT id, dedup_key, kind, payload, job, policy, state, attempts, next_attempt_at, created_at, \
+                   delivered_at, last_error FROM outbox WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR id < $2) \
+                   ORDER BY id DESC LIMIT $3";
+        Ok(with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(state).bind(before).bind(limit).fetch_all(p).await?))
+    }
+
     /// The newest stored snapshot, so `/health` answers right after a restart.
     pub async fn latest_health(&self) -> Result<Option<Snapshot>, StoreError> {
         self.ready().await?;
         let sql = "SELECT job, checked_at, status, duration_ms, checks FROM health_history ORDER BY id DESC LIMIT 1";
         let row: Option<HealthRow> = with_pool!(&self.pool, |p| sqlx::query_as(sql).fetch_optional(p).await?);
         let Some(row) = row else { return Ok(None) };
-        let status = Status::parse(&row.status).ok_or_else(|| StoreError::Corrupt(row.status.clone()))?;
-        let checks = serde_json::from_str(&row.checks).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        Ok(Some(Snapshot {
-            job: row.job,
-            status,
-            checked_at: row.checked_at.0,
-            duration_ms: u64::try_from(row.duration_ms).unwrap_or_default(),
-            checks,
-        }))
+        Ok(Some(snapshot_of(row)?))
     }
 
     /// Writes the run's end, its health snapshot, and every policy's state writes and
@@ -647,6 +694,18 @@ impl StateStore {
         self.ready().await?;
         Ok(with_pool!(&self.pool, |p| sqlx::query_scalar("SELECT COUNT(*) FROM health_history").fetch_one(p).await?))
     }
+}
+
+fn snapshot_of(row: HealthRow) -> Result<Snapshot, StoreError> {
+    let status = Status::parse(&row.status).ok_or_else(|| StoreError::Corrupt(row.status.clone()))?;
+    let checks = serde_json::from_str(&row.checks).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(Snapshot {
+        job: row.job,
+        status,
+        checked_at: row.checked_at.0,
+        duration_ms: u64::try_from(row.duration_ms).unwrap_or_default(),
+        checks,
+    })
 }
 
 /// Whether an error means the database could not be reached (as opposed to refusing a query).

@@ -1,0 +1,236 @@
+//! `/admin/`: the operators' JSON API, behind `Authorization: Bearer <token>` (compared in
+//! constant time). Without a configured token every admin route answers 403: warden never
+//! serves them unauthenticated. Errors have one shape:
+//! `{"error": {"code": "...", "message": "..."}}`.
+//!
+//! Routes: `GET /admin/jobs`, `GET /admin/jobs/{job}/runs`, `GET /admin/health`,
+//! `GET /admin/outbox`, `POST /admin/outbox/{id}/retry`. Lists are newest first and paged
+//! with `limit` (default 50, at most 500) and `before` (an id from the previous page's
+//! `next`).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::Shared;
+use crate::store::StateStore;
+
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 500;
+
+pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/admin/jobs", get(jobs))
+        .route("/admin/jobs/{job}/runs", get(runs))
+        .route("/admin/health", get(health))
+        .route("/admin/outbox", get(outbox))
+        .route("/admin/outbox/{id}/retry", post(retry))
+        .route_layer(middleware::from_fn_with_state(shared, auth))
+}
+
+/// An error in the API's one shape.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": { "code": self.code, "message": self.message } }))).into_response()
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())
+    }
+}
+
+/// Whether two secrets are equal, in time independent of where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let Some(token) = &shared.admin_token else {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "the admin API is off: start warden with WARDEN_ADMIN_TOKEN or WARDEN_ADMIN_TOKEN_FILE",
+        )
+        .into_response();
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(given) if same_secret(given, token) => next.run(request).await,
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong token").into_response(),
+        None => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "send Authorization: Bearer <token>")
+            .into_response(),
+    }
+}
+
+fn store(shared: &Shared) -> Result<&StateStore, ApiError> {
+    shared.store.as_ref().ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "no store"))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    limit: Option<i64>,
+    before: Option<i64>,
+}
+
+impl Page {
+    fn limit(&self) -> Result<i64, ApiError> {
+        match self.limit {
+            None => Ok(DEFAULT_LIMIT),
+            Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            Some(n) => {
+                Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("limit {n}: from 1 to {MAX_LIMIT}")))
+            }
+        }
+    }
+}
+
+/// `{"items": [...], "next": <before for the next page, or null>}`.
+fn page<T: serde::Serialize>(items: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> Json<Value> {
+    let next = (items.len() as i64 == limit).then(|| items.last().map(&id)).flatten();
+    Json(json!({ "items": items, "next": next }))
+}
+
+async fn jobs(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, ApiError> {
+    let config = shared
+        .config()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "starting", "no configuration yet"))?;
+    let last = store(&shared)?.last_runs().await.unwrap_or_default();
+    let now = Utc::now();
+    let jobs: Vec<Value> = config
+        .jobs
+        .iter()
+        .map(|job| {
+            let last = last.get(&job.name).map(|r| {
+                json!({
+                    "id": r.id,
+                    "scheduled_at": r.scheduled_at.0,
+                    "trigger": r.trigger,
+                    "outcome": r.outcome,
+                    "error": r.error,
+                    "finished_at": r.finished_at.map(|t| t.0),
+                })
+            });
+            json!({
+                "name": job.name,
+                "task": job.task.kind(),
+                "schedule": job.schedule.to_string(),
+                "enabled": job.enabled,
+                "next": job.schedule.upcoming(now, 3),
+                "last_run": last,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "items": jobs })))
+}
+
+async fn runs(
+    State(shared): State<Arc<Shared>>,
+    Path(job): Path<String>,
+    Query(q): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit()?;
+    let known = shared.config().is_some_and(|c| c.job(&job).is_some());
+    if !known {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no job `{job}`")));
+    }
+    let rows = store(&shared)?.runs_page(&job, limit, q.before).await?;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "scheduled_at": r.scheduled_at.0,
+                "trigger": r.trigger,
+                "replica": r.replica,
+                "started_at": r.started_at.0,
+                "finished_at": r.finished_at.map(|t| t.0),
+                "outcome": r.outcome,
+                "error": r.error,
+                "rows_affected": r.rows_affected,
+                "detail": r.detail,
+            })
+        })
+        .collect();
+    Ok(page(items, limit, |v| v["id"].as_i64().unwrap_or_default()))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HealthQuery {
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    limit: Option<i64>,
+    before: Option<i64>,
+}
+
+async fn health(State(shared): State<Arc<Shared>>, Query(q): Query<HealthQuery>) -> Result<Json<Value>, ApiError> {
+    let limit = Page { limit: q.limit, before: q.before }.limit()?;
+    let rows = store(&shared)?.health_page(q.from, q.to, limit, q.before).await?;
+    let next = (rows.len() as i64 == limit).then(|| rows.last().map(|(id, _)| *id)).flatten();
+    let items: Vec<Value> = rows
+        .into_iter()
+        .map(|(id, snapshot)| {
+            let mut v = serde_json::to_value(snapshot).unwrap_or_default();
+            v["id"] = json!(id);
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "items": items, "next": next })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OutboxQuery {
+    state: Option<String>,
+    limit: Option<i64>,
+    before: Option<i64>,
+}
+
+async fn outbox(State(shared): State<Arc<Shared>>, Query(q): Query<OutboxQuery>) -> Result<Json<Value>, ApiError> {
+    let limit = Page { limit: q.limit, before: q.before }.limit()?;
+    if let Some(s) = &q.state
+        && !["pending", "delivered", "failed", "silenced"].contains(&s.as_str())
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("state `{s}`: pending, delivered, failed or silenced"),
+        ));
+    }
+    let rows = store(&shared)?.outbox_page(q.state.as_deref(), limit, q.before).await?;
+    Ok(page(rows, limit, |r| r.id))
+}
+
+async fn retry(State(shared): State<Arc<Shared>>, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
+    match store(&shared)?.redrive(Some(id)).await? {
+        0 => Err(ApiError::new(StatusCode::CONFLICT, "not_failed", format!("outbox row {id} is not a failed row"))),
+        _ => Ok(Json(json!({ "id": id, "state": "pending" }))),
+    }
+}
