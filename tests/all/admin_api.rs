@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::policies::plugins_dir;
 use crate::support::{Daemon, http, schedule_dir, wait_for};
 
 const TOKEN: &str = "test-admin-token-0123456789";
@@ -29,6 +30,12 @@ fn json(body: &str) -> serde_json::Value {
 const ROUTES: &[(&str, &str)] = &[
     ("GET", "/admin/jobs"),
     ("GET", "/admin/jobs/probe/runs"),
+    ("POST", "/admin/jobs/nightly/run"),
+    ("POST", "/admin/jobs/nightly/pause"),
+    ("POST", "/admin/jobs/nightly/resume"),
+    ("GET", "/admin/policies"),
+    ("POST", "/admin/policies/status-alert/enable"),
+    ("POST", "/admin/reload"),
     ("GET", "/admin/health"),
     ("GET", "/admin/outbox"),
     ("POST", "/admin/outbox/1/retry"),
@@ -107,4 +114,114 @@ fn without_a_token_the_admin_api_is_off() {
         assert_eq!(json(&body)["error"]["code"], "admin_disabled");
     }
     assert_eq!(daemon.get("/metrics").0, 200, "the public routes stay");
+}
+
+struct Api<'a> {
+    daemon: &'a Daemon,
+}
+
+impl Api<'_> {
+    fn call(&self, method: &str, path: &str) -> (u16, serde_json::Value) {
+        let bearer = format!("Bearer {TOKEN}");
+        let (code, body) = http(self.daemon.addr, method, path, &[("Authorization", &bearer)], "").unwrap();
+        (code, if body.is_empty() { serde_json::Value::Null } else { json(&body) })
+    }
+
+    fn newest_run(&self, job: &str) -> Option<i64> {
+        self.call("GET", &format!("/admin/jobs/{job}/runs?limit=1")).1["items"][0]["id"].as_i64()
+    }
+}
+
+#[test]
+fn run_now_runs_once_pause_stops_firing_and_survives_a_restart() {
+    let (dir, config) = schedule_dir(SCHEDULE);
+    let env = [("WARDEN_ADMIN_TOKEN", TOKEN)];
+    let daemon = Daemon::start_with_env(dir.path(), &config, &env);
+    let api = Api { daemon: &daemon };
+    wait_for(Duration::from_secs(20), "the catch-up run", || api.newest_run("nightly"));
+
+    // Run now: answered with the run id at once; that run, and only it, is manual.
+    let (code, body) = api.call("POST", "/admin/jobs/nightly/run");
+    assert_eq!(code, 202, "{body}");
+    let id = body["run_id"].as_i64().unwrap();
+    let runs = wait_for(Duration::from_secs(10), "the manual run to finish", || {
+        let (_, runs) = api.call("GET", "/admin/jobs/nightly/runs");
+        let done = runs["items"].as_array()?.iter().any(|r| r["id"] == id && r["outcome"] == "ok");
+        done.then_some(runs)
+    });
+    let manual: Vec<i64> = runs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["trigger"] == "manual")
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(manual, [id]);
+    assert_eq!(api.call("POST", "/admin/jobs/nope/run").0, 404);
+
+    // Pause the 1-second probe: it stops firing.
+    let (code, body) = api.call("POST", "/admin/jobs/probe/pause");
+    assert_eq!((code, &body["paused"]), (200, &serde_json::Value::Bool(true)));
+    std::thread::sleep(Duration::from_millis(600));
+    let last = api.newest_run("probe").unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(api.newest_run("probe"), Some(last), "a paused job does not fire");
+    let (_, jobs) = api.call("GET", "/admin/jobs");
+    assert_eq!(jobs["items"][0]["paused"], true);
+
+    // And stays paused across a restart.
+    assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
+    let daemon = Daemon::start_with_env(dir.path(), &config, &env);
+    let api = Api { daemon: &daemon };
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(api.newest_run("probe"), Some(last), "still paused after the restart");
+    assert_eq!(api.call("GET", "/admin/jobs").1["items"][0]["paused"], true);
+
+    assert_eq!(api.call("POST", "/admin/jobs/probe/resume").0, 200);
+    wait_for(Duration::from_secs(10), "the probe to fire again", || (api.newest_run("probe")? > last).then_some(()));
+    assert_eq!(api.call("POST", "/admin/jobs/nope/pause").0, 404);
+}
+
+#[test]
+fn a_refused_reload_answers_400_with_every_problem_and_the_old_config_keeps_running() {
+    let body = format!(
+        "{SCHEDULE}\n[[policy]]\nname = \"status-alert\"\ncomponent = \"{}\"\non = [\"probe\"]\n",
+        plugins_dir().join("status-alert.wasm").display()
+    );
+    let (dir, config) = schedule_dir(&body);
+    let daemon = Daemon::start_with_env(dir.path(), &config, &[("WARDEN_ADMIN_TOKEN", TOKEN)]);
+    let api = Api { daemon: &daemon };
+
+    let (code, policies) = api.call("GET", "/admin/policies");
+    assert_eq!(code, 200);
+    let policy = &policies["items"][0];
+    assert_eq!(policy["name"], "status-alert");
+    assert_eq!(policy["hash"].as_str().unwrap().len(), 64);
+    assert_eq!(policy["quarantined"], false);
+    let (code, enabled) = api.call("POST", "/admin/policies/status-alert/enable");
+    assert_eq!((code, &enabled["was_quarantined"]), (200, &serde_json::Value::Bool(false)));
+    assert_eq!(api.call("POST", "/admin/policies/nope/enable").0, 404);
+
+    std::fs::write(
+        &config,
+        body.replace("every = \"1s\"", "every = \"soon\"").replace("tz = \"Europe/Berlin\"", "tz = \"Mars/Olympus\""),
+    )
+    .unwrap();
+    let (code, refused) = api.call("POST", "/admin/reload");
+    assert_eq!(code, 400, "{refused}");
+    assert_eq!(refused["error"]["code"], "config_refused");
+    let problems: Vec<&str> =
+        refused["error"]["problems"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems[0].contains("schedules.toml:4:9: job \"probe\".every"), "{problems:?}");
+    assert!(problems[1].contains("schedules.toml:11:6: job \"nightly\".tz"), "{problems:?}");
+    let (_, jobs) = api.call("GET", "/admin/jobs");
+    assert_eq!(jobs["items"][0]["schedule"], "every 1s", "the running configuration stays");
+    let before = api.newest_run("probe").unwrap_or(0);
+    wait_for(Duration::from_secs(10), "the probe to keep firing", || (api.newest_run("probe")? > before).then_some(()));
+
+    std::fs::write(&config, body.replace("every = \"1s\"", "every = \"2s\"")).unwrap();
+    let (code, ok) = api.call("POST", "/admin/reload");
+    assert_eq!((code, &ok["reloaded"]), (200, &serde_json::Value::Bool(true)));
+    assert_eq!(api.call("GET", "/admin/jobs").1["items"][0]["schedule"], "every 2s");
 }

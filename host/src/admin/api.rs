@@ -3,8 +3,10 @@
 //! serves them unauthenticated. Errors have one shape:
 //! `{"error": {"code": "...", "message": "..."}}`.
 //!
-//! Routes: `GET /admin/jobs`, `GET /admin/jobs/{job}/runs`, `GET /admin/health`,
-//! `GET /admin/outbox`, `POST /admin/outbox/{id}/retry`. Lists are newest first and paged
+//! Routes: `GET /admin/jobs`, `GET /admin/jobs/{job}/runs`, `POST /admin/jobs/{job}/run`,
+//! `POST /admin/jobs/{job}/pause`, `POST /admin/jobs/{job}/resume`, `GET /admin/policies`,
+//! `POST /admin/policies/{policy}/enable`, `GET /admin/health`, `GET /admin/outbox`,
+//! `POST /admin/outbox/{id}/retry`, `POST /admin/reload`. Lists are newest first and paged
 //! with `limit` (default 50, at most 500) and `before` (an id from the previous page's
 //! `next`).
 
@@ -21,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::Shared;
+use super::{Command, CommandError, Shared};
 use crate::store::StateStore;
 
 const DEFAULT_LIMIT: i64 = 50;
@@ -31,6 +33,12 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
     Router::new()
         .route("/admin/jobs", get(jobs))
         .route("/admin/jobs/{job}/runs", get(runs))
+        .route("/admin/jobs/{job}/run", post(run_now))
+        .route("/admin/jobs/{job}/pause", post(pause))
+        .route("/admin/jobs/{job}/resume", post(resume))
+        .route("/admin/policies", get(policies))
+        .route("/admin/policies/{policy}/enable", post(enable))
+        .route("/admin/reload", post(reload))
         .route("/admin/health", get(health))
         .route("/admin/outbox", get(outbox))
         .route("/admin/outbox/{id}/retry", post(retry))
@@ -124,6 +132,7 @@ async fn jobs(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, ApiError
         .config()
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "starting", "no configuration yet"))?;
     let last = store(&shared)?.last_runs().await.unwrap_or_default();
+    let paused = store(&shared)?.paused_jobs().await.unwrap_or_default();
     let now = Utc::now();
     let jobs: Vec<Value> = config
         .jobs
@@ -144,6 +153,7 @@ async fn jobs(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, ApiError
                 "task": job.task.kind(),
                 "schedule": job.schedule.to_string(),
                 "enabled": job.enabled,
+                "paused": paused.contains(&job.name),
                 "next": job.schedule.upcoming(now, 3),
                 "last_run": last,
             })
@@ -232,5 +242,97 @@ async fn retry(State(shared): State<Arc<Shared>>, Path(id): Path<i64>) -> Result
     match store(&shared)?.redrive(Some(id)).await? {
         0 => Err(ApiError::new(StatusCode::CONFLICT, "not_failed", format!("outbox row {id} is not a failed row"))),
         _ => Ok(Json(json!({ "id": id, "state": "pending" }))),
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+            CommandError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            CommandError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", m),
+        }
+    }
+}
+
+fn stopping() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "warden is shutting down")
+}
+
+async fn run_now(
+    State(shared): State<Arc<Shared>>,
+    Path(job): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = shared.ask(|reply| Command::RunNow { job: job.clone(), reply }).await.ok_or_else(stopping)??;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "job": job, "run_id": id }))))
+}
+
+async fn set_paused(shared: &Shared, job: String, paused: bool) -> Result<Json<Value>, ApiError> {
+    shared.ask(|reply| Command::SetPaused { job: job.clone(), paused, reply }).await.ok_or_else(stopping)??;
+    Ok(Json(json!({ "job": job, "paused": paused })))
+}
+
+async fn pause(State(shared): State<Arc<Shared>>, Path(job): Path<String>) -> Result<Json<Value>, ApiError> {
+    set_paused(&shared, job, true).await
+}
+
+async fn resume(State(shared): State<Arc<Shared>>, Path(job): Path<String>) -> Result<Json<Value>, ApiError> {
+    set_paused(&shared, job, false).await
+}
+
+async fn policies(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, ApiError> {
+    let set = shared
+        .policies()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "starting", "no policies yet"))?;
+    let items: Vec<Value> = set
+        .policies
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name(),
+                "component": p.spec.component.display().to_string(),
+                "hash": p.hash,
+                "on": p.spec.on,
+                "enabled": p.spec.enabled,
+                "consecutive_failures": p.consecutive_failures(),
+                "quarantine_after": p.spec.quarantine_after,
+                "quarantined": p.is_quarantined(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn enable(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let set = shared
+        .policies()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "starting", "no policies yet"))?;
+    let policy = set
+        .policies
+        .iter()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no policy `{name}`")))?;
+    let was = policy.is_quarantined();
+    policy.reenable();
+    crate::metrics::record_quarantine(&name, false);
+    tracing::info!(policy = %name, was_quarantined = was, "policy re-enabled by the admin API");
+    Ok(Json(json!({ "name": name, "quarantined": false, "was_quarantined": was })))
+}
+
+async fn reload(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.ask(|reply| Command::Reload { reply }).await {
+        None => stopping().into_response(),
+        Some(Ok(())) => Json(json!({ "reloaded": true })).into_response(),
+        Some(Err(problems)) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({
+                "error": {
+                    "code": "config_refused",
+                    "message": format!("the configuration was refused ({} problems); the running one stays", problems.len()),
+                    "problems": problems,
+                }
+            })),
+        )
+            .into_response(),
     }
 }

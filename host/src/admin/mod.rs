@@ -20,7 +20,10 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
+use tokio::sync::{mpsc, oneshot};
+
 use crate::config::Config;
+use crate::daemon::PolicySet;
 use crate::delivery::Channels;
 use crate::health::{Snapshot, Status};
 use crate::store::StateStore;
@@ -36,6 +39,29 @@ pub struct Shared {
     config: RwLock<Option<Arc<Config>>>,
     /// The bearer token of `/admin/`; without one the admin routes are off.
     admin_token: Option<String>,
+    /// The loaded policies, replaced on reload.
+    policies: RwLock<Option<Arc<PolicySet>>>,
+    /// Requests only the daemon loop can carry out (it owns the scheduler).
+    commands: RwLock<Option<mpsc::UnboundedSender<Command>>>,
+}
+
+/// What the admin API asks the daemon loop to do; each carries where the answer goes.
+#[derive(Debug)]
+pub enum Command {
+    /// Claim an occurrence of the job now and run it; answers with the run id.
+    RunNow { job: String, reply: oneshot::Sender<Result<i64, CommandError>> },
+    /// Pause (true) or resume (false) a job, persisted.
+    SetPaused { job: String, paused: bool, reply: oneshot::Sender<Result<(), CommandError>> },
+    /// Read the schedule file again; answers with every problem when it is refused.
+    Reload { reply: oneshot::Sender<Result<(), Vec<String>>> },
+}
+
+/// Why the daemon could not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandError {
+    NotFound(String),
+    Conflict(String),
+    Unavailable(String),
 }
 
 impl Shared {
@@ -47,6 +73,8 @@ impl Shared {
             store: None,
             config: RwLock::new(None),
             admin_token: None,
+            policies: RwLock::new(None),
+            commands: RwLock::new(None),
         })
     }
 
@@ -67,7 +95,29 @@ impl Shared {
             store: Some(store),
             config: RwLock::new(Some(config)),
             admin_token,
+            policies: RwLock::new(None),
+            commands: RwLock::new(None),
         })
+    }
+
+    pub fn set_policies(&self, policies: Arc<PolicySet>) {
+        *self.policies.write().unwrap_or_else(|e| e.into_inner()) = Some(policies);
+    }
+
+    pub fn policies(&self) -> Option<Arc<PolicySet>> {
+        self.policies.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_commands(&self, commands: mpsc::UnboundedSender<Command>) {
+        *self.commands.write().unwrap_or_else(|e| e.into_inner()) = Some(commands);
+    }
+
+    /// Sends a command to the daemon loop and waits for its answer.
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        let sender = self.commands.read().unwrap_or_else(|e| e.into_inner()).clone()?;
+        sender.send(make(tx)).ok()?;
+        rx.await.ok()
     }
 
     pub fn set_config(&self, config: Arc<Config>) {

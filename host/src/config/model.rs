@@ -365,7 +365,14 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
     };
     let mut jobs = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
+    // Every job name written, valid job or not, so a policy listening to a job with a
+    // mistake in it is not also told that the job does not exist.
+    let mut declared: Vec<String> = Vec::new();
     if let Some(items) = t.array(ctx, "job") {
+        declared = items
+            .iter()
+            .filter_map(|item| item.get_ref().as_table()?.get("name")?.get_ref().as_str().map(str::to_owned))
+            .collect();
         for (i, item) in items.iter().enumerate() {
             if let Some((job, name_span)) = read_job(item, i, ctx) {
                 let line = super::error::line_col(ctx_src(ctx), name_span.start).0;
@@ -394,7 +401,7 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
     }
     for p in &policies {
         for job in &p.on {
-            if !seen.contains_key(job) {
+            if !seen.contains_key(job) && !declared.contains(job) {
                 let span = policy_on_span(root, &p.name).unwrap_or_default();
                 let msg = format!(
                     "no job named `{job}` (jobs: {})",

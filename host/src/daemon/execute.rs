@@ -73,6 +73,31 @@ pub async fn execute_observed(
     policies: Option<&PolicySet>,
     observe: &(dyn Fn(&Event) + Send + Sync),
 ) -> RunReport {
+    run(job, scheduled, trigger, ctx, policies, observe, None).await
+}
+
+/// As `execute_observed`, for an occurrence the caller already claimed as `run_id` (a
+/// run-now from the admin API answers with the id before the run ends).
+pub async fn execute_claimed(
+    job: &Job,
+    scheduled: DateTime<Utc>,
+    run_id: i64,
+    ctx: &TaskContext,
+    policies: Option<&PolicySet>,
+    observe: &(dyn Fn(&Event) + Send + Sync),
+) -> RunReport {
+    run(job, scheduled, Trigger::Manual, ctx, policies, observe, Some(run_id)).await
+}
+
+async fn run(
+    job: &Job,
+    scheduled: DateTime<Utc>,
+    trigger: Trigger,
+    ctx: &TaskContext,
+    policies: Option<&PolicySet>,
+    observe: &(dyn Fn(&Event) + Send + Sync),
+    claimed: Option<i64>,
+) -> RunReport {
     let started = Instant::now();
     let started_at = Utc::now();
     let mut report = RunReport {
@@ -89,7 +114,11 @@ pub async fn execute_observed(
         committed: false,
         spooled: false,
     };
-    match ctx.store.claim(&job.name, scheduled, trigger.as_str()).await {
+    let claim = match claimed {
+        Some(id) => Ok(Some(id)),
+        None => ctx.store.claim(&job.name, scheduled, trigger.as_str()).await,
+    };
+    match claim {
         Ok(Some(id)) => report.run_id = Some(id),
         Ok(None) => {
             info!(job = %job.name, %scheduled, "occurrence already claimed by another process");

@@ -18,10 +18,10 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-pub use execute::{RunReport, Trigger, execute, execute_observed};
+pub use execute::{RunReport, Trigger, execute, execute_claimed, execute_observed};
 pub use policies::PolicySet;
 
-use crate::admin::{self, Shared};
+use crate::admin::{self, Command, CommandError, Shared};
 use crate::config::{self, Config, Job};
 use crate::delivery::{Channels, Dispatcher};
 use crate::schedule::{Fire, Scheduler};
@@ -113,6 +113,8 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     });
 
     let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
+    let (command_tx, mut commands) = mpsc::unbounded_channel();
+    shared.set_commands(command_tx);
     let _watcher = watch::watch_files(path, &component_paths(&config), reload_tx.clone());
     watch::watch_sighup(reload_tx);
 
@@ -136,6 +138,7 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
         state = %config.state.url.display(),
         "warden started"
     );
+    daemon.shared.set_policies(daemon.policies.clone());
     daemon.load_jobs(&config).await;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -164,8 +167,9 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
                 // Editors write in several steps: let the file settle, then read it once.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 while reload_rx.try_recv().is_ok() {}
-                daemon.reload().await;
+                let _ = daemon.reload().await;
             }
+            Some(command) = commands.recv() => daemon.command(command).await,
             _ = term.recv() => { info!("SIGTERM received, shutting down"); break; }
             _ = tokio::signal::ctrl_c() => { info!("interrupt received, shutting down"); break; }
         }
@@ -217,8 +221,13 @@ impl Daemon {
             warn!(error = %e, "could not read past runs; catch-up assumes none");
             HashMap::new()
         });
+        let paused = self.ctx.store.paused_jobs().await.unwrap_or_else(|e| {
+            warn!(error = %e, "could not read which jobs are paused; none are");
+            Default::default()
+        });
         self.jobs = config.jobs.iter().map(|j| (j.name.clone(), Arc::new(j.clone()))).collect();
-        let specs = config.jobs.iter().map(|j| (j.name.clone(), j.schedule.clone(), j.enabled));
+        let specs =
+            config.jobs.iter().map(|j| (j.name.clone(), j.schedule.clone(), j.enabled && !paused.contains(&j.name)));
         for fire in self.scheduler.load(specs, Utc::now(), &last_ran) {
             self.start(fire, Trigger::CatchUp);
         }
@@ -256,18 +265,18 @@ impl Daemon {
 
     /// Reads the file again; a valid one is swapped in, an invalid one is refused and the
     /// running configuration stays. Runs in flight finish with the job they started with.
-    async fn reload(&mut self) {
+    async fn reload(&mut self) -> Result<(), Vec<String>> {
         let text = std::fs::read_to_string(&self.path).ok();
         if text.is_some() && text == self.loaded_text && !self.components_changed() {
             info!("configuration unchanged");
-            return;
+            return Ok(());
         }
         let new = match config::load(&self.path) {
             Ok(new) => new,
             Err(errors) => {
                 crate::metrics::record_reload(false);
                 error!(problems = errors.0.len(), "configuration refused; the running one stays:\n{errors}");
-                return;
+                return Err(errors.0.iter().map(ToString::to_string).collect());
             }
         };
         if new.state != self.config.state {
@@ -279,7 +288,7 @@ impl Daemon {
                 crate::metrics::record_reload(false);
                 let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 error!(problems = errors.len(), "configuration refused; the running one stays:\n{}", lines.join("\n"));
-                return;
+                return Err(lines);
             }
         };
         if new.targets != self.config.targets {
@@ -288,7 +297,7 @@ impl Daemon {
                 Err(e) => {
                     crate::metrics::record_reload(false);
                     error!(error = %e, "configuration refused; the running one stays");
-                    return;
+                    return Err(vec![format!("{e:#}")]);
                 }
             }
         }
@@ -304,7 +313,7 @@ impl Daemon {
                 Err(e) => {
                     crate::metrics::record_reload(false);
                     error!(error = %e, "configuration refused; the running one stays");
-                    return;
+                    return Err(vec![format!("{e:#}")]);
                 }
             }
         }
@@ -321,5 +330,67 @@ impl Daemon {
         self.loaded_text = text;
         self.load_jobs(&new).await;
         self.config = new;
+        self.shared.set_policies(self.policies.clone());
+        Ok(())
+    }
+
+    /// Carries out what the admin API asked.
+    async fn command(&mut self, command: Command) {
+        match command {
+            Command::RunNow { job, reply } => {
+                let _ = reply.send(self.run_now(&job).await);
+            }
+            Command::SetPaused { job, paused, reply } => {
+                let result = if !self.jobs.contains_key(&job) {
+                    Err(CommandError::NotFound(format!("no job `{job}`")))
+                } else {
+                    match self.ctx.store.set_paused(&job, paused).await {
+                        Ok(()) => {
+                            info!(job = %job, paused, "job {} by the admin API", if paused { "paused" } else { "resumed" });
+                            let config = self.config.clone();
+                            self.load_jobs(&config).await;
+                            Ok(())
+                        }
+                        Err(e) => Err(CommandError::Unavailable(e.to_string())),
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Command::Reload { reply } => {
+                let _ = reply.send(self.reload().await);
+            }
+        }
+    }
+
+    /// Claims an occurrence now (like a scheduled one) and starts it; the run id comes back
+    /// at once, before the run ends.
+    async fn run_now(&mut self, name: &str) -> Result<i64, CommandError> {
+        let job = self.jobs.get(name).cloned().ok_or_else(|| CommandError::NotFound(format!("no job `{name}`")))?;
+        if !self.scheduler.start_manual(name) {
+            return Err(CommandError::Conflict(format!("`{name}` is running; try again when it ends")));
+        }
+        let scheduled = Utc::now();
+        let id = match self.ctx.store.claim(name, scheduled, Trigger::Manual.as_str()).await {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                self.scheduler.finished(name);
+                return Err(CommandError::Conflict(format!("`{name}` at {scheduled} is claimed already")));
+            }
+            Err(e) => {
+                self.scheduler.finished(name);
+                return Err(CommandError::Unavailable(e.to_string()));
+            }
+        };
+        let (ctx, shared, policies) = (self.ctx.clone(), self.shared.clone(), self.policies.clone());
+        self.running.spawn(async move {
+            let observe = move |event: &Event| {
+                if let Event::Snapshot(snapshot) = event {
+                    shared.set_latest(snapshot.clone());
+                }
+            };
+            execute_claimed(&job, scheduled, id, &ctx, Some(&policies), &observe).await;
+            job.name.clone()
+        });
+        Ok(id)
     }
 }

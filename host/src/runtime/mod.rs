@@ -105,6 +105,12 @@ impl Policy {
         self.failures.load(Ordering::SeqCst)
     }
 
+    /// Lifts a quarantine (an operator's call); the failure count starts over.
+    pub fn reenable(&self) {
+        self.failures.store(0, Ordering::SeqCst);
+        self.quarantined.store(false, Ordering::SeqCst);
+    }
+
     fn record(&self, ok: bool) {
         if ok {
             self.failures.store(0, Ordering::SeqCst);

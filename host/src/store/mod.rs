@@ -375,6 +375,27 @@ impl StateStore {
         Ok(with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(state).bind(before).bind(limit).fetch_all(p).await?))
     }
 
+    /// Jobs an operator paused.
+    pub async fn paused_jobs(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.ready().await?;
+        let rows: Vec<String> =
+            with_pool!(&self.pool, |p| sqlx::query_scalar("SELECT job FROM job_pauses").fetch_all(p).await?);
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Pauses or resumes a job; kept across restarts.
+    pub async fn set_paused(&self, job: &str, paused: bool) -> Result<(), StoreError> {
+        self.ready().await?;
+        if paused {
+            let sql = "INSERT INTO job_pauses (job, paused_at) VALUES ($1, $2) ON CONFLICT (job) DO NOTHING";
+            with_pool!(&self.pool, |p| sqlx::query(sql).bind(job).bind(Ts(Utc::now())).execute(p).await.map(|_| ())?);
+        } else {
+            let sql = "DELETE FROM job_pauses WHERE job = $1";
+            with_pool!(&self.pool, |p| sqlx::query(sql).bind(job).execute(p).await.map(|_| ())?);
+        }
+        Ok(())
+    }
+
     /// The newest stored snapshot, so `/health` answers right after a restart.
     pub async fn latest_health(&self) -> Result<Option<Snapshot>, StoreError> {
         self.ready().await?;
