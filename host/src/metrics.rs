@@ -88,6 +88,7 @@ pub fn record_delivery(kind: &str, result: &str) {
     let name = match result {
         "delivered" => "warden_outbox_delivered_total",
         "retried" => "warden_outbox_retried_total",
+        "silenced" => "warden_outbox_silenced_total",
         _ => "warden_outbox_failed_total",
     };
     counter!(name, "kind" => kind.to_owned()).increment(1);
@@ -96,7 +97,7 @@ pub fn record_delivery(kind: &str, result: &str) {
 /// Rows now pending and failed per kind, from the store's counts.
 pub fn record_outbox_counts(counts: &[(String, String, i64)]) {
     for kind in ["email", "subscribers", "notice", "ticket"] {
-        for state in ["pending", "failed"] {
+        for state in ["pending", "failed", "silenced"] {
             let n = counts.iter().filter(|(k, s, _)| k == kind && s == state).map(|(.., n)| *n).sum::<i64>();
             gauge!(format!("warden_outbox_{state}"), "kind" => kind).set(n as f64);
         }

@@ -225,3 +225,84 @@ fn a_refused_reload_answers_400_with_every_problem_and_the_old_config_keeps_runn
     assert_eq!((code, &ok["reloaded"]), (200, &serde_json::Value::Bool(true)));
     assert_eq!(api.call("GET", "/admin/jobs").1["items"][0]["schedule"], "every 2s");
 }
+
+#[test]
+fn a_silence_holds_back_an_alert_which_stays_visible_and_the_next_one_after_it_is_sent() {
+    let smtp = crate::smtp_server::SmtpServer::start();
+    let body = format!(
+        r#"version = 1
+product = "MNW"
+[alerts]
+admin = ["ops@example.org"]
+smtp = "{}"
+[[job]]
+name = "health-probe"
+every = "1s"
+task = "probe"
+checks = [{{ name = "db", kind = "db", critical = true }}, {{ name = "sessions", kind = "sql", query = "SELECT COUNT(*) FROM session" }}]
+[[policy]]
+name = "status-alert"
+component = "{}"
+on = ["health-probe"]
+config = {{ cooldown = "0s" }}
+"#,
+        smtp.url(),
+        plugins_dir().join("status-alert.wasm").display()
+    );
+    let (dir, config) = schedule_dir(&body);
+    let daemon = Daemon::start_with_env(dir.path(), &config, &[("WARDEN_ADMIN_TOKEN", TOKEN)]);
+    let api = Api { daemon: &daemon };
+    wait_for(Duration::from_secs(20), "operational", || (daemon.get("/health").0 == 200).then_some(()));
+
+    let bearer = format!("Bearer {TOKEN}");
+    let post = |path: &str, body: &str| {
+        let headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+        let (code, text) = http(daemon.addr, "POST", path, &headers, body).unwrap();
+        (code, json(&text))
+    };
+    let (code, bad) = post("/admin/silences", r#"{"comment": "no matcher"}"#);
+    assert_eq!((code, bad["error"]["code"].as_str()), (400, Some("bad_request")));
+    let (code, silence) = post(
+        "/admin/silences",
+        r#"{"policy": "status-alert", "kind": "email", "duration": "4s", "comment": "db maintenance"}"#,
+    );
+    assert_eq!(code, 201, "{silence}");
+    let (_, listed) = api.call("GET", "/admin/silences");
+    assert_eq!(listed["items"][0]["active"], true);
+    assert_eq!(listed["items"][0]["comment"], "db maintenance");
+
+    let app = dir.path().join("demo-app.db");
+    let sql = |statement: &'static str| {
+        let app = app.clone();
+        tokio::runtime::Runtime::new().unwrap().block_on(async move {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", app.display())).await.unwrap();
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        });
+    };
+    sql("DROP TABLE session");
+    let silenced = wait_for(Duration::from_secs(20), "the degraded email, silenced", || {
+        let (_, rows) = api.call("GET", "/admin/outbox?state=silenced");
+        let row = rows["items"].as_array()?.iter().find(|r| r["kind"] == "email")?.clone();
+        Some(row)
+    });
+    assert!(silenced["payload"].as_str().unwrap().contains("MNW degraded"), "{silenced}");
+    assert!(silenced["last_error"].as_str().unwrap().contains("db maintenance"), "{silenced}");
+    assert_eq!(smtp.count(), 0, "a silenced alert is never sent");
+
+    // After the silence ends, the next alert goes out.
+    let ends = chrono::DateTime::parse_from_rfc3339(silence["ends_at"].as_str().unwrap()).unwrap();
+    while chrono::Utc::now() < ends {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sql("CREATE TABLE session (id TEXT)");
+    let mail = smtp.wait_for(1, Duration::from_secs(20));
+    assert!(mail[0].data.contains("recovered"), "{}", mail[0].data);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(smtp.count(), 1);
+
+    // Expiring: once, then it is gone.
+    let (_, another) = post("/admin/silences", r#"{"kind": "ticket", "duration": "1h", "comment": "noisy"}"#);
+    let id = another["id"].as_i64().unwrap();
+    assert_eq!(post(&format!("/admin/silences/{id}/expire"), "").0, 200);
+    assert_eq!(post(&format!("/admin/silences/{id}/expire"), "").0, 404);
+}

@@ -81,3 +81,30 @@ fn the_original_monitors_environment_overrides_apply() {
     assert_eq!(config.targets.database, warden::config::DbUrl::Postgres("postgres://app@db.internal/app".into()));
     assert!(!config.targets.demo_schema, "never create the application's tables on Postgres unasked");
 }
+
+#[test]
+fn a_maintenance_window_is_active_from_each_occurrence_for_its_duration() {
+    let src = r#"version = 1
+[[maintenance]]
+name = "sunday-backup"
+cron = "0 0 2 * * Sun"
+tz = "Europe/Berlin"
+duration = "2h"
+policy = "status-alert"
+kind = "email"
+comment = "the weekly backup saturates the database"
+"#;
+    let config = warden::config::parse(src, std::path::Path::new("/tmp/m/schedules.toml"), &|_| None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let window = &config.maintenance[0];
+    let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&chrono::Utc);
+    // 2026-03-01 is a Sunday; Berlin is UTC+1 then, so the window is 01:00–03:00 UTC.
+    assert!(!window.active(at("2026-03-01T00:59:59Z")));
+    assert!(window.active(at("2026-03-01T01:00:00Z")));
+    assert!(window.active(at("2026-03-01T02:59:59Z")));
+    assert!(!window.active(at("2026-03-01T03:00:00Z")));
+    assert!(!window.active(at("2026-03-02T01:30:00Z")), "a Monday");
+    assert!(window.matchers.matches(Some("health-probe"), Some("status-alert"), "email"));
+    assert!(!window.matchers.matches(Some("health-probe"), Some("status-alert"), "ticket"));
+    assert!(!window.matchers.matches(Some("health-probe"), Some("pool-pressure"), "email"));
+}

@@ -6,7 +6,8 @@
 //! Routes: `GET /admin/jobs`, `GET /admin/jobs/{job}/runs`, `POST /admin/jobs/{job}/run`,
 //! `POST /admin/jobs/{job}/pause`, `POST /admin/jobs/{job}/resume`, `GET /admin/policies`,
 //! `POST /admin/policies/{policy}/enable`, `GET /admin/health`, `GET /admin/outbox`,
-//! `POST /admin/outbox/{id}/retry`, `POST /admin/reload`. Lists are newest first and paged
+//! `POST /admin/outbox/{id}/retry`, `POST /admin/reload`, `GET /admin/silences`,
+//! `POST /admin/silences`, `POST /admin/silences/{id}/expire`. Lists are newest first and paged
 //! with `limit` (default 50, at most 500) and `before` (an id from the previous page's
 //! `next`).
 
@@ -39,6 +40,8 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/admin/policies", get(policies))
         .route("/admin/policies/{policy}/enable", post(enable))
         .route("/admin/reload", post(reload))
+        .route("/admin/silences", get(silences).post(create_silence))
+        .route("/admin/silences/{id}/expire", post(expire_silence))
         .route("/admin/health", get(health))
         .route("/admin/outbox", get(outbox))
         .route("/admin/outbox/{id}/retry", post(retry))
@@ -334,5 +337,111 @@ async fn reload(State(shared): State<Arc<Shared>>) -> Response {
             })),
         )
             .into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SilencesQuery {
+    /// Include silences that ended.
+    #[serde(default)]
+    all: bool,
+}
+
+async fn silences(State(shared): State<Arc<Shared>>, Query(q): Query<SilencesQuery>) -> Result<Json<Value>, ApiError> {
+    let now = Utc::now();
+    let items = store(&shared)?.silences(now, q.all).await?;
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|s| {
+            let active = s.starts_at <= now && now < s.ends_at;
+            let mut v = serde_json::to_value(s).unwrap_or_default();
+            v["active"] = json!(active);
+            v
+        })
+        .collect();
+    let maintenance: Vec<Value> = shared
+        .config()
+        .map(|c| {
+            c.maintenance
+                .iter()
+                .map(|m| {
+                    json!({
+                        "name": m.name,
+                        "schedule": m.schedule.to_string(),
+                        "duration": m.duration.to_string(),
+                        "matchers": m.matchers,
+                        "comment": m.comment,
+                        "active": m.active(now),
+                        "next": m.schedule.upcoming(now, 3),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Json(json!({ "items": items, "maintenance": maintenance })))
+}
+
+/// A new silence: matchers (at least one), when it ends (`ends_at`, or `duration` such as
+/// "2h" from `starts_at` or now), and why.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSilence {
+    job: Option<String>,
+    policy: Option<String>,
+    kind: Option<String>,
+    starts_at: Option<DateTime<Utc>>,
+    ends_at: Option<DateTime<Utc>>,
+    duration: Option<String>,
+    comment: String,
+    created_by: Option<String>,
+}
+
+async fn create_silence(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<NewSilence>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);
+    let Json(new) = body.map_err(|e| bad(e.body_text()))?;
+    if new.job.is_none() && new.policy.is_none() && new.kind.is_none() {
+        return Err(bad("give at least one matcher: job, policy or kind".into()));
+    }
+    if let Some(kind) = &new.kind
+        && !["email", "subscribers", "notice", "ticket"].contains(&kind.as_str())
+    {
+        return Err(bad(format!("kind `{kind}`: email, subscribers, notice or ticket")));
+    }
+    if new.comment.trim().is_empty() {
+        return Err(bad("say why in `comment`".into()));
+    }
+    let starts_at = new.starts_at.unwrap_or_else(Utc::now);
+    let ends_at = match (new.ends_at, &new.duration) {
+        (Some(end), None) => end,
+        (None, Some(d)) => {
+            let d = crate::config::Duration::try_from(d.as_str()).map_err(bad)?;
+            starts_at + chrono::Duration::from_std(d.std()).map_err(|e| bad(e.to_string()))?
+        }
+        _ => return Err(bad("give `ends_at` or `duration`, one of them".into())),
+    };
+    if ends_at <= starts_at {
+        return Err(bad("the silence ends before it starts".into()));
+    }
+    let matchers = crate::store::Matchers { job: new.job, policy: new.policy, kind: new.kind };
+    let by = new.created_by.unwrap_or_else(|| "admin-api".into());
+    let id = store(&shared)?.create_silence(&matchers, starts_at, ends_at, &new.comment, &by).await?;
+    tracing::info!(id, ?matchers, %starts_at, %ends_at, comment = %new.comment, "silence created");
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({ "id": id, "matchers": matchers, "starts_at": starts_at, "ends_at": ends_at, "comment": new.comment }),
+        ),
+    ))
+}
+
+async fn expire_silence(State(shared): State<Arc<Shared>>, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
+    if store(&shared)?.expire_silence(id).await? {
+        tracing::info!(id, "silence expired");
+        Ok(Json(json!({ "id": id, "expired": true })))
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no running silence {id}")))
     }
 }

@@ -21,6 +21,28 @@ pub struct Config {
     pub alerts: Alerts,
     pub jobs: Vec<Job>,
     pub policies: Vec<PolicySpec>,
+    /// Recurring windows during which matching alerts are silenced (as Gatus does).
+    pub maintenance: Vec<Maintenance>,
+}
+
+/// A recurring maintenance window: from each `cron` occurrence for `duration`, matching
+/// outbox rows are recorded as silenced.
+#[derive(Debug, Clone)]
+pub struct Maintenance {
+    pub name: String,
+    pub schedule: ScheduleSpec,
+    pub duration: Duration,
+    pub matchers: crate::store::Matchers,
+    pub comment: String,
+}
+
+impl Maintenance {
+    /// Whether `now` falls in a window.
+    pub fn active(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
+        self.schedule
+            .latest_at_or_before(now)
+            .is_some_and(|start| now < start + chrono::Duration::from_std(self.duration.std()).unwrap_or_default())
+    }
 }
 
 impl Config {
@@ -411,13 +433,30 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
             }
         }
     }
-    t.finish(ctx, &["version", "product", "targets", "state", "alerts", "job", "policy"]);
+    let mut maintenance = Vec::new();
+    if let Some(items) = t.array(ctx, "maintenance") {
+        for (i, item) in items.iter().enumerate() {
+            if let Some(window) = read_maintenance(item, i, ctx) {
+                maintenance.push(window);
+            }
+        }
+    }
+    t.finish(ctx, &["version", "product", "targets", "state", "alerts", "job", "policy", "maintenance"]);
     let targets = match targets {
         Some(t) => t,
         None if root.get_ref().as_table().is_some_and(|t| t.get("targets").is_some()) => return None,
         None => Targets { database: DbUrl::Sqlite(base.join("demo-app.db")), demo_schema: true, s3: None },
     };
-    Some(Config { path: path.to_path_buf(), product, targets, state: state?, alerts: alerts?, jobs, policies })
+    Some(Config {
+        path: path.to_path_buf(),
+        product,
+        targets,
+        state: state?,
+        alerts: alerts?,
+        jobs,
+        policies,
+        maintenance,
+    })
 }
 
 fn ctx_src<'s>(ctx: &Ctx<'s>) -> &'s str {
@@ -665,6 +704,49 @@ pub fn valid_identifier(text: &str) -> bool {
             chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         })
+}
+
+fn read_maintenance(value: &Value<'_>, index: usize, ctx: &mut Ctx<'_>) -> Option<Maintenance> {
+    let mut t = TableReader::new(value, format!("maintenance #{}", index + 1), ctx)?;
+    let name = t.required_string(ctx, "name");
+    if let Some(n) = &name {
+        t.scope = format!("maintenance \"{}\"", n.value);
+    }
+    let tz = match t.string(ctx, "tz") {
+        Some(s) => match s.value.parse::<Tz>() {
+            Ok(tz) => tz,
+            Err(_) => {
+                let msg = format!("unknown time zone `{}`: use an IANA name such as `Europe/Berlin` or `UTC`", s.value);
+                ctx.diag.error(s.span, t.field("tz"), msg);
+                Tz::UTC
+            }
+        },
+        None => Tz::UTC,
+    };
+    if !t.has("cron") {
+        ctx.diag.error(t.span.clone(), t.field("cron"), "missing required field `cron` (when each window starts)");
+    }
+    let schedule = t.parsed(ctx, "cron", |text| ScheduleSpec::cron(text, tz, Duration::default()));
+    if !t.has("duration") {
+        ctx.diag.error(t.span.clone(), t.field("duration"), "missing required field `duration` (e.g. \"2h\")");
+    }
+    let duration = t.duration(ctx, "duration");
+    let mut matchers = crate::store::Matchers {
+        job: t.string(ctx, "job").map(|s| s.value),
+        policy: t.string(ctx, "policy").map(|s| s.value),
+        kind: None,
+    };
+    if let Some(kind) = t.string(ctx, "kind") {
+        if ["email", "subscribers", "notice", "ticket"].contains(&kind.value.as_str()) {
+            matchers.kind = Some(kind.value);
+        } else {
+            let msg = format!("unknown kind `{}`: email, subscribers, notice or ticket", kind.value);
+            ctx.diag.error(kind.span, t.field("kind"), msg);
+        }
+    }
+    let comment = t.string(ctx, "comment").map(|s| s.value).unwrap_or_default();
+    t.finish(ctx, &["name", "cron", "tz", "duration", "job", "policy", "kind", "comment"]);
+    Some(Maintenance { name: name?.value, schedule: schedule?, duration: duration?, matchers, comment })
 }
 
 fn read_job(value: &Value<'_>, index: usize, ctx: &mut Ctx<'_>) -> Option<(Job, std::ops::Range<usize>)> {

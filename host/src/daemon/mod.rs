@@ -301,7 +301,7 @@ impl Daemon {
                 }
             }
         }
-        if new.alerts != self.config.alerts || new.product != self.config.product || new.targets != self.config.targets
+        // Always rebuilt: cheap, and it carries the maintenance windows too.
         {
             match Channels::new(&new, self.ctx.targets.clone()) {
                 Ok(channels) => {

@@ -29,7 +29,7 @@ use tracing::{info, warn};
 use crate::config::{Config, PerBackend, Secret};
 use crate::health::Status;
 use crate::runtime::ActionRecord;
-use crate::store::{NewOutboxRow, OutboxRow, Spool, StateStore};
+use crate::store::{NewOutboxRow, OutboxRow, Silence, Spool, StateStore};
 use crate::targets::Targets;
 use mail::{Draft, Mailer};
 use unsubscribe::Signer;
@@ -99,6 +99,7 @@ pub struct Channels {
     pub max_attempts: u32,
     pub backoff: Duration,
     pub max_backoff: Duration,
+    pub maintenance: Vec<crate::config::Maintenance>,
 }
 
 impl Channels {
@@ -134,6 +135,7 @@ impl Channels {
             max_attempts: alerts.max_attempts,
             backoff: alerts.backoff.std(),
             max_backoff: alerts.max_backoff.std(),
+            maintenance: config.maintenance.clone(),
         })
     }
 
@@ -307,6 +309,38 @@ impl Dispatcher {
         self.channels.borrow().clone()
     }
 
+    /// The silences in force now (the store's, read once per round).
+    async fn silences(&self) -> Vec<Silence> {
+        let now = Utc::now();
+        let all = self.store.silences(now, false).await.unwrap_or_default();
+        all.into_iter().filter(|s| s.starts_at <= now).collect()
+    }
+
+    /// Why a row must not be sent now, if a silence or a maintenance window covers it.
+    fn silenced(channels: &Channels, silences: &[Silence], row: &OutboxRow) -> Option<String> {
+        let (job, policy) = (row.job.as_deref(), row.policy.as_deref());
+        if let Some(s) = silences.iter().find(|s| s.matchers.matches(job, policy, &row.kind)) {
+            return Some(format!("silenced by silence {} until {}: {}", s.id, s.ends_at.to_rfc3339(), s.comment));
+        }
+        let now = Utc::now();
+        channels
+            .maintenance
+            .iter()
+            .find(|m| m.matchers.matches(job, policy, &row.kind) && m.active(now))
+            .map(|m| format!("silenced by maintenance window `{}`: {}", m.name, m.comment))
+    }
+
+    /// Records a silenced row; true when it was silenced (and must not be sent).
+    async fn hold_back(&self, channels: &Channels, silences: &[Silence], row: &OutboxRow) -> bool {
+        let Some(why) = Self::silenced(channels, silences, row) else { return false };
+        crate::metrics::record_delivery(&row.kind, "silenced");
+        info!(kind = %row.kind, key = %row.dedup_key, "{why}");
+        if let Err(e) = self.store.mark_silenced(row.id, &why).await {
+            warn!(key = %row.dedup_key, error = %e, "could not record the silenced row");
+        }
+        true
+    }
+
     async fn idle(&self, stop: &mut watch::Receiver<bool>, wait: Duration) {
         tokio::select! {
             _ = self.wake.notified() => {}
@@ -341,7 +375,11 @@ impl Dispatcher {
                 }
             };
             let full = rows.len() as i64 == URGENT_BATCH;
+            let silences = if rows.is_empty() { Vec::new() } else { self.silences().await };
             for row in rows {
+                if self.hold_back(&channels, &silences, &row).await {
+                    continue;
+                }
                 if row.kind == "subscribers" {
                     self.expand(&channels, row).await;
                 } else {
@@ -375,7 +413,11 @@ impl Dispatcher {
             // one notice being sent.
             let in_flight = if pace == 0 { MAX_IN_FLIGHT } else { pace.div_ceil(20).clamp(1, MAX_IN_FLIGHT) } as usize;
             let mut sending = FuturesUnordered::new();
+            let silences = self.silences().await;
             for row in rows {
+                if self.hold_back(&channels, &silences, &row).await {
+                    continue;
+                }
                 // Wait for a free slot and, with a pace, for this send's turn (never faster
                 // than the pace: each send starts at least 1/pace after the last), while the
                 // sends in flight go on.
