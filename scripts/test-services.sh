@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs (when absent) and starts what the test suite talks to: PostgreSQL and an
-# S3-compatible server (moto). Idempotent: safe to run again and again.
+# Installs (when absent) and starts what the test suite talks to: PostgreSQL, an
+# S3-compatible server (moto), and Debian's Chromium for the status-page test. Idempotent: safe to run again and again.
 # Prints `export` lines for the test environment on stdout; progress goes to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,3 +48,12 @@ if ! "$VENV/bin/moto_server" --help >/dev/null 2>&1; then
   "$VENV/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2
 fi
 echo "export MOTO_SERVER='$VENV/bin/moto_server'"
+
+# --- Chromium, for the status page in a real browser --------------------------------------
+CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
+if [ ! -x "$CHROMIUM" ]; then
+  log "installing chromium (apt-get)"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || true
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
+fi
+echo "export CHROMIUM='$CHROMIUM'"

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 eval "$(scripts/test-services.sh)"
-export WARDEN_TEST_PG MOTO_SERVER
+export WARDEN_TEST_PG MOTO_SERVER CHROMIUM
 
 # Rebuild every plugin and the purpose-built test guests from source (installing the wasm
 # toolchain if absent); the suite tests what was just built, not the committed components.
@@ -15,3 +15,4 @@ export WARDEN_TEST_PLUGINS=$PWD/target/plugins
 cargo fmt --all --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
+echo "test.sh: the status page screenshot is target/artifacts/status-page.png" >&2

@@ -11,3 +11,4 @@ mod e2e;
 pub mod policies;
 mod postgres;
 mod s3;
+mod status_page;

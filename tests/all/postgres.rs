@@ -53,7 +53,19 @@ async fn migrations_create_the_state_tables_in_their_own_schema_and_rerun_cleanl
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(tables, ["_sqlx_migrations", "health_history", "job_runs", "outbox", "policy_state", "spool_applied"]);
+    assert_eq!(
+        tables,
+        [
+            "_sqlx_migrations",
+            "health_history",
+            "job_pauses",
+            "job_runs",
+            "outbox",
+            "policy_state",
+            "silences",
+            "spool_applied"
+        ]
+    );
     let public: i64 =
         sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
             .fetch_one(&pool)

@@ -8,6 +8,7 @@
 //! writes only what an operator asks for.
 
 mod api;
+mod status_page;
 mod unsubscribe;
 
 use std::sync::{Arc, RwLock};
@@ -147,6 +148,7 @@ impl Shared {
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/", get(status_page::page))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/unsubscribe", get(unsubscribe::page).post(unsubscribe::confirm))

@@ -412,6 +412,22 @@ impl StateStore {
         Ok(with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(state).bind(before).bind(limit).fetch_all(p).await?))
     }
 
+    /// Snapshot counts per status since `since`: the input to uptime.
+    pub async fn status_counts(&self, since: DateTime<Utc>) -> Result<Vec<(String, i64)>, StoreError> {
+        self.ready().await?;
+        let sql = "SELECT status, COUNT(*) FROM health_history WHERE checked_at >= $1 GROUP BY status";
+        Ok(with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(Ts(since)).fetch_all(p).await?))
+    }
+
+    /// (time, status) of every snapshot since `since`, oldest first: the chart and transitions.
+    pub async fn status_series(&self, since: DateTime<Utc>) -> Result<Vec<(DateTime<Utc>, Status)>, StoreError> {
+        self.ready().await?;
+        let sql = "SELECT checked_at, status FROM health_history WHERE checked_at >= $1 ORDER BY checked_at, id";
+        let rows: Vec<(Ts, String)> =
+            with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(Ts(since)).fetch_all(p).await?);
+        Ok(rows.into_iter().filter_map(|(t, s)| Some((t.0, Status::parse(&s)?))).collect())
+    }
+
     /// Jobs an operator paused.
     pub async fn paused_jobs(&self) -> Result<std::collections::HashSet<String>, StoreError> {
         self.ready().await?;

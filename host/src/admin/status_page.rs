@@ -1,0 +1,199 @@
+//! `GET /`: the status page. Server-rendered HTML with an inline SVG chart, so it works
+//! without JavaScript; with JavaScript on it refreshes itself every 30 seconds.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Duration, Utc};
+
+use super::Shared;
+use crate::delivery::mail::escape;
+use crate::health::Status;
+
+/// The chart: the last 24 hours in 15-minute bars.
+const CHART_BUCKETS: i64 = 96;
+const BUCKET_MINUTES: i64 = 15;
+
+fn colour(status: Option<Status>) -> &'static str {
+    match status {
+        Some(Status::Operational) => "#2da44e",
+        Some(Status::Degraded) => "#d4a72c",
+        Some(Status::Error) => "#cf222e",
+        None => "#d0d7de",
+    }
+}
+
+fn label(status: Status) -> &'static str {
+    match status {
+        Status::Operational => "Operational",
+        Status::Degraded => "Degraded",
+        Status::Error => "Down",
+    }
+}
+
+/// Share of snapshots that were not `error`, as a percentage, or `None` with no data.
+fn uptime(counts: &[(String, i64)]) -> Option<f64> {
+    let total: i64 = counts.iter().map(|(_, n)| n).sum();
+    let down: i64 = counts.iter().filter(|(s, _)| s == "error").map(|(_, n)| n).sum();
+    (total > 0).then(|| 100.0 * (total - down) as f64 / total as f64)
+}
+
+/// The worst status in each 15-minute bucket of the last 24 hours, oldest first.
+pub fn buckets(series: &[(DateTime<Utc>, Status)], now: DateTime<Utc>) -> Vec<Option<Status>> {
+    let start = now - Duration::minutes(CHART_BUCKETS * BUCKET_MINUTES);
+    let mut out = vec![None; CHART_BUCKETS as usize];
+    for (at, status) in series {
+        let i = (*at - start).num_minutes() / BUCKET_MINUTES;
+        if let Some(slot) = usize::try_from(i).ok().and_then(|i| out.get_mut(i)) {
+            *slot = Some(slot.map_or(*status, |s: Status| s.max(*status)));
+        }
+    }
+    out
+}
+
+/// Status changes, newest first.
+pub fn transitions(series: &[(DateTime<Utc>, Status)], max: usize) -> Vec<(DateTime<Utc>, Status, Status)> {
+    let mut out: Vec<_> = series.windows(2).filter(|w| w[0].1 != w[1].1).map(|w| (w[1].0, w[0].1, w[1].1)).collect();
+    out.reverse();
+    out.truncate(max);
+    out
+}
+
+pub async fn page(State(shared): State<Arc<Shared>>) -> Response {
+    let now = Utc::now();
+    let product = shared.config().map(|c| c.product.clone()).unwrap_or_else(|| "warden".into());
+    let latest = shared.latest();
+    let (mut up, mut series) = (Vec::new(), Vec::new());
+    if let Some(store) = &shared.store {
+        for days in [1, 7, 30] {
+            up.push((days, store.status_counts(now - Duration::days(days)).await.ok().as_deref().and_then(uptime)));
+        }
+        series = store.status_series(now - Duration::days(7)).await.unwrap_or_default();
+    }
+    let day: Vec<_> = series.iter().filter(|(t, _)| *t >= now - Duration::days(1)).copied().collect();
+    let mut html = String::with_capacity(16 << 10);
+    let p = escape(&product);
+    let _ = write!(
+        html,
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{p} status</title>\n<style>\
+         body{{font-family:system-ui,sans-serif;max-width:52em;margin:2em auto;padding:0 1em;color:#1f2328}}\
+         .badge{{display:inline-block;padding:.3em .8em;border-radius:1em;color:#fff;font-weight:600}}\
+         table{{border-collapse:collapse;width:100%}}td,th{{text-align:left;padding:.35em .5em;border-bottom:1px solid #d0d7de}}\
+         .ok{{color:#2da44e}}.fail{{color:#cf222e}}.muted{{color:#59636e;font-size:.9em}}\
+         </style></head>\n<body>\n<h1>{p} status</h1>\n"
+    );
+    match &latest {
+        Some(s) => {
+            let _ = writeln!(
+                html,
+                "<p id=\"overall\"><span class=\"badge\" style=\"background:{}\">{}</span> \
+                 <span class=\"muted\">checked {} in {} ms</span></p>",
+                colour(Some(s.status)),
+                label(s.status),
+                s.checked_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                s.duration_ms
+            );
+            html.push_str("<h2>Checks</h2>\n<table id=\"checks\"><tr><th>check</th><th>state</th><th>time</th><th></th></tr>\n");
+            for c in &s.checks {
+                let (class, state) = if c.ok { ("ok", "OK") } else { ("fail", "FAIL") };
+                let _ = writeln!(
+                    html,
+                    "<tr><td>{}</td><td class=\"{class}\">{state}</td><td>{} ms</td><td class=\"muted\">{}</td></tr>",
+                    escape(&c.name),
+                    c.duration_ms,
+                    escape(c.error.as_deref().unwrap_or(""))
+                );
+            }
+            html.push_str("</table>\n");
+        }
+        None => html.push_str("<p id=\"overall\"><span class=\"badge\" style=\"background:#59636e\">Unknown</span> no check has run yet</p>\n"),
+    }
+    html.push_str("<h2>Uptime</h2>\n<p id=\"uptime\">");
+    for (days, value) in &up {
+        let text = value.map_or_else(|| "no data".to_owned(), |v| format!("{v:.2} %"));
+        let window = if *days == 1 { "24 h".to_owned() } else { format!("{days} d") };
+        let _ = write!(html, "<span>{window}: <strong>{text}</strong></span> &nbsp; ");
+    }
+    html.push_str("</p>\n<h2>Last 24 hours</h2>\n");
+    let bars = buckets(&day, now);
+    let _ = write!(
+        html,
+        "<svg id=\"chart\" role=\"img\" aria-label=\"status over the last 24 hours\" viewBox=\"0 0 {} 40\" \
+         width=\"100%\" height=\"48\" preserveAspectRatio=\"none\">",
+        CHART_BUCKETS * 6
+    );
+    let start = now - Duration::minutes(CHART_BUCKETS * BUCKET_MINUTES);
+    for (i, status) in bars.iter().enumerate() {
+        let from = start + Duration::minutes(i as i64 * BUCKET_MINUTES);
+        let _ = write!(
+            html,
+            "<rect x=\"{}\" y=\"0\" width=\"5\" height=\"40\" fill=\"{}\"><title>{} {}</title></rect>",
+            i * 6,
+            colour(*status),
+            from.format("%H:%M"),
+            status.map_or("no data", |s| s.as_str())
+        );
+    }
+    html.push_str(
+        "</svg>\n<p class=\"muted\">24 h ago … now; green operational, yellow degraded, red down, grey no data.</p>\n",
+    );
+    html.push_str("<h2>Recent changes</h2>\n<ul id=\"transitions\">\n");
+    let changes = transitions(&series, 20);
+    if changes.is_empty() {
+        html.push_str("<li class=\"muted\">none in the last 7 days</li>\n");
+    }
+    for (at, from, to) in changes {
+        let _ = writeln!(
+            html,
+            "<li>{} — {} → <strong>{}</strong></li>",
+            at.format("%Y-%m-%d %H:%M:%S UTC"),
+            label(from),
+            label(to)
+        );
+    }
+    html.push_str("</ul>\n<script>setTimeout(function () { location.reload(); }, 30000);</script>\n</body></html>\n");
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], html)
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_keep_the_worst_status_and_transitions_come_newest_first() {
+        let now = Utc::now();
+        let at = |m: i64| now - Duration::minutes(m);
+        let series = vec![
+            (at(30), Status::Operational),
+            (at(29), Status::Error),
+            (at(20), Status::Operational),
+            (at(10), Status::Degraded),
+            (at(2000), Status::Operational), // older than the chart
+        ];
+        let bars = buckets(&series, now);
+        assert_eq!(bars.len(), 96);
+        assert_eq!(bars[94], Some(Status::Error), "operational and error in one bucket: error");
+        assert_eq!(bars[93], None);
+        assert_eq!(bars[95], Some(Status::Degraded));
+        assert_eq!(bars[0], None);
+        let mut ordered = series.clone();
+        ordered.sort_by_key(|(t, _)| *t);
+        let changes: Vec<(Status, Status)> = transitions(&ordered, 10).into_iter().map(|(_, a, b)| (a, b)).collect();
+        assert_eq!(
+            changes,
+            [
+                (Status::Operational, Status::Degraded),
+                (Status::Error, Status::Operational),
+                (Status::Operational, Status::Error)
+            ]
+        );
+        assert_eq!(uptime(&[("operational".into(), 3), ("error".into(), 1)]), Some(75.0));
+        assert_eq!(uptime(&[]), None);
+    }
+}

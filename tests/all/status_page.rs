@@ -1,0 +1,100 @@
+//! The status page at `/`, in a real browser: Debian's headless Chromium loads it, the
+//! rendered DOM shows the status, the checks, the chart and the transitions, and a
+//! screenshot is kept as a CI artifact (`target/artifacts/status-page.png`).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::{Daemon, http_get, schedule_dir, wait_for};
+
+fn chromium() -> String {
+    let bin = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "no Chromium at {bin}: scripts/test.sh installs Debian's `chromium` (or set CHROMIUM)"
+    );
+    bin
+}
+
+/// Headless Chromium with the flags this machine needs (root, no network beyond localhost).
+fn headless(profile: &std::path::Path) -> Command {
+    let mut command = Command::new(chromium());
+    command.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--virtual-time-budget=3000",
+        &format!("--user-data-dir={}", profile.display()),
+    ]);
+    command
+}
+
+#[test]
+fn the_status_page_renders_in_headless_chromium_with_status_chart_and_changes() {
+    let (dir, config) = schedule_dir(
+        r#"version = 1
+product = "MNW"
+[[job]]
+name = "health-probe"
+every = "1s"
+task = "probe"
+checks = [{ name = "db", kind = "db", critical = true }, { name = "sessions", kind = "sql", query = "SELECT COUNT(*) FROM session" }]
+"#,
+    );
+    let daemon = Daemon::start(dir.path(), &config);
+    wait_for(Duration::from_secs(20), "operational", || (daemon.get("/health").0 == 200).then_some(()));
+    std::thread::sleep(Duration::from_secs(2));
+    // A transition to show: the sessions check fails, the status degrades.
+    let app = dir.path().join("demo-app.db");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", app.display())).await.unwrap();
+        sqlx::query("DROP TABLE session").execute(&pool).await.unwrap();
+    });
+    wait_for(Duration::from_secs(20), "degraded", || {
+        let (_, body) = daemon.get("/health");
+        body.contains("\"degraded\"").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Without JavaScript: the server renders everything.
+    let (code, html) = http_get(daemon.addr, "/").unwrap();
+    assert_eq!(code, 200);
+    assert!(html.contains("<svg id=\"chart\"") && html.contains("Degraded"), "{html}");
+
+    let url = format!("http://{}/", daemon.addr);
+    let profile = tempfile::tempdir().unwrap();
+    let out = headless(profile.path()).arg("--dump-dom").arg(&url).output().unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(dom.contains("<title>MNW status</title>"), "{dom}");
+    let overall = dom.split("id=\"overall\"").nth(1).unwrap_or_default();
+    assert!(overall[..overall.find("</p>").unwrap()].contains("Degraded"), "{dom}");
+    let checks = dom.split("id=\"checks\"").nth(1).unwrap_or_default();
+    assert!(checks.contains("<td>db</td>") && checks.contains("<td>sessions</td>"), "{dom}");
+    assert!(checks.contains("FAIL"), "the failing check is shown: {dom}");
+    assert_eq!(dom.matches("<rect").count(), 96, "one bar per 15 minutes: {dom}");
+    assert!(dom.contains("fill=\"#d4a72c\""), "a yellow (degraded) bar: {dom}");
+    assert!(dom.contains("Operational → <strong>Degraded</strong>"), "{dom}");
+    assert!(dom.contains("24 h: <strong>100.00 %</strong>"), "degraded counts as up: {dom}");
+
+    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = headless(profile.path())
+        .arg("--window-size=1100,900")
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    let png = std::fs::read(&shot).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 5_000, "a real screenshot ({} bytes)", png.len());
+}
