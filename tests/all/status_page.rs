@@ -98,3 +98,24 @@ checks = [{ name = "db", kind = "db", critical = true }, { name = "sessions", ki
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 5_000, "a real screenshot ({} bytes)", png.len());
 }
+
+#[test]
+fn each_public_route_can_be_turned_off() {
+    let (dir, config) = schedule_dir(
+        r#"version = 1
+[http]
+status_page = false
+metrics = false
+[[job]]
+name = "health-probe"
+every = "1s"
+task = "probe"
+checks = [{ name = "db", kind = "db", critical = true }]
+"#,
+    );
+    let daemon = Daemon::start(dir.path(), &config);
+    wait_for(Duration::from_secs(20), "a probe", || (daemon.get("/health").0 == 200).then_some(()));
+    assert_eq!(daemon.get("/").0, 404);
+    assert_eq!(daemon.get("/metrics").0, 404);
+    assert_eq!(daemon.get("/unsubscribe").0, 404, "on, but no subscribers configured");
+}

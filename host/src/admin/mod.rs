@@ -147,13 +147,21 @@ impl Shared {
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/", get(status_page::page))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/unsubscribe", get(unsubscribe::page).post(unsubscribe::confirm))
-        .merge(api::routes(shared.clone()))
-        .with_state(shared)
+    let routes = shared.config().map(|c| c.http).unwrap_or_default();
+    let mut router = Router::new();
+    if routes.status_page {
+        router = router.route("/", get(status_page::page));
+    }
+    if routes.health {
+        router = router.route("/health", get(health));
+    }
+    if routes.metrics {
+        router = router.route("/metrics", get(metrics));
+    }
+    if routes.unsubscribe {
+        router = router.route("/unsubscribe", get(unsubscribe::page).post(unsubscribe::confirm));
+    }
+    router.merge(api::routes(shared.clone())).with_state(shared)
 }
 
 /// 200 when operational or degraded; 503 on error or before the first check.

@@ -23,6 +23,23 @@ pub struct Config {
     pub policies: Vec<PolicySpec>,
     /// Recurring windows during which matching alerts are silenced (as Gatus does).
     pub maintenance: Vec<Maintenance>,
+    /// Which public routes are served (`[http]`); all by default.
+    pub http: PublicRoutes,
+}
+
+/// The public HTTP routes, each of which can be turned off. Read at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublicRoutes {
+    pub status_page: bool,
+    pub health: bool,
+    pub metrics: bool,
+    pub unsubscribe: bool,
+}
+
+impl Default for PublicRoutes {
+    fn default() -> Self {
+        PublicRoutes { status_page: true, health: true, metrics: true, unsubscribe: true }
+    }
 }
 
 /// A recurring maintenance window: from each `cron` occurrence for `duration`, matching
@@ -441,7 +458,23 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
             }
         }
     }
-    t.finish(ctx, &["version", "product", "targets", "state", "alerts", "job", "policy", "maintenance"]);
+    let mut http = PublicRoutes::default();
+    if let Some(v) = t.get("http")
+        && let Some(mut h) = TableReader::new(v, "http", ctx)
+    {
+        for (key, field) in [
+            ("status_page", &mut http.status_page),
+            ("health", &mut http.health),
+            ("metrics", &mut http.metrics),
+            ("unsubscribe", &mut http.unsubscribe),
+        ] {
+            if let Some(on) = h.bool(ctx, key) {
+                *field = on;
+            }
+        }
+        h.finish(ctx, &["status_page", "health", "metrics", "unsubscribe"]);
+    }
+    t.finish(ctx, &["version", "product", "targets", "state", "alerts", "job", "policy", "maintenance", "http"]);
     let targets = match targets {
         Some(t) => t,
         None if root.get_ref().as_table().is_some_and(|t| t.get("targets").is_some()) => return None,
@@ -456,6 +489,7 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
         jobs,
         policies,
         maintenance,
+        http,
     })
 }
 
