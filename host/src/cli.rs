@@ -200,11 +200,11 @@ async fn outbox(config: &Config, command: Option<OutboxCommand>) -> anyhow::Resu
     match command.unwrap_or(OutboxCommand::List { state: None, limit: 50 }) {
         OutboxCommand::List { state, limit } => {
             if let Some(s) = &state
-                && !["pending", "delivered", "failed", "silenced"].contains(&s.as_str())
+                && !crate::store::OUTBOX_STATES.contains(&s.as_str())
             {
                 anyhow::bail!("unknown state `{s}`: pending, delivered, failed or silenced");
             }
-            let rows = store.outbox_entries(state.as_deref(), limit).await?;
+            let rows = store.outbox_page(state.as_deref(), limit, None).await?;
             println!("    id  kind        state     attempts  created              key / last error");
             for r in rows {
                 println!(

@@ -96,7 +96,7 @@ pub fn record_delivery(kind: &str, result: &str) {
 
 /// Rows now pending and failed per kind, from the store's counts.
 pub fn record_outbox_counts(counts: &[(String, String, i64)]) {
-    for kind in ["email", "subscribers", "notice", "ticket"] {
+    for kind in crate::store::OUTBOX_KINDS {
         for state in ["pending", "failed", "silenced"] {
             let n = counts.iter().filter(|(k, s, _)| k == kind && s == state).map(|(.., n)| *n).sum::<i64>();
             gauge!(format!("warden_outbox_{state}"), "kind" => kind).set(n as f64);

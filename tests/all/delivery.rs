@@ -81,7 +81,7 @@ impl Outbox {
 
     async fn states(&self) -> Vec<(String, String, i32)> {
         self.store
-            .outbox_entries(None, 1000)
+            .outbox_page(None, 1000, None)
             .await
             .unwrap()
             .into_iter()
@@ -298,7 +298,7 @@ async fn tickets_go_to_the_webhook_5xx_is_retried_and_4xx_fails_at_once() {
     assert_eq!(body["priority"], "critical");
     assert_eq!(body["dedup_key"], "status-alert:retry");
     assert_eq!(body["product"], "MNW");
-    let failed = outbox.store.outbox_entries(Some("failed"), 10).await.unwrap();
+    let failed = outbox.store.outbox_page(Some("failed"), 10, None).await.unwrap();
     assert!(failed[0].last_error.as_deref().unwrap().contains("400"), "{:?}", failed[0].last_error);
 }
 
@@ -726,7 +726,7 @@ async fn a_status_notice_overtaken_by_a_newer_one_is_not_told() {
         outbox.wait_states("two notices sent", |s| s.iter().filter(|(_, st, _)| st == "delivered").count() == 4).await;
     let keys: Vec<&str> = states.iter().map(|(k, ..)| k.as_str()).collect();
     assert_eq!(keys, ["down", "up", "up:1", "up:3"]);
-    let entries = outbox.store.outbox_entries(None, 10).await.unwrap();
+    let entries = outbox.store.outbox_page(None, 10, None).await.unwrap();
     let down = entries.iter().find(|e| e.dedup_key == "down").unwrap();
     assert!(down.last_error.as_deref().unwrap().contains("superseded"), "{down:?}");
     let messages = smtp.wait_for(2, Duration::from_secs(10));

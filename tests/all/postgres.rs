@@ -220,7 +220,7 @@ batch_size = 4
         .await
         .unwrap();
     assert_eq!((left, old_left), (5, 0));
-    let run = &ctx.store.runs("prune-events", 1).await.unwrap()[0];
+    let run = &ctx.store.runs_page("prune-events", 1, None).await.unwrap()[0];
     assert_eq!((run.outcome.as_str(), run.rows_affected), ("ok", Some(25)));
     pool.close().await;
     db.drop_db().await;

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{Command, CommandError, Shared};
-use crate::store::StateStore;
+use crate::store::{OUTBOX_KINDS, OUTBOX_STATES};
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
@@ -102,10 +102,6 @@ async fn auth(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
     }
 }
 
-fn store(shared: &Shared) -> Result<&StateStore, ApiError> {
-    shared.store.as_ref().ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "no store"))
-}
-
 #[derive(Debug, Deserialize)]
 pub struct Page {
     limit: Option<i64>,
@@ -134,8 +130,8 @@ async fn jobs(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, ApiError
     let config = shared
         .config()
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "starting", "no configuration yet"))?;
-    let last = store(&shared)?.last_runs().await.unwrap_or_default();
-    let paused = store(&shared)?.paused_jobs().await.unwrap_or_default();
+    let last = shared.store.last_runs().await.unwrap_or_default();
+    let paused = shared.store.paused_jobs().await.unwrap_or_default();
     let now = Utc::now();
     let jobs: Vec<Value> = config
         .jobs
@@ -175,7 +171,7 @@ async fn runs(
     if !known {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no job `{job}`")));
     }
-    let rows = store(&shared)?.runs_page(&job, limit, q.before).await?;
+    let rows = shared.store.runs_page(&job, limit, q.before).await?;
     let items: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -206,7 +202,7 @@ pub struct HealthQuery {
 
 async fn health(State(shared): State<Arc<Shared>>, Query(q): Query<HealthQuery>) -> Result<Json<Value>, ApiError> {
     let limit = Page { limit: q.limit, before: q.before }.limit()?;
-    let rows = store(&shared)?.health_page(q.from, q.to, limit, q.before).await?;
+    let rows = shared.store.health_page(q.from, q.to, limit, q.before).await?;
     let next = (rows.len() as i64 == limit).then(|| rows.last().map(|(id, _)| *id)).flatten();
     let items: Vec<Value> = rows
         .into_iter()
@@ -229,7 +225,7 @@ pub struct OutboxQuery {
 async fn outbox(State(shared): State<Arc<Shared>>, Query(q): Query<OutboxQuery>) -> Result<Json<Value>, ApiError> {
     let limit = Page { limit: q.limit, before: q.before }.limit()?;
     if let Some(s) = &q.state
-        && !["pending", "delivered", "failed", "silenced"].contains(&s.as_str())
+        && !OUTBOX_STATES.contains(&s.as_str())
     {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -237,12 +233,12 @@ async fn outbox(State(shared): State<Arc<Shared>>, Query(q): Query<OutboxQuery>)
             format!("state `{s}`: pending, delivered, failed or silenced"),
         ));
     }
-    let rows = store(&shared)?.outbox_page(q.state.as_deref(), limit, q.before).await?;
+    let rows = shared.store.outbox_page(q.state.as_deref(), limit, q.before).await?;
     Ok(page(rows, limit, |r| r.id))
 }
 
 async fn retry(State(shared): State<Arc<Shared>>, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
-    match store(&shared)?.redrive(Some(id)).await? {
+    match shared.store.redrive(Some(id)).await? {
         0 => Err(ApiError::new(StatusCode::CONFLICT, "not_failed", format!("outbox row {id} is not a failed row"))),
         _ => Ok(Json(json!({ "id": id, "state": "pending" }))),
     }
@@ -349,7 +345,7 @@ pub struct SilencesQuery {
 
 async fn silences(State(shared): State<Arc<Shared>>, Query(q): Query<SilencesQuery>) -> Result<Json<Value>, ApiError> {
     let now = Utc::now();
-    let items = store(&shared)?.silences(now, q.all).await?;
+    let items = shared.store.silences(now, q.all).await?;
     let items: Vec<Value> = items
         .into_iter()
         .map(|s| {
@@ -406,7 +402,7 @@ async fn create_silence(
         return Err(bad("give at least one matcher: job, policy or kind".into()));
     }
     if let Some(kind) = &new.kind
-        && !["email", "subscribers", "notice", "ticket"].contains(&kind.as_str())
+        && !OUTBOX_KINDS.contains(&kind.as_str())
     {
         return Err(bad(format!("kind `{kind}`: email, subscribers, notice or ticket")));
     }
@@ -427,7 +423,7 @@ async fn create_silence(
     }
     let matchers = crate::store::Matchers { job: new.job, policy: new.policy, kind: new.kind };
     let by = new.created_by.unwrap_or_else(|| "admin-api".into());
-    let id = store(&shared)?.create_silence(&matchers, starts_at, ends_at, &new.comment, &by).await?;
+    let id = shared.store.create_silence(&matchers, starts_at, ends_at, &new.comment, &by).await?;
     tracing::info!(id, ?matchers, %starts_at, %ends_at, comment = %new.comment, "silence created");
     Ok((
         StatusCode::CREATED,
@@ -438,7 +434,7 @@ async fn create_silence(
 }
 
 async fn expire_silence(State(shared): State<Arc<Shared>>, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
-    if store(&shared)?.expire_silence(id).await? {
+    if shared.store.expire_silence(id).await? {
         tracing::info!(id, "silence expired");
         Ok(Json(json!({ "id": id, "expired": true })))
     } else {

@@ -35,7 +35,7 @@ pub struct Shared {
     metrics: PrometheusHandle,
     /// The delivery channels (signing key, opt-out statement), replaced on reload.
     channels: RwLock<Option<Arc<Channels>>>,
-    store: Option<StateStore>,
+    store: StateStore,
     /// The configuration now running (jobs and their schedules), replaced on reload.
     config: RwLock<Option<Arc<Config>>>,
     /// The bearer token of `/admin/`; without one the admin routes are off.
@@ -66,19 +66,6 @@ pub enum CommandError {
 }
 
 impl Shared {
-    pub fn new(metrics: PrometheusHandle, latest: Option<Snapshot>) -> Arc<Self> {
-        Arc::new(Self {
-            latest: RwLock::new(latest),
-            metrics,
-            channels: RwLock::new(None),
-            store: None,
-            config: RwLock::new(None),
-            admin_token: None,
-            policies: RwLock::new(None),
-            commands: RwLock::new(None),
-        })
-    }
-
     /// With the store, the delivery channels and the configuration: everything the
     /// unsubscribe page and the admin API read.
     pub fn with_delivery(
@@ -93,7 +80,7 @@ impl Shared {
             latest: RwLock::new(latest),
             metrics,
             channels: RwLock::new(Some(channels)),
-            store: Some(store),
+            store,
             config: RwLock::new(Some(config)),
             admin_token,
             policies: RwLock::new(None),

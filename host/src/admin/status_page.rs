@@ -66,13 +66,12 @@ pub async fn page(State(shared): State<Arc<Shared>>) -> Response {
     let now = Utc::now();
     let product = shared.config().map(|c| c.product.clone()).unwrap_or_else(|| "warden".into());
     let latest = shared.latest();
-    let (mut up, mut series) = (Vec::new(), Vec::new());
-    if let Some(store) = &shared.store {
-        for days in [1, 7, 30] {
-            up.push((days, store.status_counts(now - Duration::days(days)).await.ok().as_deref().and_then(uptime)));
-        }
-        series = store.status_series(now - Duration::days(7)).await.unwrap_or_default();
+    let store = &shared.store;
+    let mut up = Vec::new();
+    for days in [1, 7, 30] {
+        up.push((days, store.status_counts(now - Duration::days(days)).await.ok().as_deref().and_then(uptime)));
     }
+    let series = store.status_series(now - Duration::days(7)).await.unwrap_or_default();
     let day: Vec<_> = series.iter().filter(|(t, _)| *t >= now - Duration::days(1)).copied().collect();
     let mut html = String::with_capacity(16 << 10);
     let p = escape(&product);

@@ -65,13 +65,10 @@ pub async fn confirm(State(shared): State<Arc<Shared>>, Query(link): Query<Link>
     };
     match opt_out(&channels, &link.u).await {
         Ok(rows) => {
-            let cancelled = match &shared.store {
-                Some(store) => store.cancel_notices(&link.u).await.unwrap_or_else(|e| {
-                    warn!(user = %link.u, error = %e, "could not cancel queued notices");
-                    0
-                }),
-                None => 0,
-            };
+            let cancelled = shared.store.cancel_notices(&link.u).await.unwrap_or_else(|e| {
+                warn!(user = %link.u, error = %e, "could not cancel queued notices");
+                0
+            });
             info!(user = %link.u, rows, cancelled, "user unsubscribed from status notices");
             let product = escape(&channels.product);
             render(

@@ -771,7 +771,7 @@ fn read_maintenance(value: &Value<'_>, index: usize, ctx: &mut Ctx<'_>) -> Optio
         kind: None,
     };
     if let Some(kind) = t.string(ctx, "kind") {
-        if ["email", "subscribers", "notice", "ticket"].contains(&kind.value.as_str()) {
+        if crate::store::OUTBOX_KINDS.contains(&kind.value.as_str()) {
             matchers.kind = Some(kind.value);
         } else {
             let msg = format!("unknown kind `{}`: email, subscribers, notice or ticket", kind.value);

@@ -26,6 +26,11 @@ pub const PG_SCHEMA: &str = "warden";
 
 pub use spool::Spool;
 
+/// The kinds of outbox rows: an admin email, a subscriber fan-out, one user's notice, a ticket.
+pub const OUTBOX_KINDS: [&str; 4] = ["email", "subscribers", "notice", "ticket"];
+/// The states of an outbox row.
+pub const OUTBOX_STATES: [&str; 4] = ["pending", "delivered", "failed", "silenced"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state store {url}: {source}")]
@@ -346,17 +351,6 @@ impl StateStore {
         Ok(rows.into_iter().map(|(job, ts)| (job, ts.0)).collect())
     }
 
-    /// A job's runs, newest first.
-    pub async fn runs(&self, job: &str, limit: i64) -> Result<Vec<RunRow>, StoreError> {
-        self.ready().await?;
-        let sql = format!("SELECT {RUN_COLUMNS} FROM job_runs WHERE job = $1 ORDER BY id DESC LIMIT $2");
-        Ok(with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(job)
-            .bind(limit)
-            .fetch_all(p)
-            .await?))
-    }
-
     /// A job's runs, newest first, older than `before` (an id) when given.
     pub async fn runs_page(&self, job: &str, limit: i64, before: Option<i64>) -> Result<Vec<RunRow>, StoreError> {
         self.ready().await?;
@@ -451,11 +445,7 @@ impl StateStore {
 
     /// The newest stored snapshot, so `/health` answers right after a restart.
     pub async fn latest_health(&self) -> Result<Option<Snapshot>, StoreError> {
-        self.ready().await?;
-        let sql = "SELECT job, checked_at, status, duration_ms, checks FROM health_history ORDER BY id DESC LIMIT 1";
-        let row: Option<HealthRow> = with_pool!(&self.pool, |p| sqlx::query_as(sql).fetch_optional(p).await?);
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(snapshot_of(row)?))
+        Ok(self.health_page(None, None, 1, None).await?.pop().map(|(_, s)| s))
     }
 
     /// Writes the run's end, its health snapshot, and every policy's state writes and
@@ -787,14 +777,6 @@ impl StateStore {
         self.ready().await?;
         let sql = "SELECT kind, state, COUNT(*) FROM outbox GROUP BY kind, state";
         Ok(with_pool!(&self.pool, |p| sqlx::query_as(sql).fetch_all(p).await?))
-    }
-
-    /// Outbox rows, newest first, optionally in one state.
-    pub async fn outbox_entries(&self, state: Option<&str>, limit: i64) -> Result<Vec<OutboxEntry>, StoreError> {
-        self.ready().await?;
-        let sql = "SELECT id, dedup_key, kind, payload, job, policy, state, attempts, next_attempt_at, created_at, \
-                   delivered_at, last_error FROM outbox WHERE ($1 IS NULL OR state = $1) ORDER BY id DESC LIMIT $2";
-        Ok(with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(state).bind(limit).fetch_all(p).await?))
     }
 
     /// Makes failed rows (one, or all) pending again with a fresh attempt budget.
