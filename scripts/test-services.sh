@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs (when absent) and starts what the test suite talks to: PostgreSQL, an
-# S3-compatible server (moto), and Debian's Chromium for the status-page test. Idempotent: safe to run again and again.
+# S3-compatible server (moto), schemathesis for the API fuzz, and Debian's Chromium for the status-page test. Idempotent: safe to run again and again.
 # Prints `export` lines for the test environment on stdout; progress goes to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +48,14 @@ if ! "$VENV/bin/moto_server" --help >/dev/null 2>&1; then
   "$VENV/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2
 fi
 echo "export MOTO_SERVER='$VENV/bin/moto_server'"
+
+# --- schemathesis, which fuzzes the admin API from its OpenAPI document ----------------------
+SCHEMATHESIS_VERSION=4.32.5
+if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  log "installing schemathesis==$SCHEMATHESIS_VERSION into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >&2
+fi
+echo "export SCHEMATHESIS='$VENV/bin/schemathesis'"
 
 # --- Chromium, for the status page in a real browser --------------------------------------
 CHROMIUM=${CHROMIUM:-/usr/bin/chromium}

@@ -27,7 +27,8 @@ fn json(body: &str) -> serde_json::Value {
 }
 
 /// (method, path) of every admin route, with a path that exists.
-const ROUTES: &[(&str, &str)] = &[
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/admin/openapi.json"),
     ("GET", "/admin/jobs"),
     ("GET", "/admin/jobs/probe/runs"),
     ("POST", "/admin/jobs/nightly/run"),
@@ -39,6 +40,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/admin/health"),
     ("GET", "/admin/outbox"),
     ("POST", "/admin/outbox/1/retry"),
+    ("GET", "/admin/silences"),
+    ("POST", "/admin/silences"),
+    ("POST", "/admin/silences/1/expire"),
 ];
 
 #[test]

@@ -4,10 +4,11 @@
 mod smtp_server;
 mod support;
 
-mod admin_api;
+pub mod admin_api;
 mod config_ui;
 mod delivery;
 mod e2e;
+mod openapi;
 pub mod policies;
 mod postgres;
 mod s3;

@@ -8,6 +8,8 @@
 //! writes only what an operator asks for.
 
 mod api;
+
+pub use api::openapi;
 mod status_page;
 mod unsubscribe;
 
@@ -148,7 +150,13 @@ pub fn router(shared: Arc<Shared>) -> Router {
     if routes.unsubscribe {
         router = router.route("/unsubscribe", get(unsubscribe::page).post(unsubscribe::confirm));
     }
-    router.merge(api::routes(shared.clone())).with_state(shared)
+    router.merge(api::routes(shared.clone())).fallback(not_found).with_state(shared)
+}
+
+/// Any other path: 404 in the admin API's error shape.
+async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let message = format!("no route {method} {}", uri.path());
+    (StatusCode::NOT_FOUND, axum::Json(json!({ "error": { "code": "not_found", "message": message } }))).into_response()
 }
 
 /// 200 when operational or degraded; 503 on error or before the first check.

@@ -160,21 +160,28 @@ pub struct OutboxRow {
 }
 
 /// A row as the CLI and the admin API show it.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct OutboxEntry {
     pub id: i64,
+    /// One action of one transition: a resend carries the same key.
     pub dedup_key: String,
+    /// `email`, `subscribers`, `notice` or `ticket`.
     pub kind: String,
+    /// The action as JSON text.
     pub payload: String,
     pub job: Option<String>,
     pub policy: Option<String>,
+    /// `pending`, `delivered`, `failed` or `silenced`.
     pub state: String,
     pub attempts: i32,
     #[serde(serialize_with = "ser_ts")]
+    #[schema(value_type = DateTime<Utc>)]
     pub next_attempt_at: Ts,
     #[serde(serialize_with = "ser_ts")]
+    #[schema(value_type = DateTime<Utc>)]
     pub created_at: Ts,
     #[serde(serialize_with = "ser_opt_ts")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
     pub delivered_at: Option<Ts>,
     pub last_error: Option<String>,
 }
@@ -191,7 +198,7 @@ fn ser_opt_ts<S: serde::Serializer>(ts: &Option<Ts>, s: S) -> Result<S::Ok, S::E
 }
 
 /// What a silence or a maintenance window matches; an absent field matches anything.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Matchers {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
@@ -215,7 +222,7 @@ impl Matchers {
 }
 
 /// A row of `silences`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Silence {
     pub id: i64,
     #[serde(flatten)]
