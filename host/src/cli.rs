@@ -1,4 +1,5 @@
-//! The command line: `run`, `check`, `jobs`, `trigger`.
+//! The command line: `run`, `check`, `jobs`, `trigger`, `outbox`, `plugin`, and the
+//! commands that call a running instance's admin API (`remote_cli.rs`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -6,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Config};
 use crate::daemon::{self, Trigger};
@@ -38,11 +39,41 @@ pub enum Command {
     Check,
     /// List jobs: schedule, next three fire times, last run.
     Jobs,
-    /// Run one job now and print its outcome; exits non-zero when it fails.
+    /// Run one job now and print its outcome; exits non-zero when it fails. With --url, ask
+    /// a running warden to run it (claimed like a scheduled run) and print the run id.
     Trigger {
         /// The job's name.
         job: String,
+        /// A running warden's address, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        url: Option<String>,
+        /// A file holding the admin token (or set WARDEN_ADMIN_TOKEN).
+        #[arg(long, env = "WARDEN_ADMIN_TOKEN_FILE")]
+        admin_token_file: Option<PathBuf>,
     },
+    /// Pause a job of a running warden; kept across its restarts.
+    Pause {
+        job: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Let a paused job of a running warden fire again.
+    Resume {
+        job: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Make a running warden read its schedule file again; prints every problem when the
+    /// new file is refused (the running configuration stays).
+    Reload {
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Silences of a running warden: add, list, expire.
+    #[command(subcommand)]
+    Silence(SilenceCommand),
+    /// Print the admin API's OpenAPI document (what /admin/openapi.json serves).
+    Openapi,
     /// Policy plugins: scaffold one, or run one evaluation in the sandbox.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -50,6 +81,67 @@ pub enum Command {
     Outbox {
         #[command(subcommand)]
         command: Option<OutboxCommand>,
+    },
+}
+
+/// Where the running warden is, and its admin token.
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// The running warden's address.
+    #[arg(long, env = "WARDEN_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// A file holding the admin token (or set WARDEN_ADMIN_TOKEN).
+    #[arg(long, env = "WARDEN_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+}
+
+impl RemoteArgs {
+    fn remote(&self) -> anyhow::Result<crate::remote_cli::Remote> {
+        crate::remote_cli::Remote::new(&self.url, admin_token(self.admin_token_file.as_deref())?)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SilenceCommand {
+    /// Hold back matching alerts: they are recorded `silenced` in the outbox, never sent.
+    Add {
+        /// Only this job's alerts.
+        #[arg(long)]
+        job: Option<String>,
+        /// Only this policy's alerts.
+        #[arg(long)]
+        policy: Option<String>,
+        /// email, subscribers, notice or ticket.
+        #[arg(long)]
+        kind: Option<String>,
+        /// How long, e.g. 2h (or give --until).
+        #[arg(long = "for", conflicts_with = "until", required_unless_present = "until")]
+        duration: Option<String>,
+        /// When it ends (RFC 3339).
+        #[arg(long)]
+        until: Option<DateTime<Utc>>,
+        /// When it starts (RFC 3339); default now.
+        #[arg(long)]
+        from: Option<DateTime<Utc>>,
+        /// Why: shown with every alert it holds back.
+        #[arg(long)]
+        comment: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Running and coming silences, and the configured maintenance windows.
+    List {
+        /// Include silences that ended.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// End a silence now.
+    Expire {
+        id: i64,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
 }
 
@@ -158,6 +250,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         };
         return crate::plugin_cli::test(config.as_ref(), plugin, event, state.as_deref(), job.as_deref(), *now).await;
     }
+    // The commands that only talk to a running instance need no schedule file.
+    match &cli.command {
+        Command::Pause { job, remote } => return remote.remote()?.pause(job, true).await,
+        Command::Resume { job, remote } => return remote.remote()?.pause(job, false).await,
+        Command::Reload { remote } => return remote.remote()?.reload().await,
+        Command::Trigger { job, url: Some(url), admin_token_file } => {
+            let token = admin_token(admin_token_file.as_deref())?;
+            return crate::remote_cli::Remote::new(url, token)?.run_now(job).await;
+        }
+        Command::Silence(command) => return silence(command).await,
+        Command::Openapi => {
+            println!("{}", crate::admin::openapi().to_pretty_json()?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let config = match load(&cli.config) {
         Ok(c) => c,
         Err(code) => return Ok(code),
@@ -170,8 +278,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Jobs => jobs(&config).await,
-        Command::Trigger { job } => trigger(&config, &job).await,
-        Command::Plugin(_) => unreachable!("handled above"),
+        Command::Trigger { job, .. } => trigger(&config, &job).await,
+        Command::Plugin(_)
+        | Command::Pause { .. }
+        | Command::Resume { .. }
+        | Command::Reload { .. }
+        | Command::Silence(_)
+        | Command::Openapi => unreachable!("handled above"),
         Command::Outbox { command } => outbox(&config, command).await,
     }
 }
@@ -193,6 +306,33 @@ fn admin_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
         anyhow::bail!("the admin token is too short: at least 16 characters (e.g. `openssl rand -hex 32`)");
     }
     Ok(token)
+}
+
+async fn silence(command: &SilenceCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        SilenceCommand::Add { job, policy, kind, duration, until, from, comment, remote } => {
+            let mut new = serde_json::json!({ "comment": comment, "created_by": whoami() });
+            for (field, value) in [("job", job), ("policy", policy), ("kind", kind), ("duration", duration)] {
+                if let Some(v) = value {
+                    new[field] = serde_json::json!(v);
+                }
+            }
+            if let Some(t) = until {
+                new["ends_at"] = serde_json::json!(t);
+            }
+            if let Some(t) = from {
+                new["starts_at"] = serde_json::json!(t);
+            }
+            remote.remote()?.silence(&new).await
+        }
+        SilenceCommand::List { all, remote } => remote.remote()?.silences(*all).await,
+        SilenceCommand::Expire { id, remote } => remote.remote()?.expire(*id).await,
+    }
+}
+
+/// Who creates a silence from the command line: `cli:$USER`.
+fn whoami() -> String {
+    format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
 }
 
 async fn outbox(config: &Config, command: Option<OutboxCommand>) -> anyhow::Result<ExitCode> {

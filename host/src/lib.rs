@@ -10,6 +10,7 @@ pub mod delivery;
 pub mod health;
 pub mod metrics;
 pub mod plugin_cli;
+pub mod remote_cli;
 pub mod runtime;
 pub mod schedule;
 pub mod store;

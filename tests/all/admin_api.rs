@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::policies::plugins_dir;
-use crate::support::{Daemon, http, schedule_dir, wait_for};
+use crate::support::{Daemon, http, schedule_dir, wait_for, warden_with_env};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 
@@ -309,4 +309,82 @@ config = {{ cooldown = "0s" }}
     let id = another["id"].as_i64().unwrap();
     assert_eq!(post(&format!("/admin/silences/{id}/expire"), "").0, 200);
     assert_eq!(post(&format!("/admin/silences/{id}/expire"), "").0, 404);
+}
+
+#[test]
+fn the_cli_drives_a_running_instance_through_the_api() {
+    let (dir, config) = schedule_dir(SCHEDULE);
+    let daemon = Daemon::start_with_env(dir.path(), &config, &[("WARDEN_ADMIN_TOKEN", TOKEN)]);
+    let api = Api { daemon: &daemon };
+    let url = format!("http://{}", daemon.addr);
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--url", &url]);
+        warden_with_env(dir.path(), &all, &[("WARDEN_ADMIN_TOKEN", TOKEN)])
+    };
+    let paused = |api: &Api| api.call("GET", "/admin/jobs").1["items"][1]["paused"].clone();
+
+    let (code, out, err) = cli(&["pause", "nightly"]);
+    assert_eq!((code, out.trim()), (0, "nightly: paused"), "{err}");
+    assert_eq!(paused(&api), true);
+    let (code, out, _) = cli(&["resume", "nightly"]);
+    assert_eq!((code, out.trim()), (0, "nightly: resumed"));
+    assert_eq!(paused(&api), false);
+    let (code, _, err) = cli(&["pause", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("error: not_found: "), "{err}");
+
+    wait_for(Duration::from_secs(20), "the catch-up run to finish", || {
+        (api.call("GET", "/admin/jobs").1["items"][1]["last_run"]["outcome"] == "ok").then_some(())
+    });
+    let (code, out, err) = cli(&["trigger", "nightly"]);
+    assert_eq!(code, 0, "{err}");
+    let run_id: i64 =
+        out.trim().strip_prefix("nightly: run ").and_then(|r| r.strip_suffix(" started")).unwrap().parse().unwrap();
+    wait_for(Duration::from_secs(10), "the manual run", || {
+        let runs = api.call("GET", "/admin/jobs/nightly/runs").1;
+        let run = runs["items"].as_array()?.iter().find(|r| r["id"] == run_id)?.clone();
+        (run["trigger"] == "manual" && run["outcome"] == "ok").then_some(())
+    });
+
+    let (code, out, err) = cli(&["silence", "add", "--job", "probe", "--for", "1h", "--comment", "db upgrade"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("silence 1 until "), "{out}");
+    let (code, out, _) = cli(&["silence", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l.contains("yes") && l.contains("job=probe") && l.ends_with("db upgrade")), "{out}");
+    let (code, _, err) =
+        cli(&["silence", "add", "--kind", "email", "--for", "1h", "--until", "2030-01-01T00:00:00Z", "--comment", "x"]);
+    assert_eq!(code, 2, "clap refuses --for with --until: {err}");
+    let (code, _, err) = cli(&["silence", "add", "--for", "1h", "--comment", "no matcher"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bad_request: give at least one matcher"), "{err}");
+    assert_eq!(cli(&["silence", "expire", "1"]).1.trim(), "silence 1 expired");
+    assert_eq!(cli(&["silence", "expire", "1"]).0, 1, "already ended");
+
+    // A refused reload prints every problem with its place, and exits 1.
+    std::fs::write(&config, SCHEDULE.replace("every = \"1s\"", "every = \"soon\"")).unwrap();
+    let (code, _, err) = cli(&["reload"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("error: config_refused: "), "{err}");
+    assert!(err.contains("schedules.toml:4:9: job \"probe\".every"), "{err}");
+    std::fs::write(&config, SCHEDULE.replace("every = \"1s\"", "every = \"2s\"")).unwrap();
+    assert_eq!(cli(&["reload"]).1.trim(), "reloaded");
+    assert_eq!(api.call("GET", "/admin/jobs").1["items"][0]["schedule"], "every 2s");
+
+    // The token matters, and the document printed offline is the one served.
+    let (code, _, err) = warden_with_env(
+        dir.path(),
+        &["pause", "nightly", "--url", &url],
+        &[("WARDEN_ADMIN_TOKEN", "wrong-token-0123456789")],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("error: unauthorized: wrong token"), "{err}");
+    let (code, _, err) = warden_with_env(dir.path(), &["reload", "--url", &url], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no admin token"), "{err}");
+    let (code, printed, _) = warden_with_env(dir.path(), &["openapi"], &[]);
+    assert_eq!(code, 0);
+    let printed: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(printed, api.call("GET", "/admin/openapi.json").1);
 }

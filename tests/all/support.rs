@@ -134,11 +134,19 @@ pub fn warden_bin() -> &'static str {
 
 /// Runs a warden subcommand to completion: (exit code, stdout, stderr).
 pub fn warden(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    warden_with_env(dir, args, &[])
+}
+
+/// As `warden`, with extra environment variables.
+pub fn warden_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(warden_bin())
         .args(args)
         .current_dir(dir)
         .env("WARDEN_LOG", "warn")
         .env("NO_COLOR", "1")
+        .env_remove("WARDEN_ADMIN_TOKEN")
+        .env_remove("WARDEN_URL")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     (
