@@ -17,7 +17,7 @@ use warden::store::{Decision, NewOutboxRow, Outcome, RunCommit, StateStore};
 
 use crate::policies::plugins_dir;
 use crate::smtp_server::{Received, SmtpServer};
-use crate::support::{Daemon, Proxy, TestDb, http_get, schedule_dir, wait_for, warden};
+use crate::support::{Daemon, Proxy, TestDb, http, http_get, schedule_dir, wait_for, warden};
 
 // ---- reading mail -----------------------------------------------------------------
 
@@ -420,6 +420,65 @@ async fn with_the_state_store_on_the_database_that_goes_down_the_alert_still_goe
     assert_eq!(std::fs::read_to_string(&spool).unwrap(), "", "the spool is empty once drained");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(smtp.count(), 2, "nothing else: {:?}", subjects(&smtp.messages()));
+    drop(daemon);
+    pool.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silence_holds_back_the_alert_even_from_the_spool_and_across_a_restart() {
+    const TOKEN: &str = "spool-silence-token-0123456789";
+    let db = TestDb::create().await;
+    let (proxy, url) = pg_proxy(&db);
+    let smtp = SmtpServer::start();
+    let (dir, config) = schedule_dir(&probe_schedule(&url, &url, &smtp.url(), ""));
+    let env = [("WARDEN_ADMIN_TOKEN", TOKEN)];
+    let daemon = Daemon::start_with_env(dir.path(), &config, &env);
+    wait_for(Duration::from_secs(20), "operational", || (daemon.get("/health").0 == 200).then_some(()));
+
+    // The operator silences the probe for a database upgrade: the very database that holds
+    // warden's state goes down.
+    let bearer = format!("Bearer {TOKEN}");
+    let body = r#"{"job": "health-probe", "duration": "1h", "comment": "database upgrade"}"#;
+    let headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+    let (code, created) = http(daemon.addr, "POST", "/admin/silences", &headers, body).unwrap();
+    assert_eq!(code, 201, "{created}");
+    let kept = dir.path().join(".warden/silences.json");
+    wait_for(Duration::from_secs(15), "the silences kept beside the spool", || {
+        std::fs::read_to_string(&kept).ok()?.contains("database upgrade").then_some(())
+    });
+    proxy.cut();
+    let spool = dir.path().join(".warden/spool.jsonl");
+    wait_for(Duration::from_secs(30), "the down alert held back in the spool", || {
+        std::fs::read_to_string(&spool).ok()?.contains("silenced by silence").then_some(())
+    });
+    assert_eq!(smtp.count(), 0, "{:?}", subjects(&smtp.messages()));
+
+    // A restart while the store is still down sends nothing either.
+    drop(daemon);
+    let daemon = Daemon::start_with_env(dir.path(), &config, &env);
+    wait_for(Duration::from_secs(20), "a probe after the restart", || (daemon.get("/health").0 == 503).then_some(()));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(smtp.count(), 0, "{:?}", subjects(&smtp.messages()));
+
+    // Back: both alerts are in the outbox, silenced with the reason, and none was sent.
+    proxy.restore();
+    let pool = db.pool().await;
+    let rows: Vec<(String, String, Option<String>)> =
+        wait_for(Duration::from_secs(30), "both alerts recorded as silenced", || {
+            let rows: Vec<(String, String, Option<String>)> = futures_block(
+                sqlx::query_as("SELECT payload, state, last_error FROM warden.outbox WHERE kind = 'email' ORDER BY id")
+                    .fetch_all(&pool),
+            );
+            (rows.len() == 2 && rows.iter().all(|(_, s, _)| s == "silenced")).then_some(rows)
+        });
+    assert!(rows[0].0.contains("MNW down"), "{rows:?}");
+    assert!(rows[1].0.contains("MNW recovered"), "{rows:?}");
+    for (_, _, why) in &rows {
+        assert!(why.as_deref().unwrap_or_default().contains("database upgrade"), "{rows:?}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(smtp.count(), 0, "nothing was sent: {:?}", subjects(&smtp.messages()));
     drop(daemon);
     pool.close().await;
     db.drop_db().await;

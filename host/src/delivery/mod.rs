@@ -6,7 +6,8 @@
 //! most `pace` per second), so a thousand notices never hold back the admin's alert. A row
 //! is leased while it is sent; a crash between sending and marking resends at most that
 //! row. While the state store is unreachable the urgent lane sends admin email and tickets
-//! straight from the spool.
+//! straight from the spool, holding back what the silences (as last read) and the
+//! maintenance windows cover.
 //!
 //! Architecture invariant: the dispatcher is the only code that sends anything.
 
@@ -288,11 +289,15 @@ pub struct Dispatcher {
     spool: Spool,
     channels: watch::Receiver<Arc<Channels>>,
     wake: Arc<Notify>,
+    /// The silences as last read from the store (and kept beside the spool), for while it
+    /// cannot be read.
+    known_silences: Arc<std::sync::Mutex<Vec<Silence>>>,
 }
 
 impl Dispatcher {
     pub fn new(store: StateStore, spool: Spool, channels: watch::Receiver<Arc<Channels>>, wake: Arc<Notify>) -> Self {
-        Dispatcher { store, spool, channels, wake }
+        let known_silences = Arc::new(std::sync::Mutex::new(spool.remembered_silences()));
+        Dispatcher { store, spool, channels, wake, known_silences }
     }
 
     /// Starts both lanes; they stop between two deliveries once `stop` turns true.
@@ -309,30 +314,50 @@ impl Dispatcher {
         self.channels.borrow().clone()
     }
 
-    /// The silences in force now (the store's, read once per round).
+    /// The silences in force now: the store's (read once per round), or while it cannot be
+    /// read, the last ones it gave (kept on disk, so a restart during an outage keeps them).
     async fn silences(&self) -> Vec<Silence> {
         let now = Utc::now();
-        let all = self.store.silences(now, false).await.unwrap_or_default();
-        all.into_iter().filter(|s| s.starts_at <= now).collect()
+        let all = match self.store.silences(now, false).await {
+            Ok(all) => {
+                let mut known = self.known_silences.lock().unwrap_or_else(|e| e.into_inner());
+                if *known != all {
+                    if let Err(e) = self.spool.remember_silences(&all) {
+                        warn!(error = %e, "could not keep the silences beside the spool");
+                    }
+                    known.clone_from(&all);
+                }
+                all
+            }
+            Err(_) => self.known_silences.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        };
+        all.into_iter().filter(|s| s.starts_at <= now && now < s.ends_at).collect()
     }
 
-    /// Why a row must not be sent now, if a silence or a maintenance window covers it.
-    fn silenced(channels: &Channels, silences: &[Silence], row: &OutboxRow) -> Option<String> {
-        let (job, policy) = (row.job.as_deref(), row.policy.as_deref());
-        if let Some(s) = silences.iter().find(|s| s.matchers.matches(job, policy, &row.kind)) {
+    /// Why an action must not be sent now, if a silence or a maintenance window covers it.
+    fn silenced(
+        channels: &Channels,
+        silences: &[Silence],
+        job: Option<&str>,
+        policy: Option<&str>,
+        kind: &str,
+    ) -> Option<String> {
+        if let Some(s) = silences.iter().find(|s| s.matchers.matches(job, policy, kind)) {
             return Some(format!("silenced by silence {} until {}: {}", s.id, s.ends_at.to_rfc3339(), s.comment));
         }
         let now = Utc::now();
         channels
             .maintenance
             .iter()
-            .find(|m| m.matchers.matches(job, policy, &row.kind) && m.active(now))
+            .find(|m| m.matchers.matches(job, policy, kind) && m.active(now))
             .map(|m| format!("silenced by maintenance window `{}`: {}", m.name, m.comment))
     }
 
     /// Records a silenced row; true when it was silenced (and must not be sent).
     async fn hold_back(&self, channels: &Channels, silences: &[Silence], row: &OutboxRow) -> bool {
-        let Some(why) = Self::silenced(channels, silences, row) else { return false };
+        let Some(why) = Self::silenced(channels, silences, row.job.as_deref(), row.policy.as_deref(), &row.kind) else {
+            return false;
+        };
         crate::metrics::record_delivery(&row.kind, "silenced");
         info!(kind = %row.kind, key = %row.dedup_key, "{why}");
         if let Err(e) = self.store.mark_silenced(row.id, &why).await {
@@ -391,6 +416,8 @@ impl Dispatcher {
                 if let Ok(counts) = self.store.outbox_counts().await {
                     crate::metrics::record_outbox_counts(&counts);
                 }
+                // Keeps the silences fresh for an outage that starts before the next alert.
+                self.silences().await;
             }
             if !full {
                 self.idle(&mut stop, POLL).await;
@@ -503,12 +530,22 @@ impl Dispatcher {
     /// While the store is unreachable: admin email and tickets straight from the spool.
     async fn send_from_spool(&self, channels: &Channels, retry: &mut HashMap<String, (u32, Instant)>) {
         let _gate = self.spool.sending().await;
+        let silences = self.silences().await;
         for spooled in self.spool.undelivered() {
             let key = spooled.row.dedup_key.clone();
             if retry.get(&key).is_some_and(|(_, at)| *at > Instant::now()) {
                 continue;
             }
             let row = &spooled.row;
+            if let Some(why) = Self::silenced(channels, &silences, Some(&spooled.job), Some(&spooled.policy), &row.kind)
+            {
+                crate::metrics::record_delivery(&row.kind, "silenced");
+                info!(kind = %row.kind, key = %key, "held back in the spool: {why}");
+                if let Err(e) = self.spool.silenced(&key, &why) {
+                    warn!(key = %key, error = %e, "could not note the silenced row in the spool");
+                }
+                continue;
+            }
             match channels.deliver(&row.kind, &key, &row.payload, Some(&spooled.job), Some(&spooled.policy)).await {
                 Ok(note) => {
                     crate::metrics::record_delivery(&row.kind, "delivered");

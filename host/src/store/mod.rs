@@ -222,7 +222,7 @@ impl Matchers {
 }
 
 /// A row of `silences`.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Silence {
     pub id: i64,
     #[serde(flatten)]
@@ -234,11 +234,12 @@ pub struct Silence {
     pub created_at: DateTime<Utc>,
 }
 
-/// A spooled run being moved into the store: its replay mark and the rows the dispatcher
-/// already delivered from the spool (dedup key → when).
+/// A spooled run being moved into the store: its replay mark, the rows the dispatcher
+/// already delivered from the spool (dedup key → when) and those it held back (→ why).
 pub struct SpoolApply<'a> {
     pub marks: &'a [String],
     pub delivered: &'a HashMap<String, DateTime<Utc>>,
+    pub silenced: &'a HashMap<String, String>,
 }
 
 const RUN_COLUMNS: &str =
@@ -564,9 +565,15 @@ impl StateStore {
                     }
                     for row in &d.outbox {
                         let delivered = spool.as_ref().and_then(|s| s.delivered.get(&row.dedup_key)).map(|at| Ts(*at));
+                        let silenced = spool.as_ref().and_then(|s| s.silenced.get(&row.dedup_key));
+                        let state = match (delivered, silenced) {
+                            (Some(_), _) => "delivered",
+                            (None, Some(_)) => "silenced",
+                            (None, None) => "pending",
+                        };
                         sqlx::query(
-                            "INSERT INTO outbox (dedup_key, kind, payload, job, policy, run_id, state, next_attempt_at, created_at, delivered_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) \
+                            "INSERT INTO outbox (dedup_key, kind, payload, job, policy, run_id, state, next_attempt_at, created_at, delivered_at, last_error) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10) \
                              ON CONFLICT (dedup_key) DO UPDATE SET state = 'delivered', delivered_at = excluded.delivered_at \
                              WHERE outbox.state = 'pending' AND excluded.state = 'delivered'",
                         )
@@ -576,9 +583,10 @@ impl StateStore {
                         .bind(&run.job)
                         .bind(&d.policy)
                         .bind(run_id)
-                        .bind(if delivered.is_some() { "delivered" } else { "pending" })
+                        .bind(state)
                         .bind(now)
                         .bind(delivered)
+                        .bind(silenced)
                         .execute(&mut *tx)
                         .await?;
                     }

@@ -4,8 +4,9 @@
 //!
 //! One JSON line per record in an append-only file, each line fsynced before the call
 //! returns. Records: a run (what `StateStore::commit` would have written, with a replay
-//! mark) or a delivery (a spooled email or ticket the dispatcher sent while the store was
-//! down). The first run after the spool was empty also carries every policy's state as
+//! mark), a delivery (a spooled email or ticket the dispatcher sent while the store was
+//! down) or a silenced row (held back by a silence or a maintenance window; the silences
+//! as last read from the store are kept in `silences.json` beside the spool). The first run after the spool was empty also carries every policy's state as
 //! last read from the store, so a restart during the outage evaluates from the same state.
 //! `drain` moves everything into the store in one transaction and then empties the file.
 
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{NewOutboxRow, RunCommit, SpoolApply, StateStore, StoreError};
+use super::{NewOutboxRow, RunCommit, Silence, SpoolApply, StateStore, StoreError};
 
 type PolicyState = BTreeMap<String, String>;
 
@@ -34,6 +35,11 @@ enum Record {
         dedup_key: String,
         at: DateTime<Utc>,
     },
+    /// Held back by a silence or a maintenance window while the store was down.
+    Silenced {
+        dedup_key: String,
+        why: String,
+    },
 }
 
 /// A spooled outbox row the dispatcher may send while the store is down.
@@ -49,6 +55,8 @@ pub struct SpooledRow {
 struct Inner {
     runs: Vec<(String, RunCommit)>,
     delivered: HashMap<String, DateTime<Utc>>,
+    /// Rows held back (dedup key → why): never sent, recorded `silenced` in the outbox.
+    silenced: HashMap<String, String>,
     /// Each policy's state as last known: read from the store, or written since.
     known: HashMap<String, PolicyState>,
 }
@@ -150,7 +158,9 @@ impl Spool {
         for (_, run) in &inner.runs {
             for d in &run.decisions {
                 for row in &d.outbox {
-                    if matches!(row.kind.as_str(), "email" | "ticket") && !inner.delivered.contains_key(&row.dedup_key)
+                    if matches!(row.kind.as_str(), "email" | "ticket")
+                        && !inner.delivered.contains_key(&row.dedup_key)
+                        && !inner.silenced.contains_key(&row.dedup_key)
                     {
                         out.push(SpooledRow {
                             row: row.clone(),
@@ -179,20 +189,52 @@ impl Spool {
         Ok(())
     }
 
+    /// Records that a spooled row was held back by a silence; on disk when this returns.
+    pub fn silenced(&self, dedup_key: &str, why: &str) -> std::io::Result<()> {
+        let record = Record::Silenced { dedup_key: dedup_key.to_owned(), why: why.to_owned() };
+        let mut inner = self.lock();
+        self.append(&record)?;
+        inner.apply(record);
+        Ok(())
+    }
+
+    /// The silences as last read from the store, kept beside the spool so that a restart
+    /// while the store is down still holds back what an operator silenced.
+    pub fn remembered_silences(&self) -> Vec<Silence> {
+        let path = self.silences_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(file = %path.display(), error = %e, "ignoring an unreadable silences file");
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Keeps `silences` (as just read from the store) for `remembered_silences`.
+    pub fn remember_silences(&self, silences: &[Silence]) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(silences).map_err(std::io::Error::other)?;
+        crate::delivery::mail::write_atomically(&self.silences_path(), &bytes)
+    }
+
+    fn silences_path(&self) -> PathBuf {
+        self.path.with_file_name("silences.json")
+    }
+
     /// Moves every spooled run into the store in one transaction, then empties the spool.
     /// Returns how many runs moved. Safe to repeat after a crash: each run's mark makes a
     /// second application a no-op.
     pub async fn drain(&self, store: &StateStore) -> Result<usize, StoreError> {
         let _gate = self.gate.lock().await;
-        let (marks, runs, delivered) = {
+        let (marks, runs, delivered, silenced) = {
             let inner = self.lock();
             if inner.runs.is_empty() {
                 return Ok(0);
             }
             let (marks, runs): (Vec<String>, Vec<RunCommit>) = inner.runs.iter().cloned().unzip();
-            (marks, runs, inner.delivered.clone())
+            (marks, runs, inner.delivered.clone(), inner.silenced.clone())
         };
-        match store.apply_spool(&runs, SpoolApply { marks: &marks, delivered: &delivered }).await {
+        match store.apply_spool(&runs, SpoolApply { marks: &marks, delivered: &delivered, silenced: &silenced }).await {
             Ok(()) => {}
             // The store answered and refused the runs: trying again would block every later
             // run behind them. They are set aside, whole, for a human, and the rest flows.
@@ -217,7 +259,14 @@ impl Spool {
             .collect();
         let delivered: HashMap<String, DateTime<Utc>> =
             inner.delivered.iter().filter(|(k, _)| keep.contains(k.as_str())).map(|(k, v)| (k.clone(), *v)).collect();
+        let silenced: HashMap<String, String> = inner
+            .silenced
+            .iter()
+            .filter(|(k, _)| keep.contains(k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         inner.delivered = delivered;
+        inner.silenced = silenced;
         self.rewrite(&inner).map_err(|e| StoreError::Corrupt(format!("spool {}: {e}", self.path.display())))?;
         tracing::info!(runs = runs.len(), spool = %self.path.display(), "spool drained into the state store");
         Ok(runs.len())
@@ -245,6 +294,11 @@ impl Spool {
             file.write_all(&serde_json::to_vec(&record).map_err(std::io::Error::other)?)?;
             file.write_all(b"\n")?;
         }
+        for (key, why) in &inner.silenced {
+            let record = Record::Silenced { dedup_key: key.clone(), why: why.clone() };
+            file.write_all(&serde_json::to_vec(&record).map_err(std::io::Error::other)?)?;
+            file.write_all(b"\n")?;
+        }
         file.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;
         if let Some(dir) = self.path.parent() {
@@ -268,6 +322,9 @@ impl Inner {
             }
             Record::Delivered { dedup_key, at } => {
                 self.delivered.insert(dedup_key, at);
+            }
+            Record::Silenced { dedup_key, why } => {
+                self.silenced.insert(dedup_key, why);
             }
         }
     }
@@ -332,5 +389,32 @@ mod tests {
         assert_eq!(undelivered, ["k2"]);
         again.delivered("k2").unwrap();
         assert!(Spool::open(&path).unwrap().undelivered().is_empty(), "an append after a torn line is readable");
+    }
+
+    #[test]
+    fn a_silenced_row_is_not_sent_from_the_spool_and_the_silences_outlive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.jsonl");
+        let spool = Spool::open(&path).unwrap();
+        assert!(spool.remembered_silences().is_empty());
+        let silence = Silence {
+            id: 7,
+            matchers: crate::store::Matchers { job: Some("j".into()), policy: None, kind: None },
+            starts_at: Utc::now(),
+            ends_at: Utc::now() + chrono::Duration::hours(1),
+            comment: "db upgrade".into(),
+            created_by: "test".into(),
+            created_at: Utc::now(),
+        };
+        spool.remember_silences(std::slice::from_ref(&silence)).unwrap();
+        spool.push(run("j", "k1", &[])).unwrap();
+        spool.push(run("j", "k2", &[])).unwrap();
+        spool.silenced("k1", "silenced by silence 7").unwrap();
+
+        let again = Spool::open(&path).unwrap();
+        assert_eq!(again.remembered_silences(), [silence]);
+        let undelivered: Vec<String> = again.undelivered().into_iter().map(|r| r.row.dedup_key).collect();
+        assert_eq!(undelivered, ["k2"], "the silenced row stays held back after a restart");
+        assert_eq!(again.lock().silenced.get("k1").map(String::as_str), Some("silenced by silence 7"));
     }
 }
