@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::policies::plugins_dir;
-use crate::support::{Daemon, http, schedule_dir, wait_for, warden_with_env};
+use crate::support::{Daemon, http, schedule_dir, silent_server, wait_for, warden_with_env};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 
@@ -387,4 +387,41 @@ fn the_cli_drives_a_running_instance_through_the_api() {
     assert_eq!(code, 0);
     let printed: serde_json::Value = serde_json::from_str(&printed).unwrap();
     assert_eq!(printed, api.call("GET", "/admin/openapi.json").1);
+}
+
+#[test]
+fn a_run_left_running_by_a_killed_process_is_recorded_failed_at_the_next_start() {
+    let (hung, _server) = silent_server();
+    let schedule = format!(
+        r#"version = 1
+[targets]
+database = "postgres://postgres@{hung}/app"
+[[job]]
+name = "hang"
+every = "1h"
+timeout = "1h"
+task = "probe"
+checks = [{{ name = "db", kind = "db", critical = true, timeout = "1h" }}]
+"#
+    );
+    let (dir, config) = schedule_dir(&schedule);
+    let env = [("WARDEN_ADMIN_TOKEN", TOKEN)];
+    let daemon = Daemon::start_with_env(dir.path(), &config, &env);
+    let api = Api { daemon: &daemon };
+    let running = wait_for(Duration::from_secs(20), "a run in progress", || {
+        let runs = api.call("GET", "/admin/jobs/hang/runs").1;
+        let run = runs["items"].as_array()?.first()?.clone();
+        (run["outcome"] == "running").then_some(run)
+    });
+    daemon.signal("KILL");
+    drop(daemon);
+
+    let daemon = Daemon::start_with_env(dir.path(), &config, &env);
+    let api = Api { daemon: &daemon };
+    let runs = api.call("GET", "/admin/jobs/hang/runs").1;
+    let run = runs["items"].as_array().unwrap().iter().find(|r| r["id"] == running["id"]).unwrap().clone();
+    assert_eq!(run["outcome"], "failed", "{run}");
+    assert!(run["error"].as_str().unwrap().starts_with("abandoned"), "{run}");
+    assert!(run["finished_at"].is_string(), "{run}");
+    assert!(daemon.log().contains("recorded failed (abandoned)"), "{}", daemon.log());
 }

@@ -320,3 +320,27 @@ async fn two_schedulers_on_one_database_run_each_occurrence_once() {
     pool.close().await;
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn runs_left_running_before_the_cutoff_are_recorded_failed_once() {
+    let db = TestDb::create().await;
+    let cfg = config(&format!("version = 1\n[state]\nurl = \"{}\"\n", db.url));
+    let store = StateStore::open(&cfg.state).await.unwrap();
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 3, 0, 0).unwrap();
+    let old = store.claim("nightly", t0, "schedule").await.unwrap().unwrap();
+    assert_eq!(store.reap_abandoned(Utc::now() - chrono::Duration::hours(1)).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cutoff = Utc::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let fresh = store.claim("nightly", t0 + chrono::Duration::days(1), "schedule").await.unwrap().unwrap();
+
+    assert_eq!(store.reap_abandoned(cutoff).await.unwrap(), 1, "only the run started before the cutoff");
+    assert_eq!(store.reap_abandoned(cutoff).await.unwrap(), 0, "once");
+    let runs = store.runs_page("nightly", 10, None).await.unwrap();
+    let by_id = |id: i64| runs.iter().find(|r| r.id == id).unwrap();
+    assert_eq!(by_id(old).outcome, "failed");
+    assert!(by_id(old).error.as_deref().unwrap().starts_with("abandoned"), "{:?}", by_id(old).error);
+    assert!(by_id(old).finished_at.is_some());
+    assert_eq!(by_id(fresh).outcome, "running");
+    db.drop_db().await;
+}

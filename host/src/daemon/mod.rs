@@ -29,6 +29,10 @@ use crate::store::{Spool, StateStore};
 use crate::targets::Targets;
 use crate::tasks::{Event, TaskContext};
 
+/// How often runs a stopped process left `running` are looked for.
+const REAP_EVERY: Duration = Duration::from_secs(60);
+/// How far past the longest job timeout a `running` run must be to count as abandoned.
+const REAP_GRACE: chrono::Duration = chrono::Duration::minutes(5);
 /// How long running jobs get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The loop wakes at least this often, so a wall-clock jump is noticed.
@@ -87,6 +91,14 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     {
         info!(rows = n, "outbox rows held by the previous process are due again");
     }
+    // On SQLite this is the only process: a run still `running` belongs to the one before.
+    if ctx.store.is_single_process()
+        && ctx.spool.is_empty()
+        && let Ok(n) = ctx.store.reap_abandoned(Utc::now()).await
+        && n > 0
+    {
+        warn!(runs = n, "runs the previous process left unfinished are recorded failed (abandoned)");
+    }
     let channels = Arc::new(Channels::new(&config, ctx.targets.clone())?);
     info!(mail = %channels.describe(), admin = ?config.alerts.admin, subscribers = channels.subscribers.is_some(), "alert delivery ready");
     let (channels_tx, channels_rx) = signal::channel(channels.clone());
@@ -141,6 +153,9 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     daemon.shared.set_policies(daemon.policies.clone());
     daemon.load_jobs(&config).await;
 
+    let reaper =
+        tokio::spawn(reap_abandoned_runs(daemon.ctx.store.clone(), daemon.ctx.spool.clone(), daemon.shared.clone()));
+
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         // Fire what is due first, whichever branch woke us: no event can starve the timer.
@@ -184,6 +199,7 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
             daemon.running.abort_all();
         }
     }
+    reaper.abort();
     // The dispatcher finishes the delivery in hand; anything left is sent after the restart.
     let _ = stop_dispatch.send(true);
     if tokio::time::timeout(SHUTDOWN_GRACE, async { while dispatcher.join_next().await.is_some() {} }).await.is_err() {
@@ -194,6 +210,30 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     server.await??;
     info!("warden stopped");
     Ok(())
+}
+
+/// Every minute, records as failed the runs still `running` well past the longest job
+/// timeout: every run ends within its timeout, so the process running them stopped (a
+/// replica that died, or jobs aborted at shutdown). Not while the spool holds runs, whose
+/// outcomes are on their way.
+async fn reap_abandoned_runs(store: StateStore, spool: crate::store::Spool, shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(REAP_EVERY);
+    loop {
+        every.tick().await;
+        let Some(config) = shared.config() else { continue };
+        if !spool.is_empty() {
+            continue;
+        }
+        let longest = config.jobs.iter().map(|j| j.timeout.chrono()).max().unwrap_or_default();
+        let Some(before) = Utc::now().checked_sub_signed(longest).and_then(|t| t.checked_sub_signed(REAP_GRACE)) else {
+            continue;
+        };
+        if let Ok(n) = store.reap_abandoned(before).await
+            && n > 0
+        {
+            warn!(runs = n, "runs left unfinished by a stopped process are recorded failed (abandoned)");
+        }
+    }
 }
 
 /// The policy engine, caching compiled components beside the state.

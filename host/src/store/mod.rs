@@ -628,6 +628,29 @@ impl StateStore {
         Ok(rows)
     }
 
+    /// Records as failed every run still `running` that started before `started_before`:
+    /// the process that ran it stopped (killed, or aborted at shutdown) before it could say
+    /// how it ended. Returns how many. A later commit of the same run (from the spool)
+    /// still writes its real outcome.
+    pub async fn reap_abandoned(&self, started_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.ready().await?;
+        let sql = "UPDATE job_runs SET outcome = 'failed', finished_at = $2, error = $3 \
+                   WHERE outcome = 'running' AND started_at < $1";
+        let error = "abandoned: the process running it stopped before it ended";
+        Ok(with_pool!(&self.pool, |p| sqlx::query(sql)
+            .bind(Ts(started_before))
+            .bind(Ts(Utc::now()))
+            .bind(error)
+            .execute(p)
+            .await?
+            .rows_affected()))
+    }
+
+    /// Whether only one process uses this store (SQLite).
+    pub fn is_single_process(&self) -> bool {
+        self.pool.is_sqlite()
+    }
+
     /// Gives back every lease: on SQLite only one process uses the store, so a lease left
     /// from before a restart is stale and its row is due again at once.
     pub async fn release_stale_claims(&self) -> Result<u64, StoreError> {
