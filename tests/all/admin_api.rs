@@ -22,6 +22,14 @@ tz = "Europe/Berlin"
 task = "pool-stats"
 "#;
 
+/// `SCHEDULE` with the status-alert policy on the probe.
+pub fn schedule_with_status_alert() -> String {
+    format!(
+        "{SCHEDULE}\n[[policy]]\nname = \"status-alert\"\ncomponent = \"{}\"\non = [\"probe\"]\n",
+        plugins_dir().join("status-alert.wasm").display()
+    )
+}
+
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
@@ -188,10 +196,7 @@ fn run_now_runs_once_pause_stops_firing_and_survives_a_restart() {
 
 #[test]
 fn a_refused_reload_answers_400_with_every_problem_and_the_old_config_keeps_running() {
-    let body = format!(
-        "{SCHEDULE}\n[[policy]]\nname = \"status-alert\"\ncomponent = \"{}\"\non = [\"probe\"]\n",
-        plugins_dir().join("status-alert.wasm").display()
-    );
+    let body = schedule_with_status_alert();
     let (dir, config) = schedule_dir(&body);
     let daemon = Daemon::start_with_env(dir.path(), &config, &[("WARDEN_ADMIN_TOKEN", TOKEN)]);
     let api = Api { daemon: &daemon };

@@ -6,41 +6,23 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::admin_api::ROUTES;
-use crate::policies::plugins_dir;
+use crate::admin_api::{ROUTES, schedule_with_status_alert};
 use crate::support::{Daemon, http, schedule_dir, wait_for};
 
 const TOKEN: &str = "fuzz-admin-token-0123456789";
 
+/// The admin API test schedule (a probe, a nightly job, the status-alert policy) with a
+/// maintenance window, so every list has something in it.
 fn schedule() -> String {
-    format!(
-        r#"version = 1
-[[job]]
-name = "probe"
-every = "1s"
-task = "probe"
-checks = [{{ name = "db", kind = "db", critical = true }}]
-
-[[job]]
-name = "nightly"
-cron = "0 0 3 * * *"
-tz = "Europe/Berlin"
-task = "pool-stats"
-
-[[policy]]
-name = "status-alert"
-component = "{}"
-on = ["probe"]
-
+    schedule_with_status_alert()
+        + r#"
 [[maintenance]]
 name = "sunday backups"
 cron = "0 0 2 * * Sun"
 duration = "1h"
 job = "probe"
 comment = "backups slow the database down"
-"#,
-        plugins_dir().join("status-alert.wasm").display()
-    )
+"#
 }
 
 fn schemathesis() -> String {
