@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use serde_json::json;
+
 use crate::policies::plugins_dir;
 use crate::support::{Daemon, http, schedule_dir, silent_server, wait_for, warden_with_env};
 
@@ -201,9 +203,14 @@ fn a_refused_reload_answers_400_with_every_problem_and_the_old_config_keeps_runn
     let daemon = Daemon::start_with_env(dir.path(), &config, &[("WARDEN_ADMIN_TOKEN", TOKEN)]);
     let api = Api { daemon: &daemon };
 
-    let (code, policies) = api.call("GET", "/admin/policies");
-    assert_eq!(code, 200);
+    let policies = wait_for(Duration::from_secs(20), "an evaluation", || {
+        let (code, policies) = api.call("GET", "/admin/policies");
+        (code == 200 && !policies["items"][0]["last_evaluations"].as_array()?.is_empty()).then_some(policies)
+    });
     let policy = &policies["items"][0];
+    let last = &policy["last_evaluations"][0];
+    assert_eq!((&last["job"], &last["ok"], &last["error"]), (&json!("probe"), &json!(true), &json!(null)), "{last}");
+    assert!(last["micros"].as_u64().unwrap() > 0 && last["at"].is_string(), "{last}");
     assert_eq!(policy["name"], "status-alert");
     assert_eq!(policy["hash"].as_str().unwrap().len(), 64);
     assert_eq!(policy["quarantined"], false);

@@ -293,6 +293,13 @@ async fn a_policy_that_keeps_failing_is_quarantined() {
     assert!(matches!(h.eval(&snapshot(O, 0), at(0)).await, Err(EvalError::Trap(_))));
     assert!(h.policy.is_quarantined());
     assert_eq!(h.eval(&snapshot(O, 0), at(0)).await.unwrap_err(), EvalError::Quarantined(2));
+    // The two evaluations are remembered for the admin API; the refusal is not one.
+    let recent = h.policy.recent_evaluations();
+    assert_eq!(recent.len(), 2, "{recent:?}");
+    assert!(
+        recent.iter().all(|e| !e.ok && e.actions == 0 && e.error.as_deref().is_some_and(|m| m.contains("trap"))),
+        "{recent:?}"
+    );
 }
 
 #[tokio::test]

@@ -29,6 +29,7 @@ use utoipa_axum::routes;
 
 use super::{Command, CommandError, Shared};
 use crate::health::Snapshot;
+use crate::runtime::EvaluationSummary;
 use crate::store::{Matchers, OutboxEntry, Silence};
 
 const DEFAULT_LIMIT: i64 = 50;
@@ -596,9 +597,11 @@ pub struct Policy {
     consecutive_failures: u32,
     quarantine_after: u32,
     quarantined: bool,
+    /// The last ten evaluations since it was loaded, newest first.
+    last_evaluations: Vec<EvaluationSummary>,
 }
 
-/// The loaded policies.
+/// The loaded policies, with their last evaluations.
 #[utoipa::path(get, path = "/admin/policies", tag = "policies",
     responses((status = 200, description = "Every policy", body = Items<Policy>)))]
 async fn policies(State(shared): State<Arc<Shared>>) -> Result<Json<Items<Policy>>, ApiError> {
@@ -615,6 +618,7 @@ async fn policies(State(shared): State<Arc<Shared>>) -> Result<Json<Items<Policy
             consecutive_failures: p.consecutive_failures(),
             quarantine_after: p.spec.quarantine_after,
             quarantined: p.is_quarantined(),
+            last_evaluations: p.recent_evaluations(),
         })
         .collect();
     Ok(Json(Items { items }))

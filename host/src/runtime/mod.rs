@@ -12,10 +12,10 @@ mod convert;
 mod engine;
 mod sandbox;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -70,6 +70,25 @@ pub struct Policy {
     config: Arc<[(String, String)]>,
     failures: AtomicU32,
     quarantined: AtomicBool,
+    /// The last evaluations, newest last.
+    recent: Mutex<VecDeque<EvaluationSummary>>,
+}
+
+/// How many evaluations a policy remembers for the admin API.
+const RECENT_EVALUATIONS: usize = 10;
+
+/// One evaluation as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct EvaluationSummary {
+    pub at: DateTime<Utc>,
+    /// The job whose result it evaluated.
+    pub job: String,
+    pub ok: bool,
+    pub micros: u64,
+    /// How many actions it decided.
+    pub actions: usize,
+    /// Why it failed (a trap, the fuel or time limit, an error it returned, ...).
+    pub error: Option<String>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -103,6 +122,19 @@ impl Policy {
 
     pub fn consecutive_failures(&self) -> u32 {
         self.failures.load(Ordering::SeqCst)
+    }
+
+    /// The last evaluations since the policy was loaded, newest first.
+    pub fn recent_evaluations(&self) -> Vec<EvaluationSummary> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner()).iter().rev().cloned().collect()
+    }
+
+    fn remember(&self, summary: EvaluationSummary) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT_EVALUATIONS {
+            recent.pop_front();
+        }
+        recent.push_back(summary);
     }
 
     /// Lifts a quarantine (an operator's call); the failure count starts over.
@@ -169,6 +201,7 @@ impl PolicyEngine {
             config: spec.config.clone().into(),
             failures: AtomicU32::new(0),
             quarantined: AtomicBool::new(false),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_EVALUATIONS)),
         })
     }
 
@@ -208,9 +241,18 @@ impl PolicyEngine {
         }
         let started = Instant::now();
         let result = self.evaluate_inner(policy, job, event, state, now, caps).await;
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         policy.record(result.is_ok());
+        policy.remember(EvaluationSummary {
+            at: Utc::now(),
+            job: job.to_owned(),
+            ok: result.is_ok(),
+            micros,
+            actions: result.as_ref().map_or(0, |e| e.actions.len()),
+            error: result.as_ref().err().map(ToString::to_string),
+        });
         result.map(|mut e| {
-            e.micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            e.micros = micros;
             e
         })
     }
