@@ -214,6 +214,58 @@ async fn a_row_out_of_attempts_is_failed_visible_and_can_be_re_driven() {
     assert_eq!(subjects(&smtp.wait_for(1, Duration::from_secs(5))), ["never lost"]);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscriber_notice_waits_out_a_target_outage_without_spending_its_attempts() {
+    let db = TestDb::create().await;
+    let pool = db.pool().await;
+    sqlx::query("CREATE TABLE users (id BIGINT PRIMARY KEY, email TEXT NOT NULL, status_alerts BOOLEAN NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO users VALUES (1, 'ann@example.org', true), (2, 'bob@example.org', true)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (proxy, target) = pg_proxy(&db);
+    let smtp = SmtpServer::start();
+    proxy.cut();
+    let outbox = Outbox::start(&format!(
+        "admin = [\"ops@example.org\"]\nsmtp = \"{}\"\nbackoff = \"50ms\"\nmax_backoff = \"100ms\"\nmax_attempts = 2\n\
+         [alerts.subscribers]\nquery = \"SELECT id, email FROM users WHERE status_alerts ORDER BY id\"\n\
+         opt_out = \"UPDATE users SET status_alerts = false WHERE id = $1\"\n\
+         signing_secret = \"a-test-secret-of-enough-length\"\npace = 0\n\
+         [targets]\ndatabase = \"{target}\"\n",
+        smtp.url()
+    ))
+    .await;
+    let notify = warden::runtime::ActionRecord::NotifySubscribers {
+        status: warden::health::Status::Error,
+        previous: Some(warden::health::Status::Operational),
+    };
+    let row = NewOutboxRow {
+        kind: "subscribers".into(),
+        dedup_key: "down".into(),
+        payload: serde_json::to_string(&notify).unwrap(),
+        recipient: None,
+    };
+    outbox.queue(vec![row]).await;
+
+    // Many rounds of 50 ms backoff: with attempts spent it would have failed after two.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rows = outbox.store.outbox_page(None, 10, None).await.unwrap();
+    assert_eq!((rows.len(), rows[0].state.as_str(), rows[0].attempts), (1, "pending", 0), "{rows:?}");
+    assert!(rows[0].last_error.as_deref().unwrap().contains("subscriber query"), "{rows:?}");
+
+    proxy.restore();
+    let got = smtp.wait_for(2, Duration::from_secs(30));
+    let mut to: Vec<String> = got.iter().map(|m| read(m).to[0].clone()).collect();
+    to.sort();
+    assert_eq!(to, ["ann@example.org", "bob@example.org"]);
+    drop(outbox);
+    pool.close().await;
+    db.drop_db().await;
+}
+
 // ---- the ticket webhook --------------------------------------------------------------
 
 /// An HTTP server answering each request with the next status scripted for its

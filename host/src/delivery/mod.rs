@@ -58,12 +58,16 @@ pub enum Failure {
     Retry(String),
     /// Will never succeed as it is (5xx SMTP, 4xx HTTP, no recipients): failed at once.
     Permanent(String),
+    /// What it needs cannot be reached now (the target database behind the subscriber
+    /// list): tried again later without spending an attempt, so an outage of any length
+    /// does not fail the notice about it.
+    Unavailable(String),
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Retry(e) | Failure::Permanent(e) => f.write_str(e),
+            Failure::Retry(e) | Failure::Permanent(e) | Failure::Unavailable(e) => f.write_str(e),
         }
     }
 }
@@ -235,7 +239,10 @@ impl Channels {
         let Some(query) = subs.query.for_sqlite(db.is_sqlite()) else {
             return Err(Failure::Permanent(format!("alerts.subscribers.query has no SQL for {}", db.backend())));
         };
-        let users = subscribers(db, query).await.map_err(|e| Failure::Retry(format!("subscriber query: {e}")))?;
+        let users = subscribers(db, query).await.map_err(|e| {
+            let message = format!("subscriber query: {e}");
+            if crate::store::unreachable(&e) { Failure::Unavailable(message) } else { Failure::Retry(message) }
+        })?;
         Ok(users
             .into_iter()
             .map(|(user, email)| {
@@ -507,6 +514,12 @@ impl Dispatcher {
                 crate::metrics::record_delivery(&row.kind, "delivered");
                 info!(kind = %row.kind, key = %row.dedup_key, attempts, "delivered: {note}");
                 self.store.mark_delivered(row.id).await
+            }
+            Err(Failure::Unavailable(e)) => {
+                let delay = channels.backoff_after(attempts);
+                info!(kind = %row.kind, key = %row.dedup_key, retry_in = ?delay, error = %e, "waiting for the target to answer; no attempt spent");
+                let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                self.store.defer(row.id, e, next).await
             }
             Err(Failure::Retry(e)) if attempts < channels.max_attempts => {
                 let delay = channels.backoff_after(attempts);

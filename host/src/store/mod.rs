@@ -690,6 +690,20 @@ impl StateStore {
         Ok(())
     }
 
+    /// Puts a row back until `next` without counting an attempt: what it needs is down.
+    pub async fn defer(&self, id: i64, error: &str, next: DateTime<Utc>) -> Result<(), StoreError> {
+        self.ready().await?;
+        let sql = "UPDATE outbox SET next_attempt_at = $2, claimed_by = NULL, last_error = $3 WHERE id = $1";
+        with_pool!(&self.pool, |p| sqlx::query(sql)
+            .bind(id)
+            .bind(Ts(next))
+            .bind(error)
+            .execute(p)
+            .await
+            .map(|_| ())?);
+        Ok(())
+    }
+
     /// Replaces a `subscribers` row by one `notice` row per recipient, in one transaction:
     /// after a crash either the whole fan-out is queued or the parent is still pending.
     pub async fn expand(&self, parent: &OutboxRow, children: &[NewOutboxRow], note: &str) -> Result<(), StoreError> {
