@@ -80,13 +80,14 @@ fn the_document_lists_exactly_the_served_routes_and_survives_schemathesis() {
         assert!(operation.is_object(), "{method} {path} is served but not in the document");
         assert!(operation["responses"]["401"].is_object(), "{method} {path}: 401 undocumented");
     }
-    // ...and every documented operation is served (the fallback's 404 names no route).
+    // ...and every documented operation is served (the fallback's 404 names no route), with
+    // the token answering one of its documented statuses.
     let mut operations = 0;
     for (path, item) in paths {
-        for method in item.as_object().unwrap().keys() {
+        for (method, operation) in item.as_object().unwrap() {
             operations += 1;
             let concrete = path.replace("{job}", "probe").replace("{policy}", "status-alert").replace("{id}", "1");
-            let (_, body) = http(
+            let (code, body) = http(
                 daemon.addr,
                 &method.to_uppercase(),
                 &concrete,
@@ -95,6 +96,10 @@ fn the_document_lists_exactly_the_served_routes_and_survives_schemathesis() {
             )
             .unwrap();
             assert!(!body.contains("no route"), "{method} {path} is documented but not served: {body}");
+            assert!(
+                operation["responses"][code.to_string()].is_object(),
+                "{method} {path} answered {code}, which it does not document: {body}"
+            );
         }
     }
     assert_eq!(operations, ROUTES.len(), "the document and the served routes differ in number");
