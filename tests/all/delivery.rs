@@ -16,7 +16,7 @@ use warden::delivery::{Channels, Dispatcher};
 use warden::store::{Decision, NewOutboxRow, Outcome, RunCommit, StateStore};
 
 use crate::policies::plugins_dir;
-use crate::smtp_server::{Received, SmtpServer};
+use crate::smtp_server::{Received, SmtpServer, TlsMode};
 use crate::support::{Daemon, Proxy, TestDb, http, http_get, schedule_dir, wait_for, warden};
 
 // ---- reading mail -----------------------------------------------------------------
@@ -264,6 +264,42 @@ async fn a_subscriber_notice_waits_out_a_target_outage_without_spending_its_atte
     drop(outbox);
     pool.close().await;
     db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mail_goes_over_starttls_or_implicit_tls_with_auth_and_an_untrusted_certificate_is_refused() {
+    let certs = tempfile::tempdir().unwrap();
+    for (mode, scheme, query) in [(TlsMode::StartTls, "smtp", "?tls=required"), (TlsMode::Implicit, "smtps", "")] {
+        let (smtp, ca) = SmtpServer::start_tls(mode);
+        let ca_file = certs.path().join(format!("{scheme}-ca.pem"));
+        std::fs::write(&ca_file, ca).unwrap();
+        let outbox = Outbox::start(&format!(
+            "admin = [\"ops@example.org\"]\nsmtp = \"{scheme}://alerts:s3cret@{}{query}\"\nsmtp_ca = \"{}\"\n",
+            smtp.addr,
+            ca_file.display()
+        ))
+        .await;
+        outbox.queue(vec![email("a", &format!("over {mode:?}"))]).await;
+        let got = smtp.wait_for(1, Duration::from_secs(20));
+        assert_eq!(subjects(&got), [format!("over {mode:?}")]);
+        assert!(got[0].tls, "{mode:?}: the message came in clear");
+        assert_eq!(got[0].auth, Some(("alerts".to_owned(), "s3cret".to_owned())), "{mode:?}");
+    }
+
+    // Without `smtp_ca` the self-signed certificate is not trusted: nothing is sent, and the
+    // row waits with the reason.
+    let (smtp, _) = SmtpServer::start_tls(TlsMode::StartTls);
+    let outbox = Outbox::start(&format!(
+        "admin = [\"ops@example.org\"]\nsmtp = \"smtp://alerts:s3cret@{}?tls=required\"\nbackoff = \"100ms\"\n",
+        smtp.addr
+    ))
+    .await;
+    outbox.queue(vec![email("b", "untrusted")]).await;
+    outbox.wait_states("a failed attempt", |s| s.iter().any(|(_, st, n)| st == "pending" && *n >= 1)).await;
+    let rows = outbox.store.outbox_page(None, 10, None).await.unwrap();
+    let error = rows[0].last_error.as_deref().unwrap_or_default().to_lowercase();
+    assert!(error.contains("certificate"), "{error}");
+    assert_eq!(smtp.count(), 0);
 }
 
 // ---- the ticket webhook --------------------------------------------------------------

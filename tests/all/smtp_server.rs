@@ -1,8 +1,9 @@
 //! A real SMTP server over TCP for the tests and the dispatcher bench: it speaks enough
 //! of RFC 5321 for lettre (EHLO/HELO, MAIL, RCPT, DATA with dot-stuffing, RSET, NOOP,
-//! QUIT) and keeps every message it accepted. It can refuse service on purpose.
+//! QUIT, and with TLS on: STARTTLS or implicit TLS, then AUTH PLAIN) and keeps every
+//! message it accepted. It can refuse service on purpose.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,21 @@ pub struct Received {
     pub to: Vec<String>,
     pub data: String,
     pub at: Instant,
+    /// It came over TLS.
+    pub tls: bool,
+    /// The (user, password) the session authenticated with.
+    pub auth: Option<(String, String)>,
+}
+
+/// How the server speaks TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    #[default]
+    None,
+    /// Offers STARTTLS and refuses mail before it (port 587 style).
+    StartTls,
+    /// TLS from the first byte (port 465, `smtps://`).
+    Implicit,
 }
 
 #[derive(Default)]
@@ -28,6 +44,8 @@ struct State {
     /// Count messages without keeping them (the bench).
     discard: bool,
     accepted: AtomicUsize,
+    mode: TlsMode,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The server; it runs until the process ends.
@@ -48,10 +66,29 @@ impl SmtpServer {
         Self::start_with(true)
     }
 
+    /// A server with TLS on a fresh self-signed certificate for 127.0.0.1; also returns
+    /// that certificate as PEM, for the client to trust.
+    #[allow(dead_code)]
+    pub fn start_tls(mode: TlsMode) -> (SmtpServer, String) {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from(signing_key.serialize_der());
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key.into())
+            .unwrap();
+        let server = Self::serve(State { mode, tls: Some(Arc::new(config)), ..State::default() });
+        (server, cert.pem())
+    }
+
     fn start_with(discard: bool) -> SmtpServer {
+        Self::serve(State { discard, ..State::default() })
+    }
+
+    fn serve(state: State) -> SmtpServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(State { discard, ..State::default() });
+        let state = Arc::new(state);
         let shared = state.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
@@ -105,18 +142,36 @@ impl SmtpServer {
     }
 }
 
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+type Input = BufReader<Box<dyn Stream>>;
+
+fn reply(input: &mut Input, text: &[u8]) -> std::io::Result<()> {
+    let out = input.get_mut();
+    out.write_all(text)?;
+    out.flush()
+}
+
+fn over_tls(raw: &TcpStream, state: &State) -> std::io::Result<Input> {
+    let config = state.tls.clone().expect("a TLS server");
+    let conn = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
+    Ok(BufReader::new(Box::new(rustls::StreamOwned::new(conn, raw.try_clone()?))))
+}
+
 fn session(stream: TcpStream, state: &State) -> std::io::Result<()> {
     state.sessions.fetch_add(1, Ordering::SeqCst);
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut out = stream.try_clone()?;
-    let mut input = BufReader::new(stream);
+    let raw = stream.try_clone()?;
     let refused = state.refuse_sessions.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+    let mut secure = state.mode == TlsMode::Implicit;
+    let mut input: Input = if secure { over_tls(&raw, state)? } else { BufReader::new(Box::new(stream)) };
     if refused {
-        out.write_all(b"421 test.local service not available, try again later\r\n")?;
+        reply(&mut input, b"421 test.local service not available, try again later\r\n")?;
         return Ok(());
     }
-    out.write_all(b"220 test.local ESMTP ready\r\n")?;
-    let (mut from, mut to) = (String::new(), Vec::new());
+    reply(&mut input, b"220 test.local ESMTP ready\r\n")?;
+    let (mut from, mut to, mut auth) = (String::new(), Vec::new(), None);
     let mut line = String::new();
     loop {
         line.clear();
@@ -126,19 +181,60 @@ fn session(stream: TcpStream, state: &State) -> std::io::Result<()> {
         let command = line.trim_end().to_owned();
         let verb = command.split([' ', ':']).next().unwrap_or_default().to_ascii_uppercase();
         match verb.as_str() {
-            "EHLO" => out.write_all(b"250-test.local\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 PIPELINING\r\n")?,
-            "HELO" => out.write_all(b"250 test.local\r\n")?,
+            "EHLO" => {
+                let mut text = String::from("250-test.local\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n");
+                if state.mode == TlsMode::StartTls && !secure {
+                    text.push_str("250-STARTTLS\r\n");
+                }
+                if secure {
+                    text.push_str("250-AUTH PLAIN\r\n");
+                }
+                text.push_str("250 PIPELINING\r\n");
+                reply(&mut input, text.as_bytes())?
+            }
+            "HELO" => reply(&mut input, b"250 test.local\r\n")?,
+            "STARTTLS" if state.mode == TlsMode::StartTls && !secure => {
+                reply(&mut input, b"220 2.0.0 ready to start TLS\r\n")?;
+                input = over_tls(&raw, state)?;
+                secure = true;
+                (from, to, auth) = (String::new(), Vec::new(), None);
+            }
+            "AUTH" if secure => {
+                let mut words = command.split_whitespace().skip(1);
+                let mechanism = words.next().unwrap_or_default().to_ascii_uppercase();
+                let initial = match words.next() {
+                    Some(initial) => initial.to_owned(),
+                    None => {
+                        reply(&mut input, b"334 \r\n")?;
+                        line.clear();
+                        input.read_line(&mut line)?;
+                        line.trim().to_owned()
+                    }
+                };
+                let decoded = base64_decode(&initial).unwrap_or_default();
+                let parts: Vec<&[u8]> = decoded.split(|b| *b == 0).collect();
+                if mechanism == "PLAIN" && parts.len() == 3 {
+                    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                    auth = Some((text(parts[1]), text(parts[2])));
+                    reply(&mut input, b"235 2.7.0 authenticated\r\n")?
+                } else {
+                    reply(&mut input, b"535 5.7.8 bad credentials\r\n")?
+                }
+            }
+            "MAIL" if state.mode == TlsMode::StartTls && !secure => {
+                reply(&mut input, b"530 5.7.0 must issue a STARTTLS command first\r\n")?
+            }
             "MAIL" => {
                 from = address(&command);
                 to.clear();
-                out.write_all(b"250 ok\r\n")?;
+                reply(&mut input, b"250 ok\r\n")?;
             }
             "RCPT" => {
                 to.push(address(&command));
-                out.write_all(b"250 ok\r\n")?;
+                reply(&mut input, b"250 ok\r\n")?;
             }
             "DATA" => {
-                out.write_all(b"354 end with <CRLF>.<CRLF>\r\n")?;
+                reply(&mut input, b"354 end with <CRLF>.<CRLF>\r\n")?;
                 let mut data = String::new();
                 loop {
                     line.clear();
@@ -151,29 +247,52 @@ fn session(stream: TcpStream, state: &State) -> std::io::Result<()> {
                     data.push_str(line.strip_prefix('.').unwrap_or(&line));
                 }
                 if state.defer.load(Ordering::SeqCst) {
-                    out.write_all(b"451 local problem, try again later\r\n")?;
+                    reply(&mut input, b"451 local problem, try again later\r\n")?;
                 } else {
                     if !state.discard {
-                        let message = Received { from: from.clone(), to: to.clone(), data, at: Instant::now() };
+                        let message = Received {
+                            from: from.clone(),
+                            to: to.clone(),
+                            data,
+                            at: Instant::now(),
+                            tls: secure,
+                            auth: auth.clone(),
+                        };
                         state.messages.lock().unwrap().push(message);
                     }
                     state.accepted.fetch_add(1, Ordering::SeqCst);
-                    out.write_all(b"250 queued\r\n")?;
+                    reply(&mut input, b"250 queued\r\n")?;
                 }
             }
             "RSET" => {
                 from.clear();
                 to.clear();
-                out.write_all(b"250 ok\r\n")?;
+                reply(&mut input, b"250 ok\r\n")?;
             }
-            "NOOP" => out.write_all(b"250 ok\r\n")?,
+            "NOOP" => reply(&mut input, b"250 ok\r\n")?,
             "QUIT" => {
-                out.write_all(b"221 bye\r\n")?;
+                reply(&mut input, b"221 bye\r\n")?;
                 return Ok(());
             }
-            _ => out.write_all(b"502 command not implemented\r\n")?,
+            _ => reply(&mut input, b"502 command not implemented\r\n")?,
         }
     }
+}
+
+/// Standard base64 (AUTH PLAIN's encoding).
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text.bytes().filter(|c| *c != b'=') {
+        acc = (acc << 6) | ALPHABET.iter().position(|a| *a == c)? as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
 }
 
 fn address(command: &str) -> String {

@@ -155,6 +155,9 @@ pub struct Alerts {
     /// `smtp://`, `smtp://…?tls=required` (STARTTLS) or `smtps://` (implicit TLS); `None`:
     /// mail is written as `.eml` files to `mail_dir`.
     pub smtp: Option<String>,
+    /// A PEM file of CA certificates to trust for the SMTP server's TLS (a private relay), on
+    /// top of the public roots.
+    pub smtp_ca: Option<PathBuf>,
     pub cooldown: Duration,
     pub mail_dir: PathBuf,
     /// Delivery attempts before a row is marked failed.
@@ -555,6 +558,7 @@ fn default_alerts(base: &Path) -> Alerts {
         admin: Vec::new(),
         from: "warden@localhost".into(),
         smtp: None,
+        smtp_ca: None,
         cooldown: Duration::from_secs(300),
         mail_dir: base.join("mail"),
         max_attempts: 10,
@@ -593,6 +597,13 @@ fn read_alerts(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> Option<Aler
             Err(msg) => ctx.diag.error(smtp.span, "alerts.smtp", msg),
         }
     }
+    if let Some(ca) = t.string(ctx, "smtp_ca").filter(|s| !s.value.is_empty()) {
+        let path = base.join(&ca.value);
+        match crate::delivery::mail::read_ca(&path) {
+            Ok(_) => alerts.smtp_ca = Some(path),
+            Err(msg) => ctx.diag.error(ca.span, "alerts.smtp_ca", msg),
+        }
+    }
     if let Some(c) = t.duration(ctx, "cooldown") {
         alerts.cooldown = c;
     }
@@ -628,6 +639,7 @@ fn read_alerts(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> Option<Aler
             "admin",
             "from",
             "smtp",
+            "smtp_ca",
             "cooldown",
             "mail_dir",
             "max_attempts",

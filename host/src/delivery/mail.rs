@@ -7,6 +7,7 @@ use std::time::Duration;
 use lettre::message::header::{ContentTransferEncoding, ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::PoolConfig;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use sha2::{Digest, Sha256};
 
@@ -44,14 +45,50 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Reads a PEM file of CA certificates for the SMTP server's TLS.
+pub fn read_ca(path: &Path) -> Result<Certificate, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Certificate::from_pem(&pem).map_err(|e| format!("{} holds no PEM certificate: {e}", path.display()))
+}
+
+/// The URL's TLS mode (`smtps://` implicit, `?tls=required` or `?tls=opportunistic`
+/// STARTTLS, otherwise none), trusting the CA in `ca` besides the public roots.
+fn tls_with_ca(url: &str, ca: &Path) -> Result<Tls, String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    let params = TlsParameters::builder(host.to_owned())
+        .add_root_certificate(read_ca(ca)?)
+        .build_rustls()
+        .map_err(|e| format!("TLS for {host}: {e}"))?;
+    let query = rest.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    Ok(if url.starts_with("smtps://") {
+        Tls::Wrapper(params)
+    } else if query.split('&').any(|kv| kv == "tls=required") {
+        Tls::Required(params)
+    } else if query.split('&').any(|kv| kv == "tls=opportunistic") {
+        Tls::Opportunistic(params)
+    } else {
+        Tls::None // plain SMTP, as the URL says: the CA has nothing to verify
+    })
+}
+
 impl Mailer {
     /// An SMTP transport for `smtp` (checked by `warden check`), or the mail folder. Must
     /// run inside the Tokio runtime (lettre's pool).
-    pub fn new(smtp: Option<&str>, mail_dir: &Path) -> Result<Mailer, String> {
+    pub fn new(smtp: Option<&str>, ca: Option<&Path>, mail_dir: &Path) -> Result<Mailer, String> {
         match smtp {
             Some(url) => {
-                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-                    .map_err(|e| format!("invalid SMTP URL `{}`: {e}", redact(url)))?
+                let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                    .map_err(|e| format!("invalid SMTP URL `{}`: {e}", redact(url)))?;
+                if let Some(ca) = ca {
+                    builder = builder.tls(tls_with_ca(url, ca)?);
+                }
+                let transport = builder
                     .timeout(Some(SMTP_TIMEOUT))
                     .pool_config(PoolConfig::new().max_size(super::MAX_IN_FLIGHT + 2))
                     .build();

@@ -132,7 +132,8 @@ impl Channels {
             product: config.product.clone(),
             from,
             admin: alerts.admin.clone(),
-            mailer: Mailer::new(alerts.smtp.as_deref(), &alerts.mail_dir).map_err(anyhow::Error::msg)?,
+            mailer: Mailer::new(alerts.smtp.as_deref(), alerts.smtp_ca.as_deref(), &alerts.mail_dir)
+                .map_err(anyhow::Error::msg)?,
             tickets: Tickets::new(&alerts.tickets).map_err(anyhow::Error::msg)?,
             subscribers,
             public_url: alerts.public_url.clone(),
