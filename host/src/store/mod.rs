@@ -672,32 +672,34 @@ impl StateStore {
 
     /// Records a failed attempt: due again at `next`, or failed for good when `next` is `None`.
     pub async fn mark_attempt(&self, id: i64, error: &str, next: Option<DateTime<Utc>>) -> Result<(), StoreError> {
+        match next {
+            Some(next) => self.reschedule(id, "pending", next, error, 1).await,
+            None => self.reschedule(id, "failed", Utc::now(), error, 1).await,
+        }
+    }
+
+    /// Puts a row back until `next` without counting an attempt: what it needs is down.
+    pub async fn defer(&self, id: i64, error: &str, next: DateTime<Utc>) -> Result<(), StoreError> {
+        self.reschedule(id, "pending", next, error, 0).await
+    }
+
+    async fn reschedule(
+        &self,
+        id: i64,
+        state: &str,
+        next: DateTime<Utc>,
+        error: &str,
+        attempts: i32,
+    ) -> Result<(), StoreError> {
         self.ready().await?;
-        let (state, next) = match next {
-            Some(next) => ("pending", next),
-            None => ("failed", Utc::now()),
-        };
-        let sql = "UPDATE outbox SET state = $2, next_attempt_at = $3, attempts = attempts + 1, claimed_by = NULL, \
+        let sql = "UPDATE outbox SET state = $2, next_attempt_at = $3, attempts = attempts + $5, claimed_by = NULL, \
                    last_error = $4 WHERE id = $1";
         with_pool!(&self.pool, |p| sqlx::query(sql)
             .bind(id)
             .bind(state)
             .bind(Ts(next))
             .bind(error)
-            .execute(p)
-            .await
-            .map(|_| ())?);
-        Ok(())
-    }
-
-    /// Puts a row back until `next` without counting an attempt: what it needs is down.
-    pub async fn defer(&self, id: i64, error: &str, next: DateTime<Utc>) -> Result<(), StoreError> {
-        self.ready().await?;
-        let sql = "UPDATE outbox SET next_attempt_at = $2, claimed_by = NULL, last_error = $3 WHERE id = $1";
-        with_pool!(&self.pool, |p| sqlx::query(sql)
-            .bind(id)
-            .bind(Ts(next))
-            .bind(error)
+            .bind(attempts)
             .execute(p)
             .await
             .map(|_| ())?);
