@@ -1,6 +1,6 @@
 //! The HTTP endpoint: `GET /health`, `GET /metrics`, the unsubscribe page of the
 //! subscriber notices (`unsubscribe.rs`), and the token-protected JSON API under `/admin/`
-//! (`api.rs`).
+//! (`api/`).
 //!
 //! Architecture invariant: `/health` and `/metrics` read in-memory state only (the latest
 //! snapshot and the metrics registry), so they keep answering while the state store is
