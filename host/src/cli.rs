@@ -271,7 +271,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     match cli.command {
-        Command::Check => check_policies(&cli.config, &config),
+        Command::Check => check_build(&cli.config, &config),
         Command::Run { listen, admin_token_file } => {
             let token = admin_token(admin_token_file.as_deref())?;
             daemon::run(&cli.config, config, listen, token).await?;
@@ -373,9 +373,10 @@ async fn outbox(config: &Config, command: Option<OutboxCommand>) -> anyhow::Resu
     }
 }
 
-/// Loads and pre-instantiates every configured plugin, so a bad component or a missing
-/// import is found now, not at 3 a.m.
-fn check_policies(path: &Path, config: &Config) -> anyhow::Result<ExitCode> {
+/// Loads and pre-instantiates every configured plugin, and reads the files the
+/// configuration names (the SMTP CA), so a bad component, a missing import or an unreadable
+/// certificate is found now, not at 3 a.m.
+fn check_build(path: &Path, config: &Config) -> anyhow::Result<ExitCode> {
     let engine = crate::daemon::policy_engine(config)?;
     let mut problems = 0;
     for spec in &config.policies {
@@ -383,6 +384,12 @@ fn check_policies(path: &Path, config: &Config) -> anyhow::Result<ExitCode> {
             eprintln!("{}: {e}", path.display());
             problems += 1;
         }
+    }
+    if let Some(ca) = &config.alerts.smtp_ca
+        && let Err(e) = crate::delivery::mail::read_ca(ca)
+    {
+        eprintln!("{}: alerts.smtp_ca: {e}", path.display());
+        problems += 1;
     }
     if problems > 0 {
         eprintln!("{}: {problems} problem(s) found", path.display());

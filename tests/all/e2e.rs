@@ -337,7 +337,7 @@ fn a_plugin_is_hot_swapped_while_probes_run_and_no_evaluation_is_lost() {
 }
 
 #[test]
-fn check_loads_every_plugin_and_names_the_bad_ones() {
+fn check_loads_every_plugin_reads_the_smtp_ca_and_names_the_bad_ones() {
     let plugins = crate::policies::plugins_dir();
     let (dir, config) = schedule_dir(&format!(
         r#"version = 1
@@ -361,6 +361,10 @@ on = ["probe"]
 name = "missing"
 component = "nowhere.wasm"
 on = ["probe"]
+
+[alerts]
+smtp = "smtp://mail.example.org:587?tls=required"
+smtp_ca = "no-such-ca.pem"
 "#,
         good = plugins.join("status-alert.wasm").display(),
         sql = plugins.join("sql-guest.wasm").display(),
@@ -370,7 +374,8 @@ on = ["probe"]
     assert!(stderr.contains("policy \"sneaky\"") && stderr.contains("warden:policy/sql"), "{stderr}");
     assert!(stderr.contains("policy \"missing\": cannot read") && stderr.contains("nowhere.wasm"), "{stderr}");
     assert!(!stderr.contains("policy \"good\""), "{stderr}");
-    assert!(stderr.contains("2 problem(s) found"), "{stderr}");
+    assert!(stderr.contains("alerts.smtp_ca: cannot read") && stderr.contains("no-such-ca.pem"), "{stderr}");
+    assert!(stderr.contains("3 problem(s) found"), "{stderr}");
 }
 
 #[test]

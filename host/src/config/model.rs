@@ -598,11 +598,8 @@ fn read_alerts(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> Option<Aler
         }
     }
     if let Some(ca) = t.string(ctx, "smtp_ca").filter(|s| !s.value.is_empty()) {
-        let path = base.join(&ca.value);
-        match crate::delivery::mail::read_ca(&path) {
-            Ok(_) => alerts.smtp_ca = Some(path),
-            Err(msg) => ctx.diag.error(ca.span, "alerts.smtp_ca", msg),
-        }
+        // Read by `warden check` and at start, not here: this module does no IO.
+        alerts.smtp_ca = Some(base.join(&ca.value));
     }
     if let Some(c) = t.duration(ctx, "cooldown") {
         alerts.cooldown = c;
