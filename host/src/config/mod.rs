@@ -7,6 +7,7 @@ mod duration;
 mod env;
 mod error;
 mod model;
+mod read;
 mod reader;
 
 use std::path::{Path, PathBuf};
@@ -31,7 +32,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Checks configuration text. `path` names the file in messages and anchors relative paths.
 pub fn parse(src: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
-    model::read(src, path, env)
+    read::read(src, path, env)
 }
 
 /// The directory relative paths in a configuration file are resolved against.

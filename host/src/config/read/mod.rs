@@ -1,0 +1,388 @@
+//! The reader: builds a `Config` from the TOML tree, collecting every problem with its
+//! place (`file:line:column: field: message`) instead of stopping at the first. The root,
+//! targets, state, maintenance windows and policies here; `alerts.rs` and `jobs.rs` beside.
+
+mod alerts;
+mod jobs;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use chrono_tz::Tz;
+use toml::de::DeTable;
+
+use super::duration::Duration;
+use super::error::{ConfigErrors, Diagnostics};
+use super::model::*;
+use super::reader::{Ctx, Str, TableReader, Value};
+use crate::schedule::ScheduleSpec;
+
+use alerts::{default_alerts, read_alerts};
+use jobs::read_job;
+
+pub(super) fn read(src: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    let mut ctx = Ctx { diag: Diagnostics::new(src, path), env };
+    let (root, syntax) = DeTable::parse_recoverable(src);
+    for e in syntax {
+        let span = e.span().unwrap_or(0..0);
+        ctx.diag.error(span, "", e.message().trim().to_owned());
+    }
+    if !ctx.diag.is_empty() {
+        return Err(ctx.diag.into_errors());
+    }
+    let base = super::base_dir(path);
+    let root_value: Value<'_> = toml::Spanned::new(root.span(), toml::de::DeValue::Table(root.into_inner()));
+    let config = read_root(&root_value, &base, path, &mut ctx);
+    match config {
+        Some(config) if ctx.diag.is_empty() => Ok(config),
+        _ => Err(ctx.diag.into_errors()),
+    }
+}
+
+fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> Option<Config> {
+    let mut t = TableReader::new(root, "", ctx)?;
+    match t.get("version").map(|v| (v, v.get_ref().as_integer().map(|i| i.as_str().to_owned()))) {
+        Some((_, Some(v))) if v == "1" => {}
+        Some((value, _)) => {
+            ctx.diag.error(value.span(), "version", "unsupported version; this warden reads `version = 1`")
+        }
+        None => ctx.diag.error(0..0, "version", "missing required field `version` (write `version = 1`)"),
+    }
+    let product = t.string(ctx, "product").map_or_else(|| "warden".to_owned(), |s| s.value);
+    let targets = t.get("targets").and_then(|v| read_targets(v, base, ctx));
+    let state = match t.get("state") {
+        Some(v) => read_state(v, base, ctx),
+        None => Some(StateConfig { url: DbUrl::Sqlite(base.join("warden-state.db")) }),
+    };
+    let alerts = match t.get("alerts") {
+        Some(v) => read_alerts(v, base, ctx),
+        None => Some(default_alerts(base)),
+    };
+    let mut jobs = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    // Every job name written, valid job or not, so a policy listening to a job with a
+    // mistake in it is not also told that the job does not exist.
+    let mut declared: Vec<String> = Vec::new();
+    if let Some(items) = t.array(ctx, "job") {
+        declared = items
+            .iter()
+            .filter_map(|item| item.get_ref().as_table()?.get("name")?.get_ref().as_str().map(str::to_owned))
+            .collect();
+        for (i, item) in items.iter().enumerate() {
+            if let Some((job, name_span)) = read_job(item, i, ctx) {
+                let line = super::error::line_col(ctx_src(ctx), name_span.start).0;
+                if let Some(first) = seen.get(&job.name) {
+                    let msg = format!("duplicate job name `{}` (first defined on line {first})", job.name);
+                    ctx.diag.error(name_span, format!("job \"{}\".name", job.name), msg);
+                    continue;
+                }
+                seen.insert(job.name.clone(), line);
+                jobs.push(job);
+            }
+        }
+    }
+    let mut policies: Vec<PolicySpec> = Vec::new();
+    if let Some(items) = t.array(ctx, "policy") {
+        for (i, item) in items.iter().enumerate() {
+            if let Some((policy, span)) = read_policy(item, i, base, &product, ctx) {
+                if policies.iter().any(|p| p.name == policy.name) {
+                    let msg = format!("duplicate policy name `{}`", policy.name);
+                    ctx.diag.error(span, format!("policy \"{}\".name", policy.name), msg);
+                    continue;
+                }
+                policies.push(policy);
+            }
+        }
+    }
+    for p in &policies {
+        for job in &p.on {
+            if !seen.contains_key(job) && !declared.contains(job) {
+                let span = policy_on_span(root, &p.name).unwrap_or_default();
+                let msg = format!(
+                    "no job named `{job}` (jobs: {})",
+                    jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>().join(", ")
+                );
+                ctx.diag.error(span, format!("policy \"{}\".on", p.name), msg);
+            }
+        }
+    }
+    let mut maintenance = Vec::new();
+    if let Some(items) = t.array(ctx, "maintenance") {
+        for (i, item) in items.iter().enumerate() {
+            if let Some(window) = read_maintenance(item, i, ctx) {
+                maintenance.push(window);
+            }
+        }
+    }
+    let mut http = PublicRoutes::default();
+    if let Some(v) = t.get("http")
+        && let Some(mut h) = TableReader::new(v, "http", ctx)
+    {
+        for (key, field) in [
+            ("status_page", &mut http.status_page),
+            ("health", &mut http.health),
+            ("metrics", &mut http.metrics),
+            ("unsubscribe", &mut http.unsubscribe),
+        ] {
+            if let Some(on) = h.bool(ctx, key) {
+                *field = on;
+            }
+        }
+        h.finish(ctx, &["status_page", "health", "metrics", "unsubscribe"]);
+    }
+    t.finish(ctx, &["version", "product", "targets", "state", "alerts", "job", "policy", "maintenance", "http"]);
+    let targets = match targets {
+        Some(t) => t,
+        None if root.get_ref().as_table().is_some_and(|t| t.get("targets").is_some()) => return None,
+        None => Targets { database: DbUrl::Sqlite(base.join("demo-app.db")), demo_schema: true, s3: None },
+    };
+    Some(Config {
+        path: path.to_path_buf(),
+        product,
+        targets,
+        state: state?,
+        alerts: alerts?,
+        jobs,
+        policies,
+        maintenance,
+        http,
+    })
+}
+
+fn ctx_src<'s>(ctx: &Ctx<'s>) -> &'s str {
+    ctx.diag.src()
+}
+
+fn read_targets(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> Option<Targets> {
+    let mut t = TableReader::new(value, "targets", ctx)?;
+    let database = match t.string(ctx, "database") {
+        Some(s) => parse_url(&s, "targets.database", base, ctx),
+        None => Some(DbUrl::Sqlite(base.join("demo-app.db"))),
+    };
+    let demo_schema = t.bool(ctx, "demo_schema");
+    let s3 = match t.get("s3") {
+        Some(v) => read_s3(v, ctx),
+        None => Some(None),
+    };
+    t.finish(ctx, &["database", "demo_schema", "s3"]);
+    let database = database?;
+    let demo_schema = demo_schema.unwrap_or(database.is_sqlite());
+    Some(Targets { database, demo_schema, s3: s3? })
+}
+
+fn read_s3(value: &Value<'_>, ctx: &mut Ctx<'_>) -> Option<Option<S3Target>> {
+    let mut t = TableReader::new(value, "targets.s3", ctx)?;
+    let bucket = t.required_string(ctx, "bucket");
+    let endpoint = t.string(ctx, "endpoint").map(|s| s.value).filter(|s| !s.is_empty());
+    let region = t.string(ctx, "region").map_or_else(|| "us-east-1".to_owned(), |s| s.value);
+    let path_style = t.bool(ctx, "path_style").unwrap_or(true);
+    let key_id = t.string(ctx, "access_key_id").filter(|s| !s.value.is_empty());
+    let secret = t.string(ctx, "secret_access_key").filter(|s| !s.value.is_empty());
+    let access_key = match (key_id, secret) {
+        (Some(id), Some(secret)) => Some((id.value, secret.value)),
+        (None, None) => None,
+        (Some(s), None) | (None, Some(s)) => {
+            let msg = "give both `access_key_id` and `secret_access_key`, or neither";
+            ctx.diag.error(s.span, "targets.s3", msg);
+            None
+        }
+    };
+    t.finish(ctx, &["bucket", "endpoint", "region", "path_style", "access_key_id", "secret_access_key"]);
+    let bucket = bucket?.value;
+    // An empty bucket (e.g. `${S3_BUCKET:-}`) means S3 is not configured, as in the original monitor.
+    if bucket.is_empty() {
+        return Some(None);
+    }
+    Some(Some(S3Target { bucket, endpoint, region, path_style, access_key }))
+}
+
+fn read_state(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> Option<StateConfig> {
+    let mut t = TableReader::new(value, "state", ctx)?;
+    let url = match t.string(ctx, "url") {
+        Some(s) => parse_url(&s, "state.url", base, ctx),
+        None => Some(DbUrl::Sqlite(base.join("warden-state.db"))),
+    };
+    t.finish(ctx, &["url"]);
+    Some(StateConfig { url: url? })
+}
+
+fn parse_url(s: &Str, field: &str, base: &Path, ctx: &mut Ctx<'_>) -> Option<DbUrl> {
+    match DbUrl::parse(&s.value, base) {
+        Ok(url) => Some(url),
+        Err(message) => {
+            ctx.diag.error(s.span.clone(), field, message);
+            None
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.len() <= 64
+}
+
+/// `table` or `schema.table`, each part a plain SQL identifier.
+pub fn valid_identifier(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('.').collect();
+    parts.len() <= 2
+        && parts.iter().all(|p| {
+            let mut chars = p.chars();
+            chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+fn read_maintenance(value: &Value<'_>, index: usize, ctx: &mut Ctx<'_>) -> Option<Maintenance> {
+    let mut t = TableReader::new(value, format!("maintenance #{}", index + 1), ctx)?;
+    let name = t.required_string(ctx, "name");
+    if let Some(n) = &name {
+        t.scope = format!("maintenance \"{}\"", n.value);
+    }
+    let tz = match t.string(ctx, "tz") {
+        Some(s) => match s.value.parse::<Tz>() {
+            Ok(tz) => tz,
+            Err(_) => {
+                let msg = format!("unknown time zone `{}`: use an IANA name such as `Europe/Berlin` or `UTC`", s.value);
+                ctx.diag.error(s.span, t.field("tz"), msg);
+                Tz::UTC
+            }
+        },
+        None => Tz::UTC,
+    };
+    if !t.has("cron") {
+        ctx.diag.error(t.span.clone(), t.field("cron"), "missing required field `cron` (when each window starts)");
+    }
+    let schedule = t.parsed(ctx, "cron", |text| ScheduleSpec::cron(text, tz, Duration::default()));
+    if !t.has("duration") {
+        ctx.diag.error(t.span.clone(), t.field("duration"), "missing required field `duration` (e.g. \"2h\")");
+    }
+    let duration = t.duration(ctx, "duration");
+    let mut matchers = crate::store::Matchers {
+        job: t.string(ctx, "job").map(|s| s.value),
+        policy: t.string(ctx, "policy").map(|s| s.value),
+        kind: None,
+    };
+    if let Some(kind) = t.string(ctx, "kind") {
+        if crate::store::OUTBOX_KINDS.contains(&kind.value.as_str()) {
+            matchers.kind = Some(kind.value);
+        } else {
+            let msg = format!("unknown kind `{}`: email, subscribers, notice or ticket", kind.value);
+            ctx.diag.error(kind.span, t.field("kind"), msg);
+        }
+    }
+    let comment = t.string(ctx, "comment").map(|s| s.value).unwrap_or_default();
+    t.finish(ctx, &["name", "cron", "tz", "duration", "job", "policy", "kind", "comment"]);
+    Some(Maintenance { name: name?.value, schedule: schedule?, duration: duration?, matchers, comment })
+}
+
+/// The span of a policy's `on` array, for errors found after it was read.
+fn policy_on_span(root: &Value<'_>, name: &str) -> Option<std::ops::Range<usize>> {
+    let items = root.get_ref().as_table()?.get("policy")?.get_ref().as_array()?;
+    items.iter().find_map(|item| {
+        let t = item.get_ref().as_table()?;
+        (t.get("name")?.get_ref().as_str()? == name).then(|| t.get("on").map(|v| v.span()))?
+    })
+}
+
+fn read_policy(
+    value: &Value<'_>,
+    index: usize,
+    base: &Path,
+    product: &str,
+    ctx: &mut Ctx<'_>,
+) -> Option<(PolicySpec, std::ops::Range<usize>)> {
+    let mut t = TableReader::new(value, format!("policy #{}", index + 1), ctx)?;
+    let name = t.required_string(ctx, "name");
+    if let Some(n) = &name {
+        if valid_name(&n.value) {
+            t.scope = format!("policy \"{}\"", n.value);
+        } else {
+            let msg = format!("invalid policy name `{}`: use lowercase letters, digits, `-` and `_`", n.value);
+            ctx.diag.error(n.span.clone(), t.field("name"), msg);
+        }
+    }
+    let component = t.required_string(ctx, "component").map(|c| base.join(c.value));
+    let on: Vec<String> = t.strings(ctx, "on").unwrap_or_default().into_iter().map(|s| s.value).collect();
+    if on.is_empty() {
+        ctx.diag.error(
+            t.span.clone(),
+            t.field("on"),
+            "list the jobs whose events this policy receives, e.g. `on = [\"health-probe\"]`",
+        );
+    }
+    let mut config = Vec::new();
+    if let Some(table) = t.get("config")
+        && let Some(mut c) = TableReader::new(table, t.field("config"), ctx)
+    {
+        let keys: Vec<String> = table
+            .get_ref()
+            .as_table()
+            .map(|m| m.iter().map(|(k, _)| k.get_ref().to_string()).collect())
+            .unwrap_or_default();
+        for key in &keys {
+            let Some(v) = c.get(key) else { continue };
+            let text = match v.get_ref() {
+                toml::de::DeValue::String(s) => super::env::expand(s, ctx.env).map_err(|e| (v.span(), e)),
+                toml::de::DeValue::Integer(i) => Ok(i.as_str().replace('_', "")),
+                toml::de::DeValue::Float(f) => Ok(f.as_str().replace('_', "")),
+                toml::de::DeValue::Boolean(b) => Ok(b.to_string()),
+                other => Err((v.span(), format!("expected a string, number or boolean, found {}", other.type_str()))),
+            };
+            match text {
+                Ok(text) => config.push((key.clone(), text)),
+                Err((span, msg)) => ctx.diag.error(span, c.field(key), msg),
+            }
+        }
+        c.finish(ctx, &[]);
+    }
+    if !config.iter().any(|(k, _)| k == "product") {
+        config.push(("product".into(), product.to_owned()));
+    }
+    let mut grants = Grants::default();
+    if let Some(items) = t.strings(ctx, "grants") {
+        for g in items {
+            match g.value.as_str() {
+                "sql:read" => grants.sql_read = true,
+                "s3:head" => grants.s3_head = true,
+                "s3:list" => grants.s3_list = true,
+                other => {
+                    let msg = format!("unknown grant `{other}`, expected one of: sql:read, s3:head, s3:list");
+                    ctx.diag.error(g.span, t.field("grants"), msg);
+                }
+            }
+        }
+    }
+    let mut limits = Limits::default();
+    if let Some(v) = t.get("limits")
+        && let Some(mut l) = TableReader::new(v, t.field("limits"), ctx)
+    {
+        if let Some(mem) = l.string(ctx, "memory") {
+            match parse_size(&mem.value) {
+                Ok(n) if (64 << 10..=MAX_POLICY_MEMORY).contains(&n) => limits.memory_bytes = n,
+                Ok(_) => ctx.diag.error(mem.span, l.field("memory"), "memory must be between 64KiB and 256MiB"),
+                Err(e) => ctx.diag.error(mem.span, l.field("memory"), e),
+            }
+        }
+        if let Some(d) = l.duration(ctx, "deadline") {
+            if d.is_zero() || d.std() > std::time::Duration::from_secs(60) {
+                let span = l.get("deadline").map(|v| v.span()).unwrap_or_default();
+                ctx.diag.error(span, l.field("deadline"), "deadline must be between 1ms and 60s");
+            } else {
+                limits.deadline = d;
+            }
+        }
+        if let Some(rows) = l.count(ctx, "sql_rows", 100_000) {
+            limits.sql_rows = rows as u32;
+        }
+        l.finish(ctx, &["memory", "deadline", "sql_rows"]);
+    }
+    let quarantine_after = t.count(ctx, "quarantine_after", 1000).unwrap_or(5) as u32;
+    let enabled = t.bool(ctx, "enabled").unwrap_or(true);
+    t.finish(ctx, &["name", "component", "on", "config", "grants", "limits", "quarantine_after", "enabled"]);
+    let name = name?;
+    let spec =
+        PolicySpec { name: name.value, component: component?, on, config, grants, limits, quarantine_after, enabled };
+    Some((spec, name.span))
+}
