@@ -1,0 +1,223 @@
+//! The outbox, for the dispatcher: leases, attempts, the subscriber fan-out, silencing,
+//! re-driving. Rows enter it only with the run that decided them (`StateStore::commit`).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{NewOutboxRow, StateStore, StoreError};
+use crate::db::Ts;
+use crate::with_pool;
+
+/// A row the dispatcher holds for delivery.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub dedup_key: String,
+    pub kind: String,
+    pub payload: String,
+    pub job: Option<String>,
+    pub policy: Option<String>,
+    pub attempts: i32,
+    pub created_at: Ts,
+}
+
+/// A row as the CLI and the admin API show it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct OutboxEntry {
+    pub id: i64,
+    /// One action of one transition: a resend carries the same key.
+    pub dedup_key: String,
+    /// `email`, `subscribers`, `notice` or `ticket`.
+    pub kind: String,
+    /// The action as JSON text.
+    pub payload: String,
+    pub job: Option<String>,
+    pub policy: Option<String>,
+    /// `pending`, `delivered`, `failed` or `silenced`.
+    pub state: String,
+    pub attempts: i32,
+    #[serde(serialize_with = "ser_ts")]
+    #[schema(value_type = DateTime<Utc>)]
+    pub next_attempt_at: Ts,
+    #[serde(serialize_with = "ser_ts")]
+    #[schema(value_type = DateTime<Utc>)]
+    pub created_at: Ts,
+    #[serde(serialize_with = "ser_opt_ts")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub delivered_at: Option<Ts>,
+    pub last_error: Option<String>,
+}
+
+fn ser_ts<S: serde::Serializer>(ts: &Ts, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&ts.0.to_rfc3339())
+}
+
+fn ser_opt_ts<S: serde::Serializer>(ts: &Option<Ts>, s: S) -> Result<S::Ok, S::Error> {
+    match ts {
+        Some(ts) => s.serialize_str(&ts.0.to_rfc3339()),
+        None => s.serialize_none(),
+    }
+}
+
+impl StateStore {
+    /// Leases up to `limit` due pending rows of `kinds` to this process until `lease`
+    /// from now, oldest due first. Replicas sharing a Postgres store never get the same row.
+    pub async fn claim_due(&self, kinds: &[&str], limit: i64, lease: Duration) -> Result<Vec<OutboxRow>, StoreError> {
+        self.ready().await?;
+        let now = Utc::now();
+        let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
+        let kinds = kinds.iter().map(|k| format!("'{}'", k.replace('\'', ""))).collect::<Vec<_>>().join(", ");
+        let lock = if self.pool.is_sqlite() { "" } else { " FOR UPDATE SKIP LOCKED" };
+        let sql = format!(
+            "UPDATE outbox SET next_attempt_at = $1, claimed_by = $2 WHERE id IN (\
+               SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= $3 AND kind IN ({kinds}) \
+               ORDER BY next_attempt_at, id LIMIT $4{lock}) \
+             RETURNING id, dedup_key, kind, payload, job, policy, attempts, created_at"
+        );
+        let mut rows: Vec<OutboxRow> = with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(Ts(until))
+            .bind(&self.replica)
+            .bind(Ts(now))
+            .bind(limit)
+            .fetch_all(p)
+            .await?);
+        rows.sort_by_key(|r| r.id);
+        Ok(rows)
+    }
+
+    /// Gives back every lease: on SQLite only one process uses the store, so a lease left
+    /// from before a restart is stale and its row is due again at once.
+    pub async fn release_stale_claims(&self) -> Result<u64, StoreError> {
+        self.ready().await?;
+        if !self.pool.is_sqlite() {
+            return Ok(0);
+        }
+        let sql = "UPDATE outbox SET next_attempt_at = $1, claimed_by = NULL WHERE state = 'pending' AND claimed_by IS NOT NULL";
+        Ok(with_pool!(&self.pool, |p| sqlx::query(sql).bind(Ts(Utc::now())).execute(p).await?.rows_affected()))
+    }
+
+    pub async fn mark_delivered(&self, id: i64) -> Result<(), StoreError> {
+        self.ready().await?;
+        let sql = "UPDATE outbox SET state = 'delivered', delivered_at = $2, attempts = attempts + 1, claimed_by = NULL, \
+                   last_error = NULL WHERE id = $1";
+        with_pool!(&self.pool, |p| sqlx::query(sql).bind(id).bind(Ts(Utc::now())).execute(p).await.map(|_| ())?);
+        Ok(())
+    }
+
+    /// Records a failed attempt: due again at `next`, or failed for good when `next` is `None`.
+    pub async fn mark_attempt(&self, id: i64, error: &str, next: Option<DateTime<Utc>>) -> Result<(), StoreError> {
+        match next {
+            Some(next) => self.reschedule(id, "pending", next, error, 1).await,
+            None => self.reschedule(id, "failed", Utc::now(), error, 1).await,
+        }
+    }
+
+    /// Puts a row back until `next` without counting an attempt: what it needs is down.
+    pub async fn defer(&self, id: i64, error: &str, next: DateTime<Utc>) -> Result<(), StoreError> {
+        self.reschedule(id, "pending", next, error, 0).await
+    }
+
+    async fn reschedule(
+        &self,
+        id: i64,
+        state: &str,
+        next: DateTime<Utc>,
+        error: &str,
+        attempts: i32,
+    ) -> Result<(), StoreError> {
+        self.ready().await?;
+        let sql = "UPDATE outbox SET state = $2, next_attempt_at = $3, attempts = attempts + $5, claimed_by = NULL, \
+                   last_error = $4 WHERE id = $1";
+        with_pool!(&self.pool, |p| sqlx::query(sql)
+            .bind(id)
+            .bind(state)
+            .bind(Ts(next))
+            .bind(error)
+            .bind(attempts)
+            .execute(p)
+            .await
+            .map(|_| ())?);
+        Ok(())
+    }
+
+    /// Replaces a `subscribers` row by one `notice` row per recipient, in one transaction:
+    /// after a crash either the whole fan-out is queued or the parent is still pending.
+    pub async fn expand(&self, parent: &OutboxRow, children: &[NewOutboxRow], note: &str) -> Result<(), StoreError> {
+        self.ready().await?;
+        let now = Ts(Utc::now());
+        with_pool!(&self.pool, |p| {
+            let mut tx = p.begin().await?;
+            for child in children {
+                sqlx::query(
+                    "INSERT INTO outbox (dedup_key, kind, payload, job, policy, next_attempt_at, created_at, recipient) \
+                     SELECT $1, $2, $3, job, policy, $4, $4, $6 FROM outbox WHERE id = $5 ON CONFLICT (dedup_key) DO NOTHING",
+                )
+                .bind(&child.dedup_key)
+                .bind(&child.kind)
+                .bind(&child.payload)
+                .bind(now)
+                .bind(parent.id)
+                .bind(&child.recipient)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query(
+                "UPDATE outbox SET state = 'delivered', delivered_at = $2, attempts = attempts + 1, claimed_by = NULL, \
+                 last_error = $3 WHERE id = $1",
+            )
+            .bind(parent.id)
+            .bind(now)
+            .bind(note)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Whether a newer row of the same kind from the same policy is queued: a status notice
+    /// that waited out an outage is not told after the status it was overtaken by.
+    pub async fn superseded(&self, row: &OutboxRow) -> Result<bool, StoreError> {
+        self.ready().await?;
+        let sql = "SELECT COUNT(*) FROM outbox WHERE kind = $1 AND policy = $2 AND id > $3";
+        let newer: i64 = with_pool!(&self.pool, |p| sqlx::query_scalar(sql)
+            .bind(&row.kind)
+            .bind(&row.policy)
+            .bind(row.id)
+            .fetch_one(p)
+            .await?);
+        Ok(newer > 0)
+    }
+
+    /// Records a row as silenced: kept, visible, never sent.
+    pub async fn mark_silenced(&self, id: i64, why: &str) -> Result<(), StoreError> {
+        self.ready().await?;
+        let sql = "UPDATE outbox SET state = 'silenced', last_error = $2, claimed_by = NULL WHERE id = $1";
+        with_pool!(&self.pool, |p| sqlx::query(sql).bind(id).bind(why).execute(p).await.map(|_| ())?);
+        Ok(())
+    }
+
+    /// Stops notices queued for a user who just opted out: recorded as silenced, never sent.
+    pub async fn cancel_notices(&self, recipient: &str) -> Result<u64, StoreError> {
+        self.ready().await?;
+        let sql = "UPDATE outbox SET state = 'silenced', last_error = 'recipient unsubscribed', claimed_by = NULL \
+                   WHERE kind = 'notice' AND state = 'pending' AND recipient = $1";
+        Ok(with_pool!(&self.pool, |p| sqlx::query(sql).bind(recipient).execute(p).await?.rows_affected()))
+    }
+
+    /// Row counts by (kind, state).
+    pub async fn outbox_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        self.ready().await?;
+        let sql = "SELECT kind, state, COUNT(*) FROM outbox GROUP BY kind, state";
+        Ok(with_pool!(&self.pool, |p| sqlx::query_as(sql).fetch_all(p).await?))
+    }
+
+    /// Makes failed rows (one, or all) pending again with a fresh attempt budget.
+    pub async fn redrive(&self, id: Option<i64>) -> Result<u64, StoreError> {
+        self.ready().await?;
+        let sql = "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = $2, claimed_by = NULL \
+                   WHERE state = 'failed' AND ($1 IS NULL OR id = $1)";
+        Ok(with_pool!(&self.pool, |p| sqlx::query(sql).bind(id).bind(Ts(Utc::now())).execute(p).await?.rows_affected()))
+    }
+}
