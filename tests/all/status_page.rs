@@ -46,6 +46,14 @@ name = "health-probe"
 every = "1s"
 task = "probe"
 checks = [{ name = "db", kind = "db", critical = true }, { name = "sessions", kind = "sql", query = "SELECT COUNT(*) FROM session" }]
+
+# A window that is always on: every minute, for a minute.
+[[maintenance]]
+name = "database upgrade"
+cron = "0 * * * * *"
+duration = "1m"
+job = "health-probe"
+comment = "expect short interruptions"
 "#,
     );
     let daemon = Daemon::start(dir.path(), &config);
@@ -83,6 +91,12 @@ checks = [{ name = "db", kind = "db", critical = true }, { name = "sessions", ki
     assert!(dom.contains("fill=\"#d4a72c\""), "a yellow (degraded) bar: {dom}");
     assert!(dom.contains("Operational → <strong>Degraded</strong>"), "{dom}");
     assert!(dom.contains("24 h: <strong>100.00 %</strong>"), "degraded counts as up: {dom}");
+    let maintenance = dom.split("id=\"maintenance\"").nth(1).unwrap_or_default();
+    assert!(
+        maintenance.contains("<strong>database upgrade</strong>: in progress until")
+            && maintenance.contains("expect short interruptions"),
+        "{dom}"
+    );
 
     let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();

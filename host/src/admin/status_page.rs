@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, Utc};
 
 use super::Shared;
+use crate::config::Maintenance;
 use crate::delivery::mail::escape;
 use crate::health::Status;
 
@@ -62,6 +63,28 @@ pub fn transitions(series: &[(DateTime<Utc>, Status)], max: usize) -> Vec<(DateT
     out
 }
 
+/// A maintenance window worth telling visitors about: in progress (until when), or starting
+/// within the next seven days.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Window {
+    Now { name: String, comment: String, until: DateTime<Utc> },
+    Soon { name: String, comment: String, from: DateTime<Utc>, duration: String },
+}
+
+pub fn windows(maintenance: &[Maintenance], now: DateTime<Utc>) -> Vec<Window> {
+    let mut out = Vec::new();
+    for m in maintenance {
+        let (name, comment) = (m.name.clone(), m.comment.clone());
+        if m.active(now) {
+            let start = m.schedule.latest_at_or_before(now).unwrap_or(now);
+            out.push(Window::Now { name, comment, until: start + m.duration.chrono() });
+        } else if let Some(from) = m.schedule.upcoming(now, 1).into_iter().find(|t| *t - now <= Duration::days(7)) {
+            out.push(Window::Soon { name, comment, from, duration: m.duration.to_string() });
+        }
+    }
+    out
+}
+
 pub async fn page(State(shared): State<Arc<Shared>>) -> Response {
     let now = Utc::now();
     let product = shared.config().map(|c| c.product.clone()).unwrap_or_else(|| "warden".into());
@@ -111,6 +134,30 @@ pub async fn page(State(shared): State<Arc<Shared>>) -> Response {
             html.push_str("</table>\n");
         }
         None => html.push_str("<p id=\"overall\"><span class=\"badge\" style=\"background:#59636e\">Unknown</span> no check has run yet</p>\n"),
+    }
+    let maintenance = shared.config().map(|c| windows(&c.maintenance, now)).unwrap_or_default();
+    if !maintenance.is_empty() {
+        html.push_str("<h2>Maintenance</h2>\n<ul id=\"maintenance\">\n");
+        for w in &maintenance {
+            let _ = match w {
+                Window::Now { name, comment, until } => writeln!(
+                    html,
+                    "<li><strong>{}</strong>: in progress until {} — {}</li>",
+                    escape(name),
+                    until.format("%Y-%m-%d %H:%M UTC"),
+                    escape(comment)
+                ),
+                Window::Soon { name, comment, from, duration } => writeln!(
+                    html,
+                    "<li><strong>{}</strong>: from {} for {} — {}</li>",
+                    escape(name),
+                    from.format("%Y-%m-%d %H:%M UTC"),
+                    escape(duration),
+                    escape(comment)
+                ),
+            };
+        }
+        html.push_str("</ul>\n");
     }
     html.push_str("<h2>Uptime</h2>\n<p id=\"uptime\">");
     for (days, value) in &up {
@@ -194,5 +241,44 @@ mod tests {
         );
         assert_eq!(uptime(&[("operational".into(), 3), ("error".into(), 1)]), Some(75.0));
         assert_eq!(uptime(&[]), None);
+    }
+
+    #[test]
+    fn maintenance_windows_show_while_on_and_a_week_ahead() {
+        let src = r#"version = 1
+[[maintenance]]
+name = "backup"
+cron = "0 0 2 * * Sun"
+duration = "2h"
+job = "probe"
+comment = "weekly backup"
+[[maintenance]]
+name = "yearly"
+cron = "0 0 0 1 1 *"
+duration = "1h"
+job = "probe"
+comment = "far away"
+"#;
+        let config = crate::config::parse(src, std::path::Path::new("schedules.toml"), &|_| None).unwrap();
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        // Sunday 2026-11-29 03:00 UTC: the backup runs until 04:00; New Year is a month away.
+        assert_eq!(
+            windows(&config.maintenance, at("2026-11-29T03:00:00Z")),
+            [Window::Now { name: "backup".into(), comment: "weekly backup".into(), until: at("2026-11-29T04:00:00Z") }]
+        );
+        // Friday: the backup is two days ahead.
+        assert_eq!(
+            windows(&config.maintenance, at("2026-11-27T12:00:00Z")),
+            [Window::Soon {
+                name: "backup".into(),
+                comment: "weekly backup".into(),
+                from: at("2026-11-29T02:00:00Z"),
+                duration: "2h".into()
+            }]
+        );
+        // Monday: the next backup is six days ahead, still shown; late December shows New Year.
+        assert_eq!(windows(&config.maintenance, at("2026-11-30T12:00:00Z")).len(), 1);
+        let december = windows(&config.maintenance, at("2026-12-28T12:00:00Z"));
+        assert_eq!(december.len(), 2, "{december:?}");
     }
 }
