@@ -1,13 +1,14 @@
 //! The admin API's OpenAPI document against the running binary: it lists exactly the
 //! routes served, and schemathesis fuzzes every operation from it (all of its checks but
-//! one, see `fuzz`) without a 5xx or a crash.
+//! one, see `fuzz`) without a 5xx or a crash, with the state store on SQLite and on
+//! PostgreSQL.
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use crate::admin_api::{ROUTES, schedule_with_status_alert};
-use crate::support::{Daemon, http, schedule_dir, wait_for};
+use crate::support::{Daemon, TestDb, http, schedule_dir, wait_for};
 
 const TOKEN: &str = "fuzz-admin-token-0123456789";
 
@@ -47,8 +48,7 @@ fn newest_probe_run(daemon: &Daemon) -> i64 {
 }
 
 #[test]
-fn the_document_lists_exactly_the_served_routes_and_survives_schemathesis() {
-    let bin = schemathesis();
+fn the_document_lists_exactly_the_served_routes_and_survives_schemathesis_on_sqlite() {
     let (dir, config) = schedule_dir(&schedule());
     let daemon = Daemon::start_with_env(dir.path(), &config, &[("WARDEN_ADMIN_TOKEN", TOKEN)]);
     wait_for(Duration::from_secs(20), "a probe run", || (newest_probe_run(&daemon) > 0).then_some(()));
@@ -104,15 +104,22 @@ fn the_document_lists_exactly_the_served_routes_and_survives_schemathesis() {
     }
     assert_eq!(operations, ROUTES.len(), "the document and the served routes differ in number");
 
-    // Fuzz every operation from the document, as an operator's client would call it.
+    fuzz(daemon, "sqlite");
+}
+
+/// Fuzzes every operation of the served document, as an operator's client would call it,
+/// then checks that the same process still answers and still runs its jobs.
+fn fuzz(daemon: Daemon, store: &str) {
+    let (code, body) = get(&daemon, "/admin/openapi.json");
+    assert_eq!(code, 200, "{body}");
     let work = tempfile::tempdir().unwrap();
     let spec = work.path().join("openapi.json");
     std::fs::write(&spec, &body).unwrap();
     let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
-    let report = artifacts.join("schemathesis-junit.xml");
+    let report = artifacts.join(format!("schemathesis-junit-{store}.xml"));
     let seed = std::env::var("WARDEN_FUZZ_SEED").unwrap_or_else(|_| "7".to_owned());
-    let output = Command::new(&bin)
+    let output = Command::new(schemathesis())
         .current_dir(work.path())
         .args(["run", spec.to_str().unwrap(), "--url", &format!("http://{}", daemon.addr)])
         .args(["--header", &format!("Authorization: Bearer {TOKEN}")])
@@ -128,7 +135,7 @@ fn the_document_lists_exactly_the_served_routes_and_survives_schemathesis() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "schemathesis found problems (seed {seed}):\n{stdout}\n{}\nwarden's log:\n{}",
+        "schemathesis found problems ({store} store, seed {seed}):\n{stdout}\n{}\nwarden's log:\n{}",
         String::from_utf8_lossy(&output.stderr),
         daemon.log()
     );
@@ -147,4 +154,17 @@ fn the_document_lists_exactly_the_served_routes_and_survives_schemathesis() {
         (newest_probe_run(&daemon) > before).then_some(())
     });
     assert!(!daemon.log().contains("panicked"), "{}", daemon.log());
+}
+
+/// The same fuzz with the state store on PostgreSQL, which refuses what SQLite takes (a NUL
+/// in a text, timestamps out of its range).
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_finds_no_server_error_with_the_state_store_on_postgres() {
+    let db = TestDb::create().await;
+    let body = schedule().replacen("version = 1\n", &format!("version = 1\n[state]\nurl = \"{}\"\n", db.url), 1);
+    let (dir, config) = schedule_dir(&body);
+    let daemon = Daemon::start_with_env(dir.path(), &config, &[("WARDEN_ADMIN_TOKEN", TOKEN)]);
+    wait_for(Duration::from_secs(20), "a probe run", || (newest_probe_run(&daemon) > 0).then_some(()));
+    tokio::task::block_in_place(|| fuzz(daemon, "postgres"));
+    db.drop_db().await;
 }

@@ -163,6 +163,12 @@ pub(super) async fn create_silence(
     if new.comment.trim().is_empty() {
         return Err(bad("say why in `comment`".into()));
     }
+    // PostgreSQL text cannot hold NUL; refuse it here rather than fail in the store.
+    let texts = [("job", &new.job), ("policy", &new.policy), ("created_by", &new.created_by)];
+    let nul = texts.iter().find(|(_, t)| t.as_deref().is_some_and(|t| t.contains('\0'))).map(|(f, _)| *f);
+    if let Some(field) = nul.or(new.comment.contains('\0').then_some("comment")) {
+        return Err(bad(format!("`{field}` holds a NUL character")));
+    }
     let starts_at = new.starts_at.unwrap_or_else(Utc::now);
     let ends_at = match (new.ends_at, &new.duration) {
         (Some(end), None) => end,
