@@ -12,10 +12,9 @@ mod smtp_server;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use tokio::sync::{Notify, watch};
 use warden::delivery::{Channels, Dispatcher};
-use warden::store::{Decision, NewOutboxRow, Outcome, RunCommit};
+use warden::store::{Decision, NewOutboxRow, RunCommit};
 
 fn rss_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -63,18 +62,9 @@ pace = 0
     // The fan-out as the dispatcher writes it: one parent, `rows` children, one transaction.
     let parent_payload =
         serde_json::json!({ "kind": "notify-subscribers", "status": "error", "previous": "operational" });
-    let run = RunCommit {
-        run_id: None,
-        job: "health-probe".into(),
-        scheduled_at: Utc::now(),
-        trigger: "manual".into(),
-        started_at: Utc::now(),
-        outcome: Outcome::Ok,
-        error: None,
-        rows_affected: None,
-        detail: None,
-        snapshot: None,
-        decisions: vec![Decision {
+    let run = RunCommit::ok(
+        "health-probe",
+        vec![Decision {
             policy: "status-alert".into(),
             state_writes: Default::default(),
             outbox: vec![NewOutboxRow {
@@ -84,7 +74,7 @@ pace = 0
                 recipient: None,
             }],
         }],
-    };
+    );
     ctx.store.commit(&run).await.unwrap();
     let parent = ctx.store.claim_due(&["subscribers"], 1, Duration::from_secs(60)).await.unwrap().remove(0);
     let children: Vec<NewOutboxRow> = (0..rows)

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::policies::plugins_dir;
+use crate::policies::{plugins_dir, status_alert_policy};
 use crate::support::{Daemon, http, schedule_dir, silent_server, wait_for, warden_with_env};
 
 const TOKEN: &str = "test-admin-token-0123456789";
@@ -245,6 +245,7 @@ fn a_refused_reload_answers_400_with_every_problem_and_the_old_config_keeps_runn
 #[test]
 fn a_silence_holds_back_an_alert_which_stays_visible_and_the_next_one_after_it_is_sent() {
     let smtp = crate::smtp_server::SmtpServer::start();
+    let policy = status_alert_policy();
     let body = format!(
         r#"version = 1
 product = "MNW"
@@ -256,14 +257,8 @@ name = "health-probe"
 every = "1s"
 task = "probe"
 checks = [{{ name = "db", kind = "db", critical = true }}, {{ name = "sessions", kind = "sql", query = "SELECT COUNT(*) FROM session" }}]
-[[policy]]
-name = "status-alert"
-component = "{}"
-on = ["health-probe"]
-config = {{ cooldown = "0s" }}
-"#,
+{policy}"#,
         smtp.url(),
-        plugins_dir().join("status-alert.wasm").display()
     );
     let (dir, config) = schedule_dir(&body);
     let daemon = Daemon::start_with_env(dir.path(), &config, &[("WARDEN_ADMIN_TOKEN", TOKEN)]);

@@ -13,9 +13,9 @@ use chrono::Utc;
 use mail_parser::MessageParser;
 use tokio::sync::{Notify, watch};
 use warden::delivery::{Channels, Dispatcher};
-use warden::store::{Decision, NewOutboxRow, Outcome, RunCommit, StateStore};
+use warden::store::{Decision, NewOutboxRow, RunCommit, StateStore};
 
-use crate::policies::plugins_dir;
+use crate::policies::status_alert_policy;
 use crate::smtp_server::{Received, SmtpServer, TlsMode};
 use crate::support::{Daemon, Proxy, TestDb, http, http_get, schedule_dir, wait_for, warden};
 
@@ -117,19 +117,9 @@ impl Drop for Outbox {
 async fn queue(store: &StateStore, rows: Vec<NewOutboxRow>) {
     static N: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let run = RunCommit {
-        run_id: None,
-        job: "probe".into(),
-        scheduled_at: Utc::now() + chrono::Duration::milliseconds(n),
-        trigger: "manual".into(),
-        started_at: Utc::now(),
-        outcome: Outcome::Ok,
-        error: None,
-        rows_affected: None,
-        detail: None,
-        snapshot: None,
-        decisions: vec![Decision { policy: "test".into(), state_writes: BTreeMap::new(), outbox: rows }],
-    };
+    let decisions = vec![Decision { policy: "test".into(), state_writes: BTreeMap::new(), outbox: rows }];
+    let run =
+        RunCommit { scheduled_at: Utc::now() + chrono::Duration::milliseconds(n), ..RunCommit::ok("probe", decisions) };
     store.commit(&run).await.unwrap();
 }
 
@@ -393,6 +383,7 @@ async fn tickets_go_to_the_webhook_5xx_is_retried_and_4xx_fails_at_once() {
 // ---- end to end: the binary, Postgres, the proxy --------------------------------------
 
 fn probe_schedule(target: &str, state: &str, smtp: &str, extra_alerts: &str) -> String {
+    let policy = status_alert_policy();
     format!(
         r#"version = 1
 product = "MNW"
@@ -413,13 +404,7 @@ every = "1s"
 timeout = "5s"
 task = "probe"
 checks = [{{ name = "db", kind = "db", critical = true, timeout = "1s" }}]
-[[policy]]
-name = "status-alert"
-component = "{}"
-on = ["health-probe"]
-config = {{ cooldown = "0s" }}
-"#,
-        plugins_dir().join("status-alert.wasm").display()
+{policy}"#,
     )
 }
 
@@ -582,6 +567,7 @@ fn futures_block<T>(f: impl std::future::Future<Output = Result<T, sqlx::Error>>
 /// A SQLite application with `users` opted in and a `session` table the probe checks:
 /// dropping the table turns the status to degraded.
 fn subscriber_schedule(app: &Path, smtp: &str, pace: u32) -> String {
+    let policy = status_alert_policy();
     format!(
         r#"version = 1
 product = "MNW"
@@ -607,14 +593,8 @@ checks = [
   {{ name = "db", kind = "db", critical = true }},
   {{ name = "sessions", kind = "sql", query = "SELECT COUNT(*) FROM session" }},
 ]
-[[policy]]
-name = "status-alert"
-component = "{}"
-on = ["health-probe"]
-config = {{ cooldown = "0s" }}
-"#,
+{policy}"#,
         app.display(),
-        plugins_dir().join("status-alert.wasm").display()
     )
 }
 
@@ -783,6 +763,7 @@ fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
 
 #[test]
 fn with_no_smtp_server_mail_is_written_as_eml_files_and_the_log_says_where() {
+    let policy = status_alert_policy();
     let (dir, config) = schedule_dir(&format!(
         r#"version = 1
 product = "MNW"
@@ -797,13 +778,7 @@ name = "health-probe"
 every = "1s"
 task = "probe"
 checks = [{{ name = "db", kind = "db", critical = true }}, {{ name = "sessions", kind = "sql", query = "SELECT COUNT(*) FROM session" }}]
-[[policy]]
-name = "status-alert"
-component = "{}"
-on = ["health-probe"]
-config = {{ cooldown = "0s" }}
-"#,
-        plugins_dir().join("status-alert.wasm").display()
+{policy}"#,
     ));
     let daemon = Daemon::start(dir.path(), &config);
     wait_for(Duration::from_secs(20), "operational", || (daemon.get("/health").0 == 200).then_some(()));
@@ -888,18 +863,9 @@ async fn spooled_runs_the_store_refuses_are_set_aside_and_do_not_block_the_rest(
     let (dir, path) = schedule_dir("version = 1\n");
     let config = warden::config::load(&path).unwrap();
     let ctx = warden::daemon::open(&config).await.unwrap();
-    let run = |run_id: Option<i64>, key: &str| RunCommit {
-        run_id,
-        job: "probe".into(),
-        scheduled_at: Utc::now(),
-        trigger: "schedule".into(),
-        started_at: Utc::now(),
-        outcome: Outcome::Ok,
-        error: None,
-        rows_affected: None,
-        detail: None,
-        snapshot: None,
-        decisions: vec![Decision { policy: "p".into(), state_writes: BTreeMap::new(), outbox: vec![email(key, key)] }],
+    let run = |run_id: Option<i64>, key: &str| {
+        let decision = Decision { policy: "p".into(), state_writes: BTreeMap::new(), outbox: vec![email(key, key)] };
+        RunCommit { run_id, ..RunCommit::ok("probe", vec![decision]) }
     };
     // A run the store cannot take (its outbox row names a job run that does not exist).
     ctx.spool.push(run(Some(999_999), "poison")).unwrap();

@@ -12,6 +12,15 @@ use warden::health::{CheckResult, Snapshot, Status};
 use warden::runtime::{ActionRecord, Capabilities, EvalError, Evaluation, Policy, PolicyEngine, Priority};
 use warden::tasks::{Event, Gauge};
 
+/// The `[[policy]]` table of the shipped status-alert on `health-probe`, without cooldown, as
+/// the end-to-end tests configure it.
+pub fn status_alert_policy() -> String {
+    format!(
+        "[[policy]]\nname = \"status-alert\"\ncomponent = \"{}\"\non = [\"health-probe\"]\nconfig = {{ cooldown = \"0s\" }}\n",
+        plugins_dir().join("status-alert.wasm").display()
+    )
+}
+
 pub fn plugins_dir() -> PathBuf {
     let dir = std::env::var_os("WARDEN_TEST_PLUGINS")
         .map(PathBuf::from)

@@ -151,6 +151,28 @@ pub struct RunCommit {
     pub snapshot: Option<Snapshot>,
     pub decisions: Vec<Decision>,
 }
+
+impl RunCommit {
+    /// A successful manual run of `job`, scheduled and started now, that decided
+    /// `decisions`: what tests and benches commit without running a task.
+    pub fn ok(job: &str, decisions: Vec<Decision>) -> RunCommit {
+        let now = Utc::now();
+        RunCommit {
+            run_id: None,
+            job: job.to_owned(),
+            scheduled_at: now,
+            trigger: "manual".to_owned(),
+            started_at: now,
+            outcome: Outcome::Ok,
+            error: None,
+            rows_affected: None,
+            detail: None,
+            snapshot: None,
+            decisions,
+        }
+    }
+}
+
 /// A spooled run being moved into the store: its replay mark, the rows the dispatcher
 /// already delivered from the spool (dedup key → when) and those it held back (→ why).
 pub struct SpoolApply<'a> {

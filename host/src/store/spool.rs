@@ -343,31 +343,13 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Decision, Outcome};
+    use crate::store::Decision;
 
     fn run(job: &str, key: &str, writes: &[(&str, Option<&str>)]) -> RunCommit {
-        RunCommit {
-            run_id: None,
-            job: job.into(),
-            scheduled_at: Utc::now(),
-            trigger: "schedule".into(),
-            started_at: Utc::now(),
-            outcome: Outcome::Ok,
-            error: None,
-            rows_affected: None,
-            detail: None,
-            snapshot: None,
-            decisions: vec![Decision {
-                policy: "p".into(),
-                state_writes: writes.iter().map(|(k, v)| (k.to_string(), v.map(str::to_owned))).collect(),
-                outbox: vec![NewOutboxRow {
-                    kind: "email".into(),
-                    dedup_key: key.into(),
-                    payload: "{}".into(),
-                    recipient: None,
-                }],
-            }],
-        }
+        let outbox =
+            vec![NewOutboxRow { kind: "email".into(), dedup_key: key.into(), payload: "{}".into(), recipient: None }];
+        let state_writes = writes.iter().map(|(k, v)| (k.to_string(), v.map(str::to_owned))).collect();
+        RunCommit::ok(job, vec![Decision { policy: "p".into(), state_writes, outbox }])
     }
 
     #[test]
