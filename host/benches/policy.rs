@@ -134,8 +134,13 @@ fn main() {
         rows.push(Row { name: "reused instance (no isolation; floor)", samples: s });
     });
 
-    let rules =
-        status_alert::Rules { product: "MNW".into(), cooldown_ms: 300_000, failure_threshold: 1, success_threshold: 1 };
+    let rules = status_alert::Rules {
+        product: "MNW".into(),
+        cooldown_ms: 300_000,
+        failure_threshold: 1,
+        success_threshold: 1,
+        name_job: false,
+    };
     let wit_snap = warden_policy::Snapshot {
         job: snap.job.clone(),
         status: warden_policy::Status::Operational,

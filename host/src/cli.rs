@@ -408,6 +408,14 @@ async fn jobs(config: &Config) -> anyhow::Result<ExitCode> {
         println!("{}{state}", job.name);
         println!("  task      {}", job.task.kind());
         println!("  schedule  {}", job.schedule);
+        if let crate::schedule::ScheduleSpec::Every { period, offset, .. } = &job.schedule {
+            let how = if offset.is_zero() {
+                "aligned to the epoch grid".to_owned()
+            } else {
+                "from the job's name".to_owned()
+            };
+            println!("  offset    {} into each {period} ({how})", crate::schedule::Millis(*offset));
+        }
         let tz = job.schedule.tz();
         let next: Vec<String> = job
             .schedule

@@ -4,7 +4,10 @@
 //! running while a target is down (that is what it reports); nothing here creates the
 //! application's tables unless `targets.demo_schema` asks for the demo schema.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use aws_config::environment::EnvironmentVariableCredentialsProvider;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
@@ -27,6 +30,9 @@ pub struct Targets {
     pub db: Pool,
     pub s3: Option<S3Bucket>,
     pub config: config::Targets,
+    /// One permit per connection of `db`: a check takes one before it starts its clock, so
+    /// waiting for the pool is never counted as the target's time, nor as its failure.
+    pub db_slots: Arc<Semaphore>,
 }
 
 /// The configured bucket and a client for it.
@@ -40,11 +46,13 @@ impl Targets {
     /// Opens the target pool lazily and, when asked, creates the demo schema.
     pub async fn open(config: &config::Targets) -> Result<Self, TargetError> {
         let url = config.database.display();
-        let settings = PoolSettings { max_connections: 5, acquire_timeout: Duration::from_secs(10), lazy: true };
+        let settings =
+            PoolSettings { max_connections: config.pool, acquire_timeout: Duration::from_secs(10), lazy: true };
         let db = Pool::open(&config.database, settings, None)
             .await
             .map_err(|source| TargetError::Open { url: url.clone(), source })?;
-        let targets = Self { db, s3: config.s3.as_ref().map(S3Bucket::new), config: config.clone() };
+        let db_slots = Arc::new(Semaphore::new(config.pool as usize));
+        let targets = Self { db, s3: config.s3.as_ref().map(S3Bucket::new), config: config.clone(), db_slots };
         if config.demo_schema {
             targets.create_demo_schema().await.map_err(|source| TargetError::Demo { url, source })?;
         }

@@ -847,9 +847,13 @@ async fn a_status_notice_overtaken_by_a_newer_one_is_not_told() {
     // Both queued before the dispatcher reached them (say, the application database was down).
     outbox.queue(vec![change("down", "error", "operational"), change("up", "operational", "error")]).await;
     let states =
-        outbox.wait_states("two notices sent", |s| s.iter().filter(|(_, st, _)| st == "delivered").count() == 4).await;
-    let keys: Vec<&str> = states.iter().map(|(k, ..)| k.as_str()).collect();
-    assert_eq!(keys, ["down", "up", "up:1", "up:3"]);
+        outbox.wait_states("two notices sent", |s| s.iter().filter(|(_, st, _)| st != "pending").count() == 4).await;
+    let keys: Vec<(&str, &str)> = states.iter().map(|(k, st, _)| (k.as_str(), st.as_str())).collect();
+    assert_eq!(
+        keys,
+        [("down", "superseded"), ("up", "delivered"), ("up:1", "delivered"), ("up:3", "delivered")],
+        "the overtaken notice has a state of its own, not `delivered`"
+    );
     let entries = outbox.store.outbox_page(None, 10, None).await.unwrap();
     let down = entries.iter().find(|e| e.dedup_key == "down").unwrap();
     assert!(down.last_error.as_deref().unwrap().contains("superseded"), "{down:?}");
@@ -886,4 +890,41 @@ async fn spooled_runs_the_store_refuses_are_set_aside_and_do_not_block_the_rest(
     ctx.spool.drain(&ctx.store).await.unwrap();
     let keys: Vec<String> = ctx.store.outbox().await.unwrap().into_iter().map(|r| r.1).collect();
     assert_eq!(keys, ["fine"]);
+}
+
+#[test]
+fn the_shipped_schedule_on_postgres_with_the_demo_schema_tells_its_opted_in_subscribers() {
+    let smtp = SmtpServer::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(TestDb::create());
+    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../schedules.toml")).unwrap();
+    let plugins = crate::policies::plugins_dir();
+    let body = shipped
+        .replace("[targets]\n", "[targets]\ndemo_schema = true\n")
+        .replace("component = \"plugins/", &format!("component = \"{}/", plugins.display()));
+    let (dir, config) = schedule_dir(&body);
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("SMTP_URL", &smtp.url()),
+        ("HEALTH_CHECK_INTERVAL_SECS", "1"),
+        ("ALERT_COOLDOWN_SECS", "0"),
+    ];
+    let daemon = Daemon::start_with_env(dir.path(), &config, &env);
+    wait_for(Duration::from_secs(30), "an operational probe", || (daemon.get("/health").0 == 200).then_some(()));
+    // The application loses its sessions table: degraded, and the opted-in users are told.
+    rt.block_on(async {
+        let pool = db.pool().await;
+        sqlx::query("DROP TABLE tower_sessions.session").execute(&pool).await.unwrap();
+        pool.close().await;
+    });
+    let messages = smtp.wait_for(3, Duration::from_secs(30));
+    let mut to: Vec<String> = messages.iter().map(|m| m.to[0].clone()).collect();
+    to.sort();
+    assert_eq!(to, ["ada@example.org", "admin@localhost", "linus@example.org"], "{:?}", subjects(&messages));
+    assert_eq!(
+        subjects(&messages).iter().filter(|s| s.as_str() == "MNW degraded — partial service failure").count(),
+        1
+    );
+    drop(daemon);
+    rt.block_on(db.drop_db());
 }

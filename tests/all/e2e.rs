@@ -51,11 +51,11 @@ fn run_serves_health_and_metrics_and_exits_cleanly_on_sigterm() {
             .then_some(body)
     });
     for needle in [
-        "warden_status 0",
-        "warden_check_up{check=\"db\"} 1",
-        "warden_check_up{check=\"sessions\"} 1",
+        "warden_status{job=\"probe\"} 0",
+        "warden_check_up{job=\"probe\",check=\"db\"} 1",
+        "warden_check_up{job=\"probe\",check=\"sessions\"} 1",
         "warden_job_duration_seconds_bucket{job=\"probe\",le=\"0.005\"}",
-        "warden_db_pool_max 5",
+        "warden_db_pool_max 10",
         "warden_db_pool_idle",
         "warden_db_pool_active",
         "# TYPE warden_job_duration_seconds histogram",
@@ -91,7 +91,11 @@ fn health_is_503_before_any_check_and_when_the_status_is_error() {
     });
     assert_eq!(health["checks"][0]["ok"], false);
     let (_, metrics) = daemon.get("/metrics");
-    assert!(metrics.contains("warden_status 2") && metrics.contains("warden_check_up{check=\"db\"} 0"), "{metrics}");
+    assert!(
+        metrics.contains("warden_status{job=\"probe\"} 2")
+            && metrics.contains("warden_check_up{job=\"probe\",check=\"db\"} 0"),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@ pub mod admin_api;
 mod config_ui;
 mod delivery;
 mod e2e;
+mod fleet;
 mod openapi;
 pub mod policies;
 mod postgres;

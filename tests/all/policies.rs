@@ -194,7 +194,7 @@ async fn status_alert_email_body_is_the_original_monitors() {
         .unwrap();
     assert_eq!(
         body,
-        "Status: Degraded\nPrevious status: Operational\nDB: OK\nS3: FAIL (connection refused)\nSessions: OK\nCheck duration: 7 ms\n"
+        "Status: Degraded\nPrevious status: Operational\nJob: health-probe\nDB: OK\nS3: FAIL (connection refused)\nSessions: OK\nCheck duration: 7 ms\n"
     );
     assert_eq!(h.state.get("last_status").map(String::as_str), Some("degraded"));
 }
@@ -427,7 +427,7 @@ on = ["probe"]
     assert!(first.spooled, "a commit that fails goes to the spool");
     let decided = first.evaluations[0].1.as_ref().unwrap();
     assert_eq!(decided.actions.iter().filter(|a| a.outbox_kind().is_some()).count(), 3, "ticket, email, notice");
-    assert!(ctx.store.policy_state("status-alert").await.unwrap().is_empty(), "state write rolled back");
+    assert!(ctx.store.policy_state("status-alert", "probe").await.unwrap().is_empty(), "state write rolled back");
     assert!(ctx.store.outbox().await.unwrap().is_empty(), "actions rolled back");
     assert_eq!(ctx.store.count_health().await.unwrap(), 0, "snapshot rolled back");
     assert_eq!(ctx.spool.len(), 1);
@@ -440,7 +440,7 @@ on = ["probe"]
     assert!(second.committed);
     assert!(ctx.spool.is_empty());
     assert_eq!(
-        ctx.store.policy_state("status-alert").await.unwrap().get("last_status").map(String::as_str),
+        ctx.store.policy_state("status-alert", "probe").await.unwrap().get("last_status").map(String::as_str),
         Some("error")
     );
     let outbox = ctx.store.outbox().await.unwrap();

@@ -10,6 +10,9 @@ use crate::schedule::ScheduleSpec;
 pub struct Config {
     pub path: PathBuf,
     pub product: String,
+    /// The most job runs in flight at once; due runs beyond it wait in a queue (and that
+    /// wait is their lateness). Defaults to the state store's pool size.
+    pub max_running: usize,
     pub targets: Targets,
     pub state: StateConfig,
     pub alerts: Alerts,
@@ -123,6 +126,8 @@ pub struct Targets {
     /// Create the demo application schema in the target. Default: only for SQLite.
     pub demo_schema: bool,
     pub s3: Option<S3Target>,
+    /// The most connections to the target database.
+    pub pool: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +144,8 @@ pub struct S3Target {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateConfig {
     pub url: DbUrl,
+    /// The most connections to the state store.
+    pub pool: u32,
 }
 
 /// Where alerts go and how the dispatcher delivers them.

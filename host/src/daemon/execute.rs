@@ -73,7 +73,22 @@ pub async fn execute_observed(
     policies: Option<&PolicySet>,
     observe: &(dyn Fn(&Event) + Send + Sync),
 ) -> RunReport {
-    run(job, scheduled, trigger, ctx, policies, observe, None).await
+    run(job, scheduled, trigger, ctx, policies, observe, None, None).await
+}
+
+/// As `execute_observed`, for a run that waited `lateness` in the daemon's queue after it
+/// was due: recorded with the run (`job_runs.lateness_ms`) and as a metric, never as part
+/// of what the task measured.
+pub async fn execute_queued(
+    job: &Job,
+    scheduled: DateTime<Utc>,
+    trigger: Trigger,
+    ctx: &TaskContext,
+    policies: Option<&PolicySet>,
+    observe: &(dyn Fn(&Event) + Send + Sync),
+    lateness: std::time::Duration,
+) -> RunReport {
+    run(job, scheduled, trigger, ctx, policies, observe, None, Some(lateness)).await
 }
 
 /// As `execute_observed`, for an occurrence the caller already claimed as `run_id` (a
@@ -86,9 +101,14 @@ pub async fn execute_claimed(
     policies: Option<&PolicySet>,
     observe: &(dyn Fn(&Event) + Send + Sync),
 ) -> RunReport {
-    run(job, scheduled, Trigger::Manual, ctx, policies, observe, Some(run_id)).await
+    run(job, scheduled, Trigger::Manual, ctx, policies, observe, Some(run_id), None).await
 }
 
+/// How long a claim waits out a busy store (every connection in use) before the
+/// occurrence is given up; a busy store is never taken for an unreachable one.
+const BUSY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[allow(clippy::too_many_arguments)]
 async fn run(
     job: &Job,
     scheduled: DateTime<Utc>,
@@ -97,6 +117,7 @@ async fn run(
     policies: Option<&PolicySet>,
     observe: &(dyn Fn(&Event) + Send + Sync),
     claimed: Option<i64>,
+    lateness: Option<std::time::Duration>,
 ) -> RunReport {
     let started = Instant::now();
     let started_at = Utc::now();
@@ -114,9 +135,12 @@ async fn run(
         committed: false,
         spooled: false,
     };
+    if let Some(late) = lateness {
+        metrics::record_lateness(&job.name, late.as_secs_f64());
+    }
     let claim = match claimed {
         Some(id) => Ok(Some(id)),
-        None => ctx.store.claim(&job.name, scheduled, trigger.as_str()).await,
+        None => claim(job, scheduled, trigger, ctx).await,
     };
     match claim {
         Ok(Some(id)) => report.run_id = Some(id),
@@ -126,7 +150,17 @@ async fn run(
             report.claimed_elsewhere = true;
             return report;
         }
-        Err(e) => warn!(job = %job.name, error = %e, "state store unreachable; running the job unclaimed"),
+        Err(e) if ctx.store.is_unreachable(&e) => {
+            warn!(job = %job.name, error = %e, "state store unreachable; running the job unclaimed")
+        }
+        Err(e) => {
+            // Busy past all patience, or the store refused the claim: running it unclaimed
+            // could run it twice across replicas, so this occurrence is given up, loudly.
+            error!(job = %job.name, %scheduled, error = %e, "could not claim the occurrence; it is not run");
+            metrics::record_run(&job.name, "unclaimed", 0.0);
+            report.error = Some(format!("could not claim the occurrence: {e}"));
+            return report;
+        }
     }
     // While anything waits in the spool, the store is behind it: drain first, or keep
     // spooling so the policies' writes land in order.
@@ -173,22 +207,29 @@ async fn run(
 
     let mut decisions = Vec::new();
     if let Some(set) = policies {
-        for policy in set.for_job(&job.name) {
-            let name = policy.name().to_owned();
-            let state = if store_up {
-                match ctx.store.policy_state(&name).await {
-                    Ok(state) => {
-                        ctx.spool.remember(&name, &state);
-                        state
-                    }
-                    Err(e) => {
-                        warn!(policy = %name, error = %e, "cannot read the policy's state; deciding from the last known state");
-                        store_up = false;
-                        ctx.spool.state(&name)
-                    }
+        let listening: Vec<_> = set.for_job(&job.name).collect();
+        // Every listening policy's state for this job, in one query.
+        let mut states = if store_up && !listening.is_empty() {
+            match ctx.store.job_states(&job.name).await {
+                Ok(states) => Some(states),
+                Err(e) => {
+                    warn!(job = %job.name, error = %e, "cannot read the policies' state; deciding from the last known state");
+                    store_up = false;
+                    None
                 }
-            } else {
-                ctx.spool.state(&name)
+            }
+        } else {
+            None
+        };
+        for policy in listening {
+            let name = policy.name().to_owned();
+            let state = match states.as_mut() {
+                Some(states) => {
+                    let state = states.remove(&name).unwrap_or_default();
+                    ctx.spool.remember(&name, &job.name, &state);
+                    state
+                }
+                None => ctx.spool.state(&name, &job.name),
             };
             let caps = Capabilities {
                 sql: policy.spec.grants.sql_read.then(|| ctx.targets.db.clone()),
@@ -229,13 +270,14 @@ async fn run(
         error: report.error.clone(),
         rows_affected: report.rows_affected,
         detail: report.detail.clone(),
+        lateness_ms: lateness.map(|l| u64::try_from(l.as_millis()).unwrap_or(u64::MAX)),
         snapshot: match &event {
             Event::Snapshot(s) => Some(s.clone()),
             _ => None,
         },
         decisions,
     };
-    let stored = if store_up { ctx.store.commit(&commit).await } else { Err(StoreError::Unreachable) };
+    let stored = if store_up { commit_patiently(&commit, ctx).await } else { Err(StoreError::Unreachable) };
     match stored {
         Ok(()) => {
             ctx.spool.committed(&commit);
@@ -262,6 +304,38 @@ async fn run(
     }
     report.event = Some(event);
     report
+}
+
+/// Claims the occurrence, waiting while the store is merely busy (every connection in use).
+async fn claim(
+    job: &Job,
+    scheduled: DateTime<Utc>,
+    trigger: Trigger,
+    ctx: &TaskContext,
+) -> Result<Option<i64>, StoreError> {
+    let patience = Instant::now() + BUSY_PATIENCE;
+    loop {
+        match ctx.store.claim(&job.name, scheduled, trigger.as_str()).await {
+            Err(e) if ctx.store.is_busy(&e) && Instant::now() < patience => {
+                warn!(job = %job.name, "state store busy (every connection in use); the claim waits");
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Commits the run, waiting while the store is merely busy; an unreachable store (or one
+/// busy past all patience) is answered by the caller with the spool.
+async fn commit_patiently(commit: &RunCommit, ctx: &TaskContext) -> Result<(), StoreError> {
+    let patience = Instant::now() + BUSY_PATIENCE;
+    loop {
+        match ctx.store.commit(commit).await {
+            Err(e) if ctx.store.is_busy(&e) && Instant::now() < patience => {
+                warn!(job = %commit.job, "state store busy (every connection in use); the commit waits");
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The outbox rows and state writes of one evaluation. Dedup keys are deterministic per

@@ -18,7 +18,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-pub use execute::{RunReport, Trigger, execute, execute_claimed, execute_observed};
+pub use execute::{RunReport, Trigger, execute, execute_claimed, execute_observed, execute_queued};
 pub use policies::PolicySet;
 
 use crate::admin::{self, Command, CommandError, Shared};
@@ -67,6 +67,8 @@ struct Daemon {
     /// The delivery channels the dispatcher and the unsubscribe page use.
     channels: signal::Sender<Arc<Channels>>,
     wake: Arc<Notify>,
+    /// One permit per run in flight (`max_running`); due runs wait here, in order.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Runs until SIGTERM or Ctrl-C. `admin_token` guards `/admin/`; without one those routes
@@ -135,13 +137,14 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
         policies: Arc::new(policies),
         jobs: HashMap::new(),
         ctx,
-        scheduler: Scheduler::new(rand::random()),
+        scheduler: Scheduler::new(rand::random()).with_burst_limit(config.max_running.max(16)),
         shared,
         running: JoinSet::new(),
         config: config.clone(),
         loaded_text: std::fs::read_to_string(path).ok(),
         channels: channels_tx,
         wake,
+        slots: Arc::new(tokio::sync::Semaphore::new(config.max_running)),
     };
     info!(
         config = %path.display(),
@@ -265,6 +268,18 @@ impl Daemon {
             warn!(error = %e, "could not read which jobs are paused; none are");
             Default::default()
         });
+        // State kept from before it was per job goes to the jobs its policy listens to.
+        for policy in &config.policies {
+            match self.ctx.store.assign_unscoped_state(&policy.name, &policy.on).await {
+                Ok(0) => {}
+                Ok(_) => {
+                    info!(policy = %policy.name, jobs = ?policy.on, "the policy's state from before it was per job now belongs to each job it listens to")
+                }
+                Err(e) => {
+                    warn!(policy = %policy.name, error = %e, "could not assign the policy's earlier state to its jobs")
+                }
+            }
+        }
         self.jobs = config.jobs.iter().map(|j| (j.name.clone(), Arc::new(j.clone()))).collect();
         let specs =
             config.jobs.iter().map(|j| (j.name.clone(), j.schedule.clone(), j.enabled && !paused.contains(&j.name)));
@@ -276,17 +291,21 @@ impl Daemon {
     fn start(&mut self, fire: Fire, trigger: Trigger) {
         let Some(job) = self.jobs.get(fire.job()).cloned() else { return };
         match fire {
-            Fire::Run { scheduled, .. } => {
+            Fire::Run { scheduled, fire_at, .. } => {
                 let ctx = self.ctx.clone();
                 let shared = self.shared.clone();
                 let policies = self.policies.clone();
+                let slots = self.slots.clone();
                 self.running.spawn(async move {
+                    // Bounded work: wait for a slot; the wait is lateness, not the task's time.
+                    let Ok(_slot) = slots.acquire_owned().await else { return job.name.clone() };
+                    let lateness = (Utc::now() - fire_at).to_std().unwrap_or_default();
                     let observe = move |event: &Event| {
                         if let Event::Snapshot(snapshot) = event {
                             shared.set_latest(snapshot.clone());
                         }
                     };
-                    execute_observed(&job, scheduled, trigger, &ctx, Some(&policies), &observe).await;
+                    execute_queued(&job, scheduled, trigger, &ctx, Some(&policies), &observe, lateness).await;
                     job.name.clone()
                 });
             }

@@ -25,7 +25,7 @@ use futures_util::stream::FuturesUnordered;
 use lettre::message::Mailbox;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{Config, PerBackend, Secret};
 use crate::health::Status;
@@ -399,6 +399,10 @@ impl Dispatcher {
                     store_warned = false;
                     rows
                 }
+                Err(e) if self.store.is_busy(&e) => {
+                    debug!(error = %e, "dispatcher: state store busy; trying again");
+                    Vec::new()
+                }
                 Err(e) => {
                     if !store_warned {
                         warn!(error = %e, "dispatcher: state store unreachable; sending from the spool until it returns");
@@ -483,7 +487,7 @@ impl Dispatcher {
 
     async fn expand(&self, channels: &Channels, row: OutboxRow) {
         if self.store.superseded(&row).await.unwrap_or(false) {
-            match self.store.expand(&row, &[], "superseded by a newer status change; not told").await {
+            match self.store.mark_superseded(row.id, "superseded by a newer status change; not told").await {
                 Ok(()) => info!(key = %row.dedup_key, "subscriber notice superseded by a newer one; not sent"),
                 Err(e) => warn!(key = %row.dedup_key, error = %e, "could not record the superseded notice"),
             }

@@ -123,8 +123,11 @@ fn level_name(l: wit::Level) -> &'static str {
 }
 
 /// Checks and converts what the guest returned; log actions are also added to `logs`.
+/// A ticket's dedup key is scoped by the plugin and the job, so two jobs (or two plugins)
+/// never share a ticket by accident.
 pub fn actions_from_wit(
     plugin: &str,
+    job: &str,
     actions: Vec<wit::Action>,
     logs: &mut Vec<(String, String)>,
 ) -> Result<Vec<ActionRecord>, EvalError> {
@@ -149,7 +152,7 @@ pub fn actions_from_wit(
                     wit::Priority::High => Priority::High,
                     wit::Priority::Critical => Priority::Critical,
                 },
-                dedup_key: format!("{plugin}:{}", t.dedup_key),
+                dedup_key: format!("{plugin}:{job}:{}", t.dedup_key),
             },
             wit::Action::Log(l) => {
                 logs.push((level_name(l.level).to_owned(), l.message.clone()));

@@ -198,7 +198,7 @@ impl PolicyEngine {
             spec: spec.clone(),
             hash: sha256_hex(&bytes),
             pre,
-            config: spec.config.clone().into(),
+            config: plugin_config(spec).into(),
             failures: AtomicU32::new(0),
             quarantined: AtomicBool::new(false),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_EVALUATIONS)),
@@ -281,9 +281,19 @@ impl PolicyEngine {
         let actions = result.map_err(EvalError::Refused)?;
         let ctx = store.into_data();
         let mut logs = ctx.take_logs();
-        let actions = convert::actions_from_wit(policy.name(), actions, &mut logs)?;
+        let actions = convert::actions_from_wit(policy.name(), job, actions, &mut logs)?;
         Ok(Evaluation { actions, state_writes: ctx.writes, logs, micros: 0 })
     }
+}
+
+/// What the plugin's `config` interface shows: the `config` table, and `warden.on`, the
+/// jobs it listens to (comma-separated), so a policy can name the job when there are several.
+fn plugin_config(spec: &PolicySpec) -> Vec<(String, String)> {
+    let mut config = spec.config.clone();
+    if !config.iter().any(|(k, _)| k == "warden.on") {
+        config.push(("warden.on".to_owned(), spec.on.join(",")));
+    }
+    config
 }
 
 fn classify(error: &wasmtime::Error, store: &wasmtime::Store<PluginCtx>, limits: Limits) -> EvalError {

@@ -12,8 +12,10 @@ use super::ScheduleSpec;
 /// What the scheduler decided for one due occurrence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fire {
-    /// Run the job; `scheduled` is the occurrence's unjittered time (the claim key).
-    Run { job: String, scheduled: DateTime<Utc> },
+    /// Run the job; `scheduled` is the occurrence's unjittered time (the claim key),
+    /// `fire_at` when it was due to start (with its jitter; now, for a catch-up): a start
+    /// after that is lateness.
+    Run { job: String, scheduled: DateTime<Utc>, fire_at: DateTime<Utc> },
     /// The previous run is still going: this occurrence is skipped (and recorded).
     SkipOverlap { job: String, scheduled: DateTime<Utc> },
 }
@@ -49,7 +51,13 @@ pub struct Scheduler {
     heap: BinaryHeap<Reverse<(i64, u64, usize)>>,
     seq: u64,
     rng: SmallRng,
+    /// The most short-period (`every` under an hour) catch-ups one `load` fires at once.
+    burst: usize,
 }
+
+/// `every` jobs with a period under this are "frequent": missing one occurrence while
+/// warden was down costs nothing, since the next is near.
+const FREQUENT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Scheduler {
     pub fn new(seed: u64) -> Self {
@@ -59,7 +67,17 @@ impl Scheduler {
             heap: BinaryHeap::new(),
             seq: 0,
             rng: SmallRng::seed_from_u64(seed),
+            burst: usize::MAX,
         }
+    }
+
+    /// At most `n` frequent jobs (`every` under an hour) catch up at once at a load; when
+    /// more would, none of them do and each starts at its own next occurrence instead, so a
+    /// fleet of 10,000 probes starts spread over its period rather than all at once. Cron
+    /// and long-period jobs always catch up.
+    pub fn with_burst_limit(mut self, n: usize) -> Self {
+        self.burst = n;
+        self
     }
 
     /// Replaces the job set. Jobs keep their running flag and, when their schedule is
@@ -76,20 +94,32 @@ impl Scheduler {
         let mut old: HashMap<String, Entry> = self.entries.drain(..).map(|e| (e.name.clone(), e)).collect();
         self.by_name.clear();
         self.heap.clear();
+        let jobs: Vec<(String, ScheduleSpec, bool)> = jobs.into_iter().collect();
+        let frequent_catch_ups = jobs
+            .iter()
+            .filter(|(name, spec, enabled)| {
+                *enabled
+                    && is_frequent(spec)
+                    && !old.get(name).is_some_and(|p| p.enabled && p.spec.same_as(spec))
+                    && catch_up(spec, last_runs.get(name).copied(), now).is_some()
+            })
+            .count();
+        let frequent_ok = frequent_catch_ups <= self.burst;
         let mut fires = Vec::new();
         for (name, spec, enabled) in jobs {
             let previous = old.remove(&name);
             let running = previous.as_ref().is_some_and(|p| p.running);
-            let unchanged =
-                previous.as_ref().is_some_and(|p| p.enabled == enabled && p.spec.to_string() == spec.to_string());
+            let unchanged = previous.as_ref().is_some_and(|p| p.enabled == enabled && p.spec.same_as(&spec));
             let mut entry = Entry { name: name.clone(), spec, enabled, running, next: None };
             if enabled {
                 if unchanged {
                     entry.next = previous.and_then(|p| p.next);
                 }
                 if entry.next.is_none() {
-                    if let Some(scheduled) = catch_up(&entry.spec, last_runs.get(&name).copied(), now) {
-                        fires.push(decide(&mut entry, scheduled));
+                    if let Some(scheduled) = catch_up(&entry.spec, last_runs.get(&name).copied(), now)
+                        && (frequent_ok || !is_frequent(&entry.spec))
+                    {
+                        fires.push(decide(&mut entry, scheduled, now));
                     }
                     entry.next = plan(&mut self.rng, &entry.spec, now);
                 }
@@ -120,7 +150,7 @@ impl Scheduler {
             self.heap.pop();
             let entry = &mut self.entries[slot];
             let Some(planned) = entry.next.take() else { continue };
-            fires.push(decide(entry, planned.scheduled));
+            fires.push(decide(entry, planned.scheduled, planned.fire_at));
             // Plan after the occurrence itself, or after `now` when the wake-up was late:
             // a missed stretch fires once, then the schedule continues without a burst.
             let after = planned.scheduled.max(now - chrono::Duration::milliseconds(1));
@@ -173,13 +203,17 @@ impl Scheduler {
     }
 }
 
-fn decide(entry: &mut Entry, scheduled: DateTime<Utc>) -> Fire {
+fn is_frequent(spec: &ScheduleSpec) -> bool {
+    matches!(spec, ScheduleSpec::Every { period, .. } if period.std() < FREQUENT)
+}
+
+fn decide(entry: &mut Entry, scheduled: DateTime<Utc>, fire_at: DateTime<Utc>) -> Fire {
     let job = entry.name.clone();
     if entry.running {
         Fire::SkipOverlap { job, scheduled }
     } else {
         entry.running = true;
-        Fire::Run { job, scheduled }
+        Fire::Run { job, scheduled, fire_at }
     }
 }
 

@@ -7,7 +7,7 @@ mod core;
 mod spec;
 
 pub use core::{Fire, Planned, Scheduler};
-pub use spec::ScheduleSpec;
+pub use spec::{Millis, ScheduleSpec, offset_for};
 
 #[cfg(test)]
 mod tests;

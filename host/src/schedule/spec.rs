@@ -1,4 +1,6 @@
-//! When a job fires: `every` (aligned to the epoch so replicas agree) or `cron` in a time zone.
+//! When a job fires: `every` (at a stable offset within its period, derived from the job's
+//! name, so replicas agree and many jobs spread out; or aligned to the epoch when asked) or
+//! `cron` in a time zone.
 
 use std::fmt;
 use std::str::FromStr;
@@ -11,8 +13,9 @@ use crate::config::Duration;
 /// A job's schedule, checked at load.
 #[derive(Debug, Clone)]
 pub enum ScheduleSpec {
-    /// Fires at every multiple of `period` since the Unix epoch, delayed by up to `jitter`.
-    Every { period: Duration, jitter: Duration },
+    /// Fires at `offset` past every multiple of `period` since the Unix epoch, delayed by up
+    /// to `jitter`. `offset` is below `period`; zero is the epoch grid.
+    Every { period: Duration, jitter: Duration, offset: Duration },
     /// Fires at the cron expression's times in `tz`, delayed by up to `jitter`.
     Cron { expr: Box<cron::Schedule>, text: String, tz: Tz, jitter: Duration },
 }
@@ -44,11 +47,36 @@ impl ScheduleSpec {
         Ok(Self::Cron { expr: Box::new(expr), text: text.to_owned(), tz, jitter })
     }
 
+    /// Every `period` on the epoch grid (`align = true`).
     pub fn every(period: Duration, jitter: Duration) -> Result<Self, String> {
         if period.is_zero() {
             return Err("the period of `every` must be longer than zero".into());
         }
-        Ok(Self::Every { period, jitter })
+        Ok(Self::Every { period, jitter, offset: Duration::default() })
+    }
+
+    /// Every `period` at the job's own offset within it: the same for a name on every
+    /// replica and across restarts (so claims meet), and spread evenly over many names (so
+    /// 10,000 jobs every 30 s are 333 runs a second, not 10,000 at once).
+    pub fn every_spread(name: &str, period: Duration, jitter: Duration) -> Result<Self, String> {
+        let mut spec = Self::every(period, jitter)?;
+        if let Self::Every { offset, .. } = &mut spec {
+            *offset = offset_for(name, period);
+        }
+        Ok(spec)
+    }
+
+    /// Whether two specs fire at the same times (with the same jitter).
+    pub fn same_as(&self, other: &ScheduleSpec) -> bool {
+        self.to_string() == other.to_string() && self.offset() == other.offset()
+    }
+
+    /// Where within its period an `every` job fires (zero for cron and aligned jobs).
+    pub fn offset(&self) -> Duration {
+        match self {
+            Self::Every { offset, .. } => *offset,
+            Self::Cron { .. } => Duration::default(),
+        }
     }
 
     pub fn jitter(&self) -> Duration {
@@ -67,10 +95,11 @@ impl ScheduleSpec {
     /// The first scheduled (unjittered) time strictly after `after`.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
-            Self::Every { period, .. } => {
+            Self::Every { period, offset, .. } => {
                 let p = period_millis(*period);
-                let t = after.timestamp_millis();
-                let next = (t.div_euclid(p) + 1) * p;
+                let o = offset_millis(*offset);
+                let t = after.timestamp_millis() - o;
+                let next = (t.div_euclid(p) + 1) * p + o;
                 Utc.timestamp_millis_opt(next).single()
             }
             Self::Cron { expr, tz, .. } => expr.after(&after.with_timezone(tz)).next().map(|t| t.with_timezone(&Utc)),
@@ -80,10 +109,11 @@ impl ScheduleSpec {
     /// The latest scheduled time at or before `at`.
     pub fn latest_at_or_before(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
-            Self::Every { period, .. } => {
+            Self::Every { period, offset, .. } => {
                 let p = period_millis(*period);
-                let t = at.timestamp_millis();
-                Utc.timestamp_millis_opt(t.div_euclid(p) * p).single()
+                let o = offset_millis(*offset);
+                let t = at.timestamp_millis() - o;
+                Utc.timestamp_millis_opt(t.div_euclid(p) * p + o).single()
             }
             Self::Cron { expr, tz, .. } => {
                 // `after(t).next_back()` walks backwards from t (exclusive); include t itself.
@@ -114,13 +144,40 @@ fn period_millis(period: Duration) -> i64 {
     i64::try_from(period.std().as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
+fn offset_millis(offset: Duration) -> i64 {
+    i64::try_from(offset.std().as_millis()).unwrap_or(0)
+}
+
+/// A job's offset within `period`: the first 8 bytes of SHA-256 of its name, modulo the
+/// period in milliseconds. A fixed hash (not std's randomly seeded one), so every replica
+/// and every build computes the same offset.
+pub fn offset_for(name: &str, period: Duration) -> Duration {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(name.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    let p = u64::try_from(period_millis(period)).unwrap_or(1);
+    Duration(std::time::Duration::from_millis(u64::from_be_bytes(first) % p))
+}
+
 impl fmt::Display for ScheduleSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Every { period, jitter } if jitter.is_zero() => write!(f, "every {period}"),
-            Self::Every { period, jitter } => write!(f, "every {period} (jitter {jitter})"),
+            // The offset is shown apart (`warden jobs`, the admin API's `offset_ms`).
+            Self::Every { period, jitter, .. } if jitter.is_zero() => write!(f, "every {period}"),
+            Self::Every { period, jitter, .. } => write!(f, "every {period} (jitter {jitter})"),
             Self::Cron { text, tz, jitter, .. } if jitter.is_zero() => write!(f, "cron `{text}` {tz}"),
             Self::Cron { text, tz, jitter, .. } => write!(f, "cron `{text}` {tz} (jitter {jitter})"),
         }
+    }
+}
+
+/// A duration in seconds with milliseconds, `12.345s`: how offsets are shown.
+pub struct Millis(pub Duration);
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.std().as_millis();
+        write!(f, "{}.{:03}s", ms / 1000, ms % 1000)
     }
 }

@@ -37,6 +37,54 @@ fn every_is_aligned_to_the_epoch_so_replicas_agree() {
 }
 
 #[test]
+fn every_fires_at_the_jobs_own_offset_within_its_period() {
+    let s = ScheduleSpec::every_spread("orders-db", d("30s"), Duration::default()).unwrap();
+    let offset = chrono::Duration::from_std(s.offset().std()).unwrap();
+    assert!(offset < chrono::Duration::seconds(30), "{offset}");
+    let base = t("2026-01-01T00:00:00Z");
+    let next = s.next_after(base).unwrap();
+    assert_eq!(next, if offset.is_zero() { base + chrono::Duration::seconds(30) } else { base + offset });
+    assert_eq!(s.next_after(next), Some(next + chrono::Duration::seconds(30)));
+    assert_eq!(s.latest_at_or_before(next), Some(next));
+    assert_eq!(
+        s.latest_at_or_before(next - chrono::Duration::milliseconds(1)),
+        Some(next - chrono::Duration::seconds(30))
+    );
+}
+
+#[test]
+fn offsets_are_stable_and_spread_over_the_period() {
+    // The same name gives the same offset every time (every replica, every restart).
+    let a = ScheduleSpec::every_spread("ledger-db", d("30s"), Duration::default()).unwrap();
+    let b = ScheduleSpec::every_spread("ledger-db", d("30s"), Duration::default()).unwrap();
+    assert_eq!(a.offset(), b.offset());
+    assert_eq!(a.offset(), super::offset_for("ledger-db", d("30s")));
+    // A golden value: the offset must not change between builds or versions.
+    assert_eq!(super::offset_for("health-probe", d("30s")).std().as_millis(), GOLDEN_HEALTH_PROBE_OFFSET_MS);
+    // 10,000 jobs every 30 s: each second of the period gets close to its share of 333.
+    let mut per_second = [0u32; 30];
+    for i in 0..10_000 {
+        let offset = super::offset_for(&format!("probe-{i}"), d("30s"));
+        per_second[(offset.std().as_millis() / 1000) as usize] += 1;
+    }
+    let (min, max) = (per_second.iter().min().unwrap(), per_second.iter().max().unwrap());
+    assert!(*min > 250 && *max < 420, "runs per second of the period: {per_second:?}");
+}
+
+/// `offset_for("health-probe", 30s)`, as first computed.
+const GOLDEN_HEALTH_PROBE_OFFSET_MS: u128 = 21_305;
+
+#[test]
+fn an_aligned_job_fires_on_the_epoch_grid() {
+    let s = every("30s");
+    assert!(s.offset().is_zero());
+    assert_eq!(s.next_after(t("2026-01-01T00:00:07Z")), Some(t("2026-01-01T00:00:30Z")));
+    assert_eq!(s.to_string(), "every 30s");
+    let spread = ScheduleSpec::every_spread("probe", d("30s"), Duration::default()).unwrap();
+    assert!(!s.same_as(&spread), "aligning a job reschedules it");
+}
+
+#[test]
 fn cron_fires_in_utc_by_default() {
     let s = cron("0 15 3 * * *", Tz::UTC);
     assert_eq!(
@@ -131,7 +179,8 @@ fn due_fires_each_occurrence_once_and_replans() {
     assert_eq!(s.next_wake(), Some(t("2026-05-01T00:00:30Z")));
     assert!(s.due(t("2026-05-01T00:00:29Z")).is_empty());
     let fires = s.due(t("2026-05-01T00:00:30Z"));
-    assert_eq!(fires, vec![Fire::Run { job: "probe".into(), scheduled: t("2026-05-01T00:00:30Z") }]);
+    let at = t("2026-05-01T00:00:30Z");
+    assert_eq!(fires, vec![Fire::Run { job: "probe".into(), scheduled: at, fire_at: at }]);
     s.finished("probe");
     assert_eq!(s.next_wake(), Some(t("2026-05-01T00:01:00Z")));
 }
@@ -177,7 +226,8 @@ fn jitter_delays_within_its_bounds_and_keeps_the_occurrence_key() {
         assert_eq!(planned.scheduled.timestamp() % 60, 0, "the occurrence key stays aligned");
         delays.push(delay);
         let fires = s.due(planned.fire_at);
-        assert_eq!(fires, vec![Fire::Run { job: "j".into(), scheduled: planned.scheduled }]);
+        let (scheduled, fire_at) = (planned.scheduled, planned.fire_at);
+        assert_eq!(fires, vec![Fire::Run { job: "j".into(), scheduled, fire_at }]);
         s.finished("j");
     }
     // Spread over the window, not stuck at one end.
@@ -208,4 +258,29 @@ fn reload_keeps_unchanged_plans_and_running_flags() {
     assert_eq!(s.planned("a").unwrap().scheduled, t("2026-05-01T00:01:00Z"));
     assert_eq!(s.planned("b").unwrap().scheduled, t("2026-05-01T00:02:00Z"));
     assert_eq!(s.planned("c"), None, "a disabled job is not planned");
+}
+
+#[test]
+fn a_fleet_of_frequent_jobs_starts_spread_instead_of_catching_up_at_once() {
+    let now = t("2026-05-01T00:00:01Z");
+    let last = HashMap::new();
+    let fleet = |n: usize| {
+        (0..n).map(|i| {
+            let name = format!("probe-{i}");
+            let spec = ScheduleSpec::every_spread(&name, d("30s"), Duration::default()).unwrap();
+            (name, spec, true)
+        })
+    };
+    // A few: each catches up at once (the first probe at start-up).
+    let mut s = Scheduler::new(1).with_burst_limit(10);
+    assert_eq!(s.load(fleet(10), now, &last).len(), 10);
+    // Thousands: none stampedes; each starts at its own offset within the period.
+    let mut s = Scheduler::new(1).with_burst_limit(10);
+    let mut jobs: Vec<_> = fleet(1000).collect();
+    jobs.push(("nightly".to_owned(), cron("0 15 3 * * *", Tz::UTC), true));
+    let fires = s.load(jobs, now, &last);
+    assert_eq!(fires.len(), 1, "only the daily job catches up: {fires:?}");
+    assert_eq!(fires[0].job(), "nightly");
+    let first_second = s.due(now + chrono::Duration::seconds(1));
+    assert!(first_second.len() < 100, "{} fired in the first second", first_second.len());
 }

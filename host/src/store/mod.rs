@@ -35,7 +35,7 @@ pub use spool::Spool;
 /// The kinds of outbox rows: an admin email, a subscriber fan-out, one user's notice, a ticket.
 pub const OUTBOX_KINDS: [&str; 4] = ["email", "subscribers", "notice", "ticket"];
 /// The states of an outbox row.
-pub const OUTBOX_STATES: [&str; 4] = ["pending", "delivered", "failed", "silenced"];
+pub const OUTBOX_STATES: [&str; 5] = ["pending", "delivered", "failed", "silenced", "superseded"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -148,6 +148,9 @@ pub struct RunCommit {
     pub error: Option<String>,
     pub rows_affected: Option<u64>,
     pub detail: Option<String>,
+    /// How long the run waited for a slot after it was due (queueing, not the target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lateness_ms: Option<u64>,
     pub snapshot: Option<Snapshot>,
     pub decisions: Vec<Decision>,
 }
@@ -167,6 +170,7 @@ impl RunCommit {
             error: None,
             rows_affected: None,
             detail: None,
+            lateness_ms: None,
             snapshot: None,
             decisions,
         }
@@ -190,7 +194,8 @@ impl StateStore {
     /// prepared on first contact, so warden starts (and spools) while it is down.
     pub async fn open(config: &StateConfig) -> Result<Self, StoreError> {
         let url = config.url.display();
-        let settings = PoolSettings { max_connections: 5, acquire_timeout: Duration::from_secs(3), lazy: false };
+        let settings =
+            PoolSettings { max_connections: config.pool, acquire_timeout: Duration::from_secs(3), lazy: false };
         let pool = match Pool::open(&config.url, settings, Some(PG_SCHEMA)).await {
             Ok(pool) => pool,
             Err(e) if matches!(config.url, DbUrl::Postgres(_)) && unreachable(&e) => {
@@ -434,10 +439,12 @@ impl StateStore {
                     }
                 }
                 let rows = run.rows_affected.map(|r| i64::try_from(r).unwrap_or(i64::MAX));
+                let lateness = run.lateness_ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
                 let run_id = match run.run_id {
                     Some(id) => {
                         sqlx::query(
-                            "UPDATE job_runs SET finished_at = $2, outcome = $3, error = $4, rows_affected = $5, detail = $6 WHERE id = $1",
+                            "UPDATE job_runs SET finished_at = $2, outcome = $3, error = $4, rows_affected = $5, detail = $6, \
+                             lateness_ms = $7 WHERE id = $1",
                         )
                         .bind(id)
                         .bind(now)
@@ -445,6 +452,7 @@ impl StateStore {
                         .bind(&run.error)
                         .bind(rows)
                         .bind(&run.detail)
+                        .bind(lateness)
                         .execute(&mut *tx)
                         .await?;
                         Some(id)
@@ -452,8 +460,8 @@ impl StateStore {
                     // Ran while the store was unreachable: recorded now, unless another
                     // replica claimed the occurrence meanwhile.
                     None => sqlx::query_scalar(
-                        "INSERT INTO job_runs (job, scheduled_at, trigger, replica, started_at, finished_at, outcome, error, rows_affected, detail) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (job, scheduled_at) DO NOTHING RETURNING id",
+                        "INSERT INTO job_runs (job, scheduled_at, trigger, replica, started_at, finished_at, outcome, error, rows_affected, detail, lateness_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (job, scheduled_at) DO NOTHING RETURNING id",
                     )
                     .bind(&run.job)
                     .bind(Ts(run.scheduled_at))
@@ -465,6 +473,7 @@ impl StateStore {
                     .bind(&run.error)
                     .bind(rows)
                     .bind(&run.detail)
+                    .bind(lateness)
                     .fetch_optional(&mut *tx)
                     .await?,
                 };
@@ -483,10 +492,11 @@ impl StateStore {
                         match value {
                             Some(v) => {
                                 sqlx::query(
-                                    "INSERT INTO policy_state (plugin, key, value, updated_at) VALUES ($1, $2, $3, $4) \
-                                     ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                                    "INSERT INTO policy_state (plugin, job, key, value, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                                     ON CONFLICT (plugin, job, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                                 )
                                 .bind(&d.policy)
+                                .bind(&run.job)
                                 .bind(key)
                                 .bind(v)
                                 .bind(now)
@@ -494,8 +504,9 @@ impl StateStore {
                                 .await?;
                             }
                             None => {
-                                sqlx::query("DELETE FROM policy_state WHERE plugin = $1 AND key = $2")
+                                sqlx::query("DELETE FROM policy_state WHERE plugin = $1 AND job = $2 AND key = $3")
                                     .bind(&d.policy)
+                                    .bind(&run.job)
                                     .bind(key)
                                     .execute(&mut *tx)
                                     .await?;
@@ -562,13 +573,47 @@ impl StateStore {
         self.pool.is_sqlite()
     }
 
-    /// A policy's stored state.
-    pub async fn policy_state(&self, policy: &str) -> Result<BTreeMap<String, String>, StoreError> {
+    /// A policy's stored state for one job: a policy listening to several jobs keeps each
+    /// job's state apart.
+    pub async fn policy_state(&self, policy: &str, job: &str) -> Result<BTreeMap<String, String>, StoreError> {
         self.ready().await?;
-        let sql = "SELECT key, value FROM policy_state WHERE plugin = $1";
+        let sql = "SELECT key, value FROM policy_state WHERE plugin = $1 AND job = $2";
         let rows: Vec<(String, String)> =
-            with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(policy).fetch_all(p).await?);
+            with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(policy).bind(job).fetch_all(p).await?);
         Ok(rows.into_iter().collect())
+    }
+
+    /// Every policy's stored state for one job, in one query: what a run's evaluations read.
+    pub async fn job_states(&self, job: &str) -> Result<HashMap<String, BTreeMap<String, String>>, StoreError> {
+        self.ready().await?;
+        let sql = "SELECT plugin, key, value FROM policy_state WHERE job = $1";
+        let rows: Vec<(String, String, String)> =
+            with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(job).fetch_all(p).await?);
+        let mut out: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+        for (policy, key, value) in rows {
+            out.entry(policy).or_default().insert(key, value);
+        }
+        Ok(out)
+    }
+
+    /// Gives state kept from before it was per job (job `''`) to every job its policy
+    /// listens to, then drops the old rows. Returns how many policies had such state.
+    pub async fn assign_unscoped_state(&self, policy: &str, jobs: &[String]) -> Result<u64, StoreError> {
+        self.ready().await?;
+        let copy = "INSERT INTO policy_state (plugin, job, key, value, updated_at) \
+                    SELECT plugin, $2, key, value, updated_at FROM policy_state WHERE plugin = $1 AND job = '' \
+                    ON CONFLICT (plugin, job, key) DO NOTHING";
+        let drop = "DELETE FROM policy_state WHERE plugin = $1 AND job = ''";
+        let dropped = with_pool!(&self.pool, |p| {
+            let mut tx = p.begin().await?;
+            for job in jobs.iter().filter(|j| !j.is_empty()) {
+                sqlx::query(copy).bind(policy).bind(job).execute(&mut *tx).await?;
+            }
+            let dropped = sqlx::query(drop).bind(policy).execute(&mut *tx).await?.rows_affected();
+            tx.commit().await?;
+            dropped
+        });
+        Ok(u64::from(dropped > 0))
     }
 
     /// Outbox rows as (kind, dedup key, payload, policy, state), oldest first.
@@ -603,9 +648,40 @@ fn snapshot_of(row: HealthRow) -> Result<Snapshot, StoreError> {
 }
 
 /// Whether an error means the database could not be reached (as opposed to refusing a query).
+/// A pool timeout counts: sqlx retries a refused connect until the acquire timeout. Where
+/// the pool is at hand, `StateStore::is_busy` tells a busy pool from an unreachable server.
 pub fn unreachable(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_))
         || matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+}
+
+impl StateStore {
+    /// Whether `e` only says the store is busy: the pool timed out while every connection it
+    /// may open was open and in use (by warden's own runs, or held up by a lock). A busy
+    /// store is waited for; only a failed connect or statement makes it unreachable.
+    pub fn is_busy(&self, e: &StoreError) -> bool {
+        match e {
+            StoreError::Query(sqlx::Error::PoolTimedOut) => {
+                let (size, idle, max) = self.pool.stats();
+                size >= max && idle == 0
+            }
+            // SQLite's SQLITE_BUSY / SQLITE_LOCKED past the busy timeout: another writer.
+            StoreError::Query(sqlx::Error::Database(d)) if self.pool.is_sqlite() => {
+                d.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|n| matches!(n & 0xff, 5 | 6))
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `e` means the store could not be reached (a failed connect, a dropped
+    /// connection, a server shutting down), as opposed to busy or refusing.
+    pub fn is_unreachable(&self, e: &StoreError) -> bool {
+        match e {
+            StoreError::Unreachable => true,
+            StoreError::Query(q) => unreachable(q) && !self.is_busy(e),
+            _ => false,
+        }
+    }
 }
 
 fn hostname() -> String {

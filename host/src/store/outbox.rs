@@ -176,18 +176,31 @@ impl StateStore {
         Ok(())
     }
 
-    /// Whether a newer row of the same kind from the same policy is queued: a status notice
-    /// that waited out an outage is not told after the status it was overtaken by.
+    /// Whether a newer row of the same kind from the same policy about the same job is
+    /// queued: a status notice that waited out an outage is not told after the status it
+    /// was overtaken by.
     pub async fn superseded(&self, row: &OutboxRow) -> Result<bool, StoreError> {
         self.ready().await?;
-        let sql = "SELECT COUNT(*) FROM outbox WHERE kind = $1 AND policy = $2 AND id > $3";
+        let sql =
+            "SELECT COUNT(*) FROM outbox WHERE kind = $1 AND policy = $2 AND job IS NOT DISTINCT FROM $3 AND id > $4";
         let newer: i64 = with_pool!(&self.pool, |p| sqlx::query_scalar(sql)
             .bind(&row.kind)
             .bind(&row.policy)
+            .bind(&row.job)
             .bind(row.id)
             .fetch_one(p)
             .await?);
         Ok(newer > 0)
+    }
+
+    /// Records a row as superseded: kept, visible with why, never sent. Earlier attempts'
+    /// error stays in the note.
+    pub async fn mark_superseded(&self, id: i64, why: &str) -> Result<(), StoreError> {
+        self.ready().await?;
+        let sql = "UPDATE outbox SET state = 'superseded', last_error = CASE WHEN last_error IS NULL THEN $2 \
+                   ELSE $2 || ' (earlier attempts failed: ' || last_error || ')' END, claimed_by = NULL WHERE id = $1";
+        with_pool!(&self.pool, |p| sqlx::query(sql).bind(id).bind(why).execute(p).await.map(|_| ())?);
+        Ok(())
     }
 
     /// Records a row as silenced: kept, visible, never sent.

@@ -21,6 +21,13 @@ use serde::{Deserialize, Serialize};
 use super::{NewOutboxRow, RunCommit, Silence, SpoolApply, StateStore, StoreError};
 
 type PolicyState = BTreeMap<String, String>;
+/// A policy's state is kept per (policy, job); spooled as `policy/job`. A key without a
+/// `/` was written before state was per job and stands for every job of the policy.
+type StateKey = String;
+
+fn state_key(policy: &str, job: &str) -> StateKey {
+    format!("{policy}/{job}")
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "kebab-case")]
@@ -29,7 +36,7 @@ enum Record {
         mark: String,
         run: Box<RunCommit>,
         #[serde(default, skip_serializing_if = "HashMap::is_empty")]
-        base_state: HashMap<String, PolicyState>,
+        base_state: HashMap<StateKey, PolicyState>,
     },
     Delivered {
         dedup_key: String,
@@ -57,8 +64,8 @@ struct Inner {
     delivered: HashMap<String, DateTime<Utc>>,
     /// Rows held back (dedup key → why): never sent, recorded `silenced` in the outbox.
     silenced: HashMap<String, String>,
-    /// Each policy's state as last known: read from the store, or written since.
-    known: HashMap<String, PolicyState>,
+    /// Each (policy, job)'s state as last known: read from the store, or written since.
+    known: HashMap<StateKey, PolicyState>,
 }
 
 /// The spool. Cheap to clone; one per process.
@@ -122,22 +129,28 @@ impl Spool {
         self.len() == 0
     }
 
-    /// Notes a policy's state as just read from the store.
-    pub fn remember(&self, policy: &str, state: &PolicyState) {
-        self.lock().known.insert(policy.to_owned(), state.clone());
+    /// Notes a policy's state for a job as just read from the store.
+    pub fn remember(&self, policy: &str, job: &str, state: &PolicyState) {
+        let mut inner = self.lock();
+        let key = state_key(policy, job);
+        if inner.known.get(&key) != Some(state) {
+            inner.known.insert(key, state.clone());
+        }
     }
 
     /// Notes state writes the store just committed.
     pub fn committed(&self, run: &RunCommit) {
         let mut inner = self.lock();
         for d in &run.decisions {
-            inner.write(&d.policy, &d.state_writes);
+            inner.write(&d.policy, &run.job, &d.state_writes);
         }
     }
 
-    /// A policy's state as last known, for an evaluation while the store is unreachable.
-    pub fn state(&self, policy: &str) -> PolicyState {
-        self.lock().known.get(policy).cloned().unwrap_or_default()
+    /// A policy's state for a job as last known, for an evaluation while the store is
+    /// unreachable.
+    pub fn state(&self, policy: &str, job: &str) -> PolicyState {
+        let inner = self.lock();
+        inner.known.get(&state_key(policy, job)).or_else(|| inner.known.get(policy)).cloned().unwrap_or_default()
     }
 
     /// Appends a run; it is on disk when this returns.
@@ -316,7 +329,7 @@ impl Inner {
                     self.known.entry(policy).or_insert(state);
                 }
                 for d in &run.decisions {
-                    self.write(&d.policy, &d.state_writes);
+                    self.write(&d.policy, &run.job, &d.state_writes);
                 }
                 self.runs.push((mark, *run));
             }
@@ -329,8 +342,14 @@ impl Inner {
         }
     }
 
-    fn write(&mut self, policy: &str, writes: &BTreeMap<String, Option<String>>) {
-        let state = self.known.entry(policy.to_owned()).or_default();
+    fn write(&mut self, policy: &str, job: &str, writes: &BTreeMap<String, Option<String>>) {
+        let key = state_key(policy, job);
+        if !self.known.contains_key(&key)
+            && let Some(unscoped) = self.known.get(policy).cloned()
+        {
+            self.known.insert(key.clone(), unscoped);
+        }
+        let state = self.known.entry(key).or_default();
         for (key, value) in writes {
             match value {
                 Some(v) => state.insert(key.clone(), v.clone()),
@@ -357,7 +376,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spool.jsonl");
         let spool = Spool::open(&path).unwrap();
-        spool.remember("p", &BTreeMap::from([("a".into(), "1".into()), ("b".into(), "2".into())]));
+        spool.remember("p", "j", &BTreeMap::from([("a".into(), "1".into()), ("b".into(), "2".into())]));
+        spool.remember("p", "other", &BTreeMap::from([("a".into(), "9".into())]));
         spool.push(run("j", "k1", &[("a", Some("3"))])).unwrap();
         spool.push(run("j", "k2", &[("b", None)])).unwrap();
         spool.delivered("k1").unwrap();
@@ -366,7 +386,12 @@ mod tests {
 
         let again = Spool::open(&path).unwrap();
         assert_eq!(again.len(), 2);
-        assert_eq!(again.state("p"), BTreeMap::from([("a".to_owned(), "3".to_owned())]));
+        assert_eq!(again.state("p", "j"), BTreeMap::from([("a".to_owned(), "3".to_owned())]));
+        assert_eq!(
+            again.state("p", "other"),
+            BTreeMap::from([("a".to_owned(), "9".to_owned())]),
+            "each job's own state"
+        );
         let undelivered: Vec<String> = again.undelivered().into_iter().map(|r| r.row.dedup_key).collect();
         assert_eq!(undelivered, ["k2"]);
         again.delivered("k2").unwrap();

@@ -7,6 +7,9 @@
 //! last one told, and optional thresholds need N consecutive results before a transition counts.
 //!
 //! Config: `product` ("warden"), `cooldown` ("5m"), `failure_threshold` (1), `success_threshold` (1).
+//! The host keeps this policy's state per job and tells it which jobs it listens to
+//! (`warden.on`, comma-separated): the body always names the job, and the subject does too
+//! when there is more than one.
 
 use warden_policy::{
     Action, Config, Email, Guest, HostState, Level, LogEntry, Priority, Snapshot, State, Status, StatusChange, Ticket,
@@ -20,6 +23,8 @@ pub struct Rules {
     pub cooldown_ms: i64,
     pub failure_threshold: u32,
     pub success_threshold: u32,
+    /// The policy listens to more than one job: subjects and ticket titles name the job.
+    pub name_job: bool,
 }
 
 impl Rules {
@@ -37,6 +42,7 @@ impl Rules {
             cooldown_ms: config.duration_ms("cooldown", "5m")?,
             failure_threshold: threshold("failure_threshold")?,
             success_threshold: threshold("success_threshold")?,
+            name_job: config.text("warden.on", "").split(',').filter(|j| !j.is_empty()).count() > 1,
         })
     }
 }
@@ -99,7 +105,7 @@ pub fn decide(rules: &Rules, snap: &Snapshot, now_ms: i64, state: &mut impl Stat
                 _ => (Priority::High, "degraded"),
             };
             actions.push(Action::OpenTicket(Ticket {
-                title: format!("{} {what}: status {}", rules.product, new.name()),
+                title: with_job(rules, snap, format!("{} {what}: status {}", rules.product, new.name())),
                 body: body(snap, last),
                 priority,
                 dedup_key: format!("{}:{}", new.name(), snap.checked_at_ms),
@@ -134,7 +140,8 @@ fn tell(
     state: &mut impl State,
     actions: &mut Vec<Action>,
 ) {
-    actions.push(Action::EmailAdmin(Email { subject: subject(&rules.product, status), body: body(snap, previous) }));
+    let subject = with_job(rules, snap, subject(&rules.product, status));
+    actions.push(Action::EmailAdmin(Email { subject, body: body(snap, previous) }));
     actions.push(Action::NotifySubscribers(StatusChange { status, previous }));
     state.set(ALERT_AT, now_ms.to_string());
     state.set(TOLD, status.name().to_owned());
@@ -149,6 +156,11 @@ pub fn subject(product: &str, status: Status) -> String {
     }
 }
 
+/// `text`, naming the job when the policy listens to several.
+fn with_job(rules: &Rules, snap: &Snapshot, text: String) -> String {
+    if rules.name_job { format!("{text} ({})", snap.job) } else { text }
+}
+
 fn title(status: Option<Status>) -> &'static str {
     match status {
         Some(Status::Operational) => "Operational",
@@ -158,9 +170,10 @@ fn title(status: Option<Status>) -> &'static str {
     }
 }
 
-/// Status, previous status, every check OK|FAIL and the check duration in ms.
+/// Status, previous status, the job, every check OK|FAIL and the check duration in ms.
 pub fn body(snap: &Snapshot, previous: Option<Status>) -> String {
-    let mut out = format!("Status: {}\nPrevious status: {}\n", title(Some(snap.status)), title(previous));
+    let mut out =
+        format!("Status: {}\nPrevious status: {}\nJob: {}\n", title(Some(snap.status)), title(previous), snap.job);
     for check in &snap.checks {
         let label = match check.name.as_str() {
             "db" => "DB".to_owned(),

@@ -9,7 +9,7 @@ use warden_policy::CheckResult;
 const MIN: i64 = 60_000;
 
 fn rules() -> Rules {
-    Rules { product: "MNW".into(), cooldown_ms: 5 * MIN, failure_threshold: 1, success_threshold: 1 }
+    Rules { product: "MNW".into(), cooldown_ms: 5 * MIN, failure_threshold: 1, success_threshold: 1, name_job: false }
 }
 
 fn snap(status: Status, at: i64) -> Snapshot {
@@ -113,7 +113,7 @@ fn the_body_lists_status_previous_checks_and_duration() {
     let text = body(&snap(D, 0), Some(O));
     assert_eq!(
         text,
-        "Status: Degraded\nPrevious status: Operational\nDB: OK\nS3: FAIL (connection refused)\nSessions: OK\nCheck duration: 12 ms\n"
+        "Status: Degraded\nPrevious status: Operational\nJob: health-probe\nDB: OK\nS3: FAIL (connection refused)\nSessions: OK\nCheck duration: 12 ms\n"
     );
 }
 

@@ -61,6 +61,8 @@ pub enum OutboxState {
     Delivered,
     Failed,
     Silenced,
+    /// A subscriber notice overtaken by a newer status change before it was told.
+    Superseded,
 }
 
 impl OutboxState {
@@ -70,6 +72,7 @@ impl OutboxState {
             OutboxState::Delivered => "delivered",
             OutboxState::Failed => "failed",
             OutboxState::Silenced => "silenced",
+            OutboxState::Superseded => "superseded",
         }
     }
 }
@@ -158,7 +161,7 @@ mod tests {
         use OutboxState::*;
         let kinds: Vec<&str> = [Email, Subscribers, Notice, Ticket].map(OutboxKind::as_str).to_vec();
         assert_eq!(kinds, OUTBOX_KINDS);
-        let states: Vec<&str> = [Pending, Delivered, Failed, Silenced].map(OutboxState::as_str).to_vec();
+        let states: Vec<&str> = [Pending, Delivered, Failed, Silenced, Superseded].map(OutboxState::as_str).to_vec();
         assert_eq!(states, OUTBOX_STATES);
     }
 }

@@ -20,6 +20,8 @@ pub struct Job {
     task: String,
     /// `every 30s`, or the cron expression and its time zone.
     schedule: String,
+    /// Where within its period an `every` job fires, from its name (0: cron, or `align = true`).
+    offset_ms: u64,
     enabled: bool,
     /// Paused through this API (kept across restarts).
     paused: bool,
@@ -55,6 +57,7 @@ pub(super) async fn jobs(State(shared): State<Arc<Shared>>) -> Result<Json<Items
             name: job.name.clone(),
             task: job.task.kind().to_owned(),
             schedule: job.schedule.to_string(),
+            offset_ms: u64::try_from(job.schedule.offset().std().as_millis()).unwrap_or(u64::MAX),
             enabled: job.enabled,
             paused: paused.contains(&job.name),
             next: job.schedule.upcoming(now, 3),

@@ -11,7 +11,7 @@ use super::{valid_identifier, valid_name};
 
 pub const TASK_KINDS: &[&str] = &["probe", "pool-stats", "pg-activity", "sql-gauge", "prune", "sql"];
 const COMMON_JOB_KEYS: &[&str] =
-    &["name", "every", "cron", "tz", "jitter", "timeout", "enabled", "task", "description"];
+    &["name", "every", "align", "cron", "tz", "jitter", "timeout", "enabled", "task", "description"];
 
 fn task_keys(kind: &str) -> &'static [&'static str] {
     match kind {
@@ -41,6 +41,7 @@ pub(super) fn read_job(value: &Value<'_>, index: usize, ctx: &mut Ctx<'_>) -> Op
         }
     }
     let jitter = t.duration(ctx, "jitter").unwrap_or_default();
+    let align = t.bool(ctx, "align").unwrap_or(false);
     let tz = match t.string(ctx, "tz") {
         Some(s) => match s.value.parse::<Tz>() {
             Ok(tz) => Some(tz),
@@ -72,7 +73,11 @@ pub(super) fn read_job(value: &Value<'_>, index: usize, ctx: &mut Ctx<'_>) -> Op
                 let span = t.get("tz").map(|v| v.span()).unwrap_or_default();
                 ctx.diag.error(span, t.field("tz"), "`tz` applies to `cron` schedules only");
             }
-            t.duration(ctx, "every").and_then(|p| match ScheduleSpec::every(p, jitter) {
+            let job_name = name.as_ref().map(|n| n.value.clone()).unwrap_or_default();
+            let spec = |p| {
+                if align { ScheduleSpec::every(p, jitter) } else { ScheduleSpec::every_spread(&job_name, p, jitter) }
+            };
+            t.duration(ctx, "every").and_then(|p| match spec(p) {
                 Ok(s) => Some(s),
                 Err(msg) => {
                     let span = t.get("every").map(|v| v.span()).unwrap_or_default();
@@ -82,6 +87,14 @@ pub(super) fn read_job(value: &Value<'_>, index: usize, ctx: &mut Ctx<'_>) -> Op
             })
         }
         (false, true) => {
+            if t.has("align") {
+                let span = t.get("align").map(|v| v.span()).unwrap_or_default();
+                ctx.diag.error(
+                    span,
+                    t.field("align"),
+                    "`align` applies to `every` schedules only (cron times are exact)",
+                );
+            }
             let tz = tz.unwrap_or(Tz::UTC);
             t.parsed(ctx, "cron", |text| ScheduleSpec::cron(text, tz, jitter))
         }

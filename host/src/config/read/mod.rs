@@ -49,10 +49,11 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
         None => ctx.diag.error(0..0, "version", "missing required field `version` (write `version = 1`)"),
     }
     let product = t.string(ctx, "product").map_or_else(|| "warden".to_owned(), |s| s.value);
+    let max_running = t.count_from(ctx, "max_running", 1, 100_000).map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     let targets = t.get("targets").and_then(|v| read_targets(v, base, ctx));
     let state = match t.get("state") {
         Some(v) => read_state(v, base, ctx),
-        None => Some(StateConfig { url: DbUrl::Sqlite(base.join("warden-state.db")) }),
+        None => Some(StateConfig { url: DbUrl::Sqlite(base.join("warden-state.db")), pool: DEFAULT_POOL }),
     };
     let alerts = match t.get("alerts") {
         Some(v) => read_alerts(v, base, ctx),
@@ -130,17 +131,30 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
         }
         h.finish(ctx, &["status_page", "health", "metrics", "unsubscribe"]);
     }
-    t.finish(ctx, &["version", "product", "targets", "state", "alerts", "job", "policy", "maintenance", "http"]);
+    t.finish(
+        ctx,
+        &["version", "product", "max_running", "targets", "state", "alerts", "job", "policy", "maintenance", "http"],
+    );
     let targets = match targets {
         Some(t) => t,
         None if root.get_ref().as_table().is_some_and(|t| t.get("targets").is_some()) => return None,
-        None => Targets { database: DbUrl::Sqlite(base.join("demo-app.db")), demo_schema: true, s3: None },
+        None => Targets {
+            database: DbUrl::Sqlite(base.join("demo-app.db")),
+            demo_schema: true,
+            s3: None,
+            pool: DEFAULT_POOL,
+        },
     };
+    let state = state?;
+    // Each run holds at most one store connection at a time: as many runs as the store pool
+    // has connections never wait for one.
+    let max_running = max_running.unwrap_or(state.pool as usize);
     Some(Config {
         path: path.to_path_buf(),
         product,
+        max_running,
         targets,
-        state: state?,
+        state,
         alerts: alerts?,
         jobs,
         policies,
@@ -164,10 +178,11 @@ fn read_targets(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> Option<Tar
         Some(v) => read_s3(v, ctx),
         None => Some(None),
     };
-    t.finish(ctx, &["database", "demo_schema", "s3"]);
+    let pool = pool_size(&mut t, ctx);
+    t.finish(ctx, &["database", "demo_schema", "s3", "pool"]);
     let database = database?;
     let demo_schema = demo_schema.unwrap_or(database.is_sqlite());
-    Some(Targets { database, demo_schema, s3: s3? })
+    Some(Targets { database, demo_schema, s3: s3?, pool })
 }
 
 fn read_s3(value: &Value<'_>, ctx: &mut Ctx<'_>) -> Option<Option<S3Target>> {
@@ -202,8 +217,17 @@ fn read_state(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> Option<State
         Some(s) => parse_url(&s, "state.url", base, ctx),
         None => Some(DbUrl::Sqlite(base.join("warden-state.db"))),
     };
-    t.finish(ctx, &["url"]);
-    Some(StateConfig { url: url? })
+    let pool = pool_size(&mut t, ctx);
+    t.finish(ctx, &["url", "pool"]);
+    Some(StateConfig { url: url?, pool })
+}
+
+/// Connections in a pool, when `pool` is not given.
+pub const DEFAULT_POOL: u32 = 10;
+
+/// `pool = N`: the most connections warden opens to that database (1 to 1000).
+fn pool_size(t: &mut TableReader<'_, '_>, ctx: &mut Ctx<'_>) -> u32 {
+    t.count_from(ctx, "pool", 1, 1000).map_or(DEFAULT_POOL, |n| u32::try_from(n).unwrap_or(DEFAULT_POOL))
 }
 
 fn parse_url(s: &Str, field: &str, base: &Path, ctx: &mut Ctx<'_>) -> Option<DbUrl> {
