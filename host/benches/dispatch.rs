@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
+use warden::base::OutboxKind;
 use warden::delivery::{Channels, Dispatcher};
 use warden::store::{Decision, NewOutboxRow, RunCommit};
 
@@ -68,7 +69,7 @@ pace = 0
             policy: "status-alert".into(),
             state_writes: Default::default(),
             outbox: vec![NewOutboxRow {
-                kind: "subscribers".into(),
+                kind: OutboxKind::Subscribers,
                 dedup_key: "bench".into(),
                 payload: parent_payload.to_string(),
                 recipient: None,
@@ -76,14 +77,14 @@ pace = 0
         }],
     );
     ctx.store.commit(&run).await.unwrap();
-    let parent = ctx.store.claim_due(&["subscribers"], 1, Duration::from_secs(60)).await.unwrap().remove(0);
+    let parent = ctx.store.claim_due(&[OutboxKind::Subscribers], 1, Duration::from_secs(60)).await.unwrap().remove(0);
     let children: Vec<NewOutboxRow> = (0..rows)
         .map(|i| {
             let notice = serde_json::json!({
                 "user": i.to_string(), "email": format!("user{i}@example.org"), "status": "error", "previous": "operational",
             });
             NewOutboxRow {
-                kind: "notice".into(),
+                kind: OutboxKind::Notice,
                 dedup_key: format!("bench:{i}"),
                 payload: notice.to_string(),
                 recipient: Some(i.to_string()),

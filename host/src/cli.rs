@@ -339,12 +339,8 @@ async fn outbox(config: &Config, command: Option<OutboxCommand>) -> anyhow::Resu
     let store = crate::store::StateStore::open(&config.state).await?;
     match command.unwrap_or(OutboxCommand::List { state: None, limit: 50 }) {
         OutboxCommand::List { state, limit } => {
-            if let Some(s) = &state
-                && !crate::store::OUTBOX_STATES.contains(&s.as_str())
-            {
-                anyhow::bail!("unknown state `{s}`: pending, delivered, failed or silenced");
-            }
-            let rows = store.outbox_page(state.as_deref(), limit, None).await?;
+            let state = state.map(crate::base::OutboxState::try_from).transpose().map_err(|e| anyhow::anyhow!(e))?;
+            let rows = store.outbox_page(state, limit, None).await?;
             println!("    id  kind        state     attempts  created              key / last error");
             for r in rows {
                 println!(
@@ -356,7 +352,7 @@ async fn outbox(config: &Config, command: Option<OutboxCommand>) -> anyhow::Resu
                     r.created_at.0.format("%Y-%m-%d %H:%M:%S"),
                     r.dedup_key
                 );
-                if let Some(e) = r.last_error.filter(|_| r.state != "delivered") {
+                if let Some(e) = r.last_error.filter(|_| r.state != crate::base::OutboxState::Delivered) {
                     println!("{:>6}  {e}", "");
                 }
             }

@@ -1,6 +1,7 @@
 //! warden: keeps a web service healthy from the outside. See ARCHITECTURE.md.
 
 pub mod admin;
+pub mod base;
 pub mod capabilities;
 pub mod cli;
 pub mod config;

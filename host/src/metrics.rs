@@ -96,22 +96,27 @@ pub fn record_spool(runs: usize) {
 }
 
 /// One delivery attempt's result: `delivered`, `retried` or `failed`.
-pub fn record_delivery(kind: &str, result: &str) {
+pub fn record_delivery(kind: crate::base::OutboxKind, result: &str) {
     let name = match result {
         "delivered" => "warden_outbox_delivered_total",
         "retried" => "warden_outbox_retried_total",
         "silenced" => "warden_outbox_silenced_total",
         _ => "warden_outbox_failed_total",
     };
-    counter!(name, "kind" => kind.to_owned()).increment(1);
+    counter!(name, "kind" => kind.as_str()).increment(1);
 }
 
 /// Rows now pending and failed per kind, from the store's counts.
 pub fn record_outbox_counts(counts: &[(String, String, i64)]) {
-    for kind in crate::store::OUTBOX_KINDS {
-        for state in ["pending", "failed", "silenced"] {
-            let n = counts.iter().filter(|(k, s, _)| k == kind && s == state).map(|(.., n)| *n).sum::<i64>();
-            gauge!(format!("warden_outbox_{state}"), "kind" => kind).set(n as f64);
+    use crate::base::{OutboxKind, OutboxState};
+    for kind in OutboxKind::ALL {
+        for state in [OutboxState::Pending, OutboxState::Failed, OutboxState::Silenced] {
+            let n = counts
+                .iter()
+                .filter(|(k, s, _)| k == kind.as_str() && s == state.as_str())
+                .map(|(.., n)| *n)
+                .sum::<i64>();
+            gauge!(format!("warden_outbox_{state}"), "kind" => kind.as_str()).set(n as f64);
         }
     }
 }

@@ -104,7 +104,7 @@ comment = "the weekly backup saturates the database"
     assert!(window.active(at("2026-03-01T02:59:59Z")));
     assert!(!window.active(at("2026-03-01T03:00:00Z")));
     assert!(!window.active(at("2026-03-02T01:30:00Z")), "a Monday");
-    assert!(window.matchers.matches(Some("health-probe"), Some("status-alert"), "email"));
-    assert!(!window.matchers.matches(Some("health-probe"), Some("status-alert"), "ticket"));
-    assert!(!window.matchers.matches(Some("health-probe"), Some("pool-pressure"), "email"));
+    assert!(window.matchers.matches(Some("health-probe"), Some("status-alert"), warden::base::OutboxKind::Email));
+    assert!(!window.matchers.matches(Some("health-probe"), Some("status-alert"), warden::base::OutboxKind::Ticket));
+    assert!(!window.matchers.matches(Some("health-probe"), Some("pool-pressure"), warden::base::OutboxKind::Email));
 }

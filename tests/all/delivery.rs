@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use mail_parser::MessageParser;
 use tokio::sync::{Notify, watch};
+use warden::base::OutboxKind;
 use warden::delivery::{Channels, Dispatcher};
 use warden::store::{Decision, NewOutboxRow, RunCommit, StateStore};
 
@@ -86,7 +87,7 @@ impl Outbox {
             .unwrap()
             .into_iter()
             .rev()
-            .map(|e| (e.dedup_key, e.state, e.attempts))
+            .map(|e| (e.dedup_key, e.state.to_string(), e.attempts))
             .collect()
     }
 
@@ -126,14 +127,14 @@ async fn queue(store: &StateStore, rows: Vec<NewOutboxRow>) {
 fn email(key: &str, subject: &str) -> NewOutboxRow {
     let payload =
         serde_json::json!({ "kind": "email-admin", "subject": subject, "body": format!("body of {subject}") });
-    NewOutboxRow { kind: "email".into(), dedup_key: key.into(), payload: payload.to_string(), recipient: None }
+    NewOutboxRow { kind: OutboxKind::Email, dedup_key: key.into(), payload: payload.to_string(), recipient: None }
 }
 
 fn ticket(key: &str, title: &str) -> NewOutboxRow {
     let payload = serde_json::json!({
         "kind": "open-ticket", "title": title, "body": "details", "priority": "critical", "dedup_key": key,
     });
-    NewOutboxRow { kind: "ticket".into(), dedup_key: key.into(), payload: payload.to_string(), recipient: None }
+    NewOutboxRow { kind: OutboxKind::Ticket, dedup_key: key.into(), payload: payload.to_string(), recipient: None }
 }
 
 #[tokio::test]
@@ -233,7 +234,7 @@ async fn a_subscriber_notice_waits_out_a_target_outage_without_spending_its_atte
         previous: Some(warden::health::Status::Operational),
     };
     let row = NewOutboxRow {
-        kind: "subscribers".into(),
+        kind: OutboxKind::Subscribers,
         dedup_key: "down".into(),
         payload: serde_json::to_string(&notify).unwrap(),
         recipient: None,
@@ -376,7 +377,7 @@ async fn tickets_go_to_the_webhook_5xx_is_retried_and_4xx_fails_at_once() {
     assert_eq!(body["priority"], "critical");
     assert_eq!(body["dedup_key"], "status-alert:retry");
     assert_eq!(body["product"], "MNW");
-    let failed = outbox.store.outbox_page(Some("failed"), 10, None).await.unwrap();
+    let failed = outbox.store.outbox_page(Some(warden::base::OutboxState::Failed), 10, None).await.unwrap();
     assert!(failed[0].last_error.as_deref().unwrap().contains("400"), "{:?}", failed[0].last_error);
 }
 
@@ -838,7 +839,7 @@ async fn a_status_notice_overtaken_by_a_newer_one_is_not_told() {
     ))
     .await;
     let change = |key: &str, status: &str, previous: &str| NewOutboxRow {
-        kind: "subscribers".into(),
+        kind: OutboxKind::Subscribers,
         dedup_key: key.into(),
         payload: serde_json::json!({ "kind": "notify-subscribers", "status": status, "previous": previous })
             .to_string(),

@@ -431,7 +431,7 @@ on = ["probe"]
     assert!(ctx.store.outbox().await.unwrap().is_empty(), "actions rolled back");
     assert_eq!(ctx.store.count_health().await.unwrap(), 0, "snapshot rolled back");
     assert_eq!(ctx.spool.len(), 1);
-    let spooled: Vec<String> = ctx.spool.undelivered().into_iter().map(|r| r.row.kind).collect();
+    let spooled: Vec<String> = ctx.spool.undelivered().into_iter().map(|r| r.row.kind.to_string()).collect();
     assert_eq!(spooled, ["ticket", "email"], "email and ticket can be sent from the spool; the fan-out waits");
 
     // The next occurrence first moves the spool into the store (state and actions

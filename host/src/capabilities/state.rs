@@ -22,6 +22,10 @@ impl Host for PluginCtx {
             self.abuse = Some("too many state keys (at most 1000)");
             wasmtime::bail!("too many state keys");
         }
+        // Writing back what is stored changes nothing: no row to write in the commit.
+        if !self.writes.contains_key(&key) && self.state.get(&key) == Some(&value) {
+            return Ok(());
+        }
         self.state.insert(key.clone(), value.clone());
         self.writes.insert(key, Some(value));
         Ok(())

@@ -352,7 +352,7 @@ fn decision(policy: &str, job: &str, scheduled: DateTime<Utc>, evaluation: &Eval
                 _ => format!("{policy}:{job}:{}:{i}", scheduled.timestamp_millis()),
             };
             let payload = serde_json::to_string(action).unwrap_or_default();
-            Some(NewOutboxRow { kind: kind.to_owned(), dedup_key, payload, recipient: None })
+            Some(NewOutboxRow { kind, dedup_key, payload, recipient: None })
         })
         .collect();
     Decision { policy: policy.to_owned(), state_writes: evaluation.state_writes.clone(), outbox }

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
+use crate::base::OutboxKind;
 use crate::config::{Config, PerBackend, Secret};
 use crate::health::Status;
 use crate::runtime::ActionRecord;
@@ -163,7 +164,7 @@ impl Channels {
     /// Delivers one row (of any kind but `subscribers`, which needs the store).
     pub async fn deliver(
         &self,
-        kind: &str,
+        kind: OutboxKind,
         dedup_key: &str,
         payload: &str,
         job: Option<&str>,
@@ -171,7 +172,7 @@ impl Channels {
     ) -> Result<String, Failure> {
         let name = format!("{}-{}", kind, mail::row_hash(dedup_key));
         match kind {
-            "email" => {
+            OutboxKind::Email => {
                 let Ok(ActionRecord::EmailAdmin { subject, body }) = serde_json::from_str(payload) else {
                     return Err(Failure::Permanent(format!("unreadable email payload: {payload}")));
                 };
@@ -190,7 +191,7 @@ impl Channels {
                 let message = draft.build().map_err(Failure::Permanent)?;
                 self.mailer.send(&message, &name).await
             }
-            "notice" => {
+            OutboxKind::Notice => {
                 let notice: Notice =
                     serde_json::from_str(payload).map_err(|e| Failure::Permanent(format!("unreadable notice: {e}")))?;
                 let Some(subs) = &self.subscribers else {
@@ -211,7 +212,7 @@ impl Channels {
                 let message = draft.build().map_err(Failure::Permanent)?;
                 self.mailer.send(&message, &name).await
             }
-            "ticket" => {
+            OutboxKind::Ticket => {
                 let Ok(ActionRecord::OpenTicket { title, body, priority, .. }) = serde_json::from_str(payload) else {
                     return Err(Failure::Permanent(format!("unreadable ticket payload: {payload}")));
                 };
@@ -226,7 +227,8 @@ impl Channels {
                 });
                 self.tickets.send(&json, dedup_key, &name).await
             }
-            other => Err(Failure::Permanent(format!("unknown outbox kind `{other}`"))),
+            // Expanded by the dispatcher into notices (it needs the store), never sent itself.
+            OutboxKind::Subscribers => Err(Failure::Permanent("a subscriber fan-out is expanded, not sent".into())),
         }
     }
 
@@ -249,7 +251,7 @@ impl Channels {
             .map(|(user, email)| {
                 let notice = Notice { user: user.clone(), email, status, previous };
                 NewOutboxRow {
-                    kind: "notice".into(),
+                    kind: OutboxKind::Notice,
                     dedup_key: format!("{}:{user}", parent.dedup_key),
                     payload: serde_json::to_string(&notice).unwrap_or_default(),
                     recipient: Some(user),
@@ -348,7 +350,7 @@ impl Dispatcher {
         silences: &[Silence],
         job: Option<&str>,
         policy: Option<&str>,
-        kind: &str,
+        kind: OutboxKind,
     ) -> Option<String> {
         if let Some(s) = silences.iter().find(|s| s.matchers.matches(job, policy, kind)) {
             return Some(format!("silenced by silence {} until {}: {}", s.id, s.ends_at.to_rfc3339(), s.comment));
@@ -363,10 +365,10 @@ impl Dispatcher {
 
     /// Records a silenced row; true when it was silenced (and must not be sent).
     async fn hold_back(&self, channels: &Channels, silences: &[Silence], row: &OutboxRow) -> bool {
-        let Some(why) = Self::silenced(channels, silences, row.job.as_deref(), row.policy.as_deref(), &row.kind) else {
+        let Some(why) = Self::silenced(channels, silences, row.job.as_deref(), row.policy.as_deref(), row.kind) else {
             return false;
         };
-        crate::metrics::record_delivery(&row.kind, "silenced");
+        crate::metrics::record_delivery(row.kind, "silenced");
         info!(kind = %row.kind, key = %row.dedup_key, "{why}");
         if let Err(e) = self.store.mark_silenced(row.id, &why).await {
             warn!(key = %row.dedup_key, error = %e, "could not record the silenced row");
@@ -394,7 +396,11 @@ impl Dispatcher {
             if self.spool.is_empty() {
                 spool_retry.clear();
             }
-            let rows = match self.store.claim_due(&["email", "ticket", "subscribers"], URGENT_BATCH, LEASE).await {
+            let rows = match self
+                .store
+                .claim_due(&[OutboxKind::Email, OutboxKind::Ticket, OutboxKind::Subscribers], URGENT_BATCH, LEASE)
+                .await
+            {
                 Ok(rows) => {
                     store_warned = false;
                     rows
@@ -417,7 +423,7 @@ impl Dispatcher {
                 if self.hold_back(&channels, &silences, &row).await {
                     continue;
                 }
-                if row.kind == "subscribers" {
+                if row.kind == OutboxKind::Subscribers {
                     self.expand(&channels, row).await;
                 } else {
                     self.deliver_row(&channels, row).await;
@@ -443,7 +449,7 @@ impl Dispatcher {
             let channels = self.channels();
             let pace = channels.subscribers.as_ref().map_or(0, |s| s.pace);
             let batch = if pace == 0 { NOTICE_BATCH } else { i64::from(pace).clamp(1, NOTICE_BATCH) };
-            let rows = self.store.claim_due(&["notice"], batch, LEASE).await.unwrap_or_default();
+            let rows = self.store.claim_due(&[OutboxKind::Notice], batch, LEASE).await.unwrap_or_default();
             if rows.is_empty() {
                 self.idle(&mut stop, POLL).await;
                 continue;
@@ -481,7 +487,7 @@ impl Dispatcher {
 
     async fn deliver_row(&self, channels: &Channels, row: OutboxRow) {
         let result =
-            channels.deliver(&row.kind, &row.dedup_key, &row.payload, row.job.as_deref(), row.policy.as_deref()).await;
+            channels.deliver(row.kind, &row.dedup_key, &row.payload, row.job.as_deref(), row.policy.as_deref()).await;
         self.settle(channels, &row, result).await;
     }
 
@@ -498,7 +504,7 @@ impl Dispatcher {
                 let note = format!("expanded into {} notices", children.len());
                 match self.store.expand(&row, &children, &note).await {
                     Ok(()) => {
-                        crate::metrics::record_delivery(&row.kind, "delivered");
+                        crate::metrics::record_delivery(row.kind, "delivered");
                         info!(key = %row.dedup_key, notices = children.len(), "subscriber notices queued");
                         self.wake.notify_waiters();
                     }
@@ -516,7 +522,7 @@ impl Dispatcher {
         let attempts = u32::try_from(row.attempts).unwrap_or(0) + 1;
         let marked = match &result {
             Ok(note) => {
-                crate::metrics::record_delivery(&row.kind, "delivered");
+                crate::metrics::record_delivery(row.kind, "delivered");
                 info!(kind = %row.kind, key = %row.dedup_key, attempts, "delivered: {note}");
                 self.store.mark_delivered(row.id).await
             }
@@ -528,13 +534,13 @@ impl Dispatcher {
             }
             Err(Failure::Retry(e)) if attempts < channels.max_attempts => {
                 let delay = channels.backoff_after(attempts);
-                crate::metrics::record_delivery(&row.kind, "retried");
+                crate::metrics::record_delivery(row.kind, "retried");
                 warn!(kind = %row.kind, key = %row.dedup_key, attempts, retry_in = ?delay, error = %e, "delivery failed; will retry");
                 let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
                 self.store.mark_attempt(row.id, e, Some(next)).await
             }
             Err(failure) => {
-                crate::metrics::record_delivery(&row.kind, "failed");
+                crate::metrics::record_delivery(row.kind, "failed");
                 warn!(kind = %row.kind, key = %row.dedup_key, attempts, error = %failure, "delivery failed for good; `warden outbox retry` re-drives it");
                 self.store.mark_attempt(row.id, &failure.to_string(), None).await
             }
@@ -555,18 +561,18 @@ impl Dispatcher {
                 continue;
             }
             let row = &spooled.row;
-            if let Some(why) = Self::silenced(channels, &silences, Some(&spooled.job), Some(&spooled.policy), &row.kind)
+            if let Some(why) = Self::silenced(channels, &silences, Some(&spooled.job), Some(&spooled.policy), row.kind)
             {
-                crate::metrics::record_delivery(&row.kind, "silenced");
+                crate::metrics::record_delivery(row.kind, "silenced");
                 info!(kind = %row.kind, key = %key, "held back in the spool: {why}");
                 if let Err(e) = self.spool.silenced(&key, &why) {
                     warn!(key = %key, error = %e, "could not note the silenced row in the spool");
                 }
                 continue;
             }
-            match channels.deliver(&row.kind, &key, &row.payload, Some(&spooled.job), Some(&spooled.policy)).await {
+            match channels.deliver(row.kind, &key, &row.payload, Some(&spooled.job), Some(&spooled.policy)).await {
                 Ok(note) => {
-                    crate::metrics::record_delivery(&row.kind, "delivered");
+                    crate::metrics::record_delivery(row.kind, "delivered");
                     info!(kind = %row.kind, key = %key, "delivered from the spool: {note}");
                     if let Err(e) = self.spool.delivered(&key) {
                         warn!(key = %key, error = %e, "could not note the delivery in the spool; it may be sent again");
@@ -577,7 +583,7 @@ impl Dispatcher {
                     // The row stays in the spool; the outbox takes over its retries (and its
                     // attempt budget) once the store is back.
                     let attempts = retry.get(&key).map_or(0, |(n, _)| *n) + 1;
-                    crate::metrics::record_delivery(&row.kind, "retried");
+                    crate::metrics::record_delivery(row.kind, "retried");
                     warn!(kind = %row.kind, key = %key, attempts, error = %failure, "delivery from the spool failed; will retry");
                     retry.insert(key, (attempts, Instant::now() + channels.backoff_after(attempts)));
                 }

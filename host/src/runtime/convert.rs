@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::bindings::types as wit;
 use super::{EvalError, MAX_ACTIONS, MAX_OUTPUT_BYTES};
+use crate::base::OutboxKind;
 use crate::health::{CheckResult, Snapshot, Status};
 use crate::tasks::{Event, Gauge};
 
@@ -30,11 +31,11 @@ pub enum ActionRecord {
 
 impl ActionRecord {
     /// The outbox kind; `None` for actions the host performs at once (logs).
-    pub fn outbox_kind(&self) -> Option<&'static str> {
+    pub fn outbox_kind(&self) -> Option<OutboxKind> {
         match self {
-            ActionRecord::EmailAdmin { .. } => Some("email"),
-            ActionRecord::NotifySubscribers { .. } => Some("subscribers"),
-            ActionRecord::OpenTicket { .. } => Some("ticket"),
+            ActionRecord::EmailAdmin { .. } => Some(OutboxKind::Email),
+            ActionRecord::NotifySubscribers { .. } => Some(OutboxKind::Subscribers),
+            ActionRecord::OpenTicket { .. } => Some(OutboxKind::Ticket),
             ActionRecord::Log { .. } => None,
         }
     }

@@ -87,7 +87,7 @@ pub struct EvaluationSummary {
     pub micros: u64,
     /// How many actions it decided.
     pub actions: usize,
-    /// Why it failed (a trap, the fuel or time limit, an error it returned, ...).
+    /// Why it failed (a trap, the deadline or memory cap, an error it returned, ...).
     pub error: Option<String>,
 }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;
 
+use crate::base::{OutboxKind, OutboxState};
 use crate::config::{DbUrl, StateConfig};
 use crate::db::{Pool, PoolSettings, Ts};
 use crate::health::{Snapshot, Status};
@@ -31,11 +32,6 @@ pub const PG_SCHEMA: &str = "warden";
 pub use outbox::{OutboxEntry, OutboxRow};
 pub use silences::{Matchers, Silence};
 pub use spool::Spool;
-
-/// The kinds of outbox rows: an admin email, a subscriber fan-out, one user's notice, a ticket.
-pub const OUTBOX_KINDS: [&str; 4] = ["email", "subscribers", "notice", "ticket"];
-/// The states of an outbox row.
-pub const OUTBOX_STATES: [&str; 5] = ["pending", "delivered", "failed", "silenced", "superseded"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -125,7 +121,7 @@ pub struct Decision {
 /// An action bound for the outbox.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NewOutboxRow {
-    pub kind: String,
+    pub kind: OutboxKind,
     pub dedup_key: String,
     /// JSON
     pub payload: String,
@@ -347,7 +343,7 @@ impl StateStore {
     /// Outbox rows, newest first, optionally in one state, older than `before` when given.
     pub async fn outbox_page(
         &self,
-        state: Option<&str>,
+        state: Option<OutboxState>,
         limit: i64,
         before: Option<i64>,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
@@ -355,6 +351,7 @@ impl StateStore {
         let sql = "SELECT id, dedup_key, kind, payload, job, policy, state, attempts, next_attempt_at, created_at, \
                    delivered_at, last_error FROM outbox WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR id < $2) \
                    ORDER BY id DESC LIMIT $3";
+        let state = state.map(OutboxState::as_str);
         Ok(with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(state).bind(before).bind(limit).fetch_all(p).await?))
     }
 
@@ -517,9 +514,9 @@ impl StateStore {
                         let delivered = spool.as_ref().and_then(|s| s.delivered.get(&row.dedup_key)).map(|at| Ts(*at));
                         let silenced = spool.as_ref().and_then(|s| s.silenced.get(&row.dedup_key));
                         let state = match (delivered, silenced) {
-                            (Some(_), _) => "delivered",
-                            (None, Some(_)) => "silenced",
-                            (None, None) => "pending",
+                            (Some(_), _) => OutboxState::Delivered,
+                            (None, Some(_)) => OutboxState::Silenced,
+                            (None, None) => OutboxState::Pending,
                         };
                         sqlx::query(
                             "INSERT INTO outbox (dedup_key, kind, payload, job, policy, run_id, state, next_attempt_at, created_at, delivered_at, last_error) \
@@ -528,12 +525,12 @@ impl StateStore {
                              WHERE outbox.state = 'pending' AND excluded.state = 'delivered'",
                         )
                         .bind(&row.dedup_key)
-                        .bind(&row.kind)
+                        .bind(row.kind.as_str())
                         .bind(&row.payload)
                         .bind(&run.job)
                         .bind(&d.policy)
                         .bind(run_id)
-                        .bind(state)
+                        .bind(state.as_str())
                         .bind(now)
                         .bind(delivered)
                         .bind(silenced)

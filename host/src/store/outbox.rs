@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{NewOutboxRow, StateStore, StoreError};
+use crate::base::{OutboxKind, OutboxState};
 use crate::db::Ts;
 use crate::with_pool;
 
@@ -14,7 +15,8 @@ use crate::with_pool;
 pub struct OutboxRow {
     pub id: i64,
     pub dedup_key: String,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: OutboxKind,
     pub payload: String,
     pub job: Option<String>,
     pub policy: Option<String>,
@@ -28,14 +30,14 @@ pub struct OutboxEntry {
     pub id: i64,
     /// One action of one transition: a resend carries the same key.
     pub dedup_key: String,
-    /// `email`, `subscribers`, `notice` or `ticket`.
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: OutboxKind,
     /// The action as JSON text.
     pub payload: String,
     pub job: Option<String>,
     pub policy: Option<String>,
-    /// `pending`, `delivered`, `failed` or `silenced`.
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: OutboxState,
     pub attempts: i32,
     #[serde(serialize_with = "ser_ts")]
     #[schema(value_type = DateTime<Utc>)]
@@ -63,11 +65,16 @@ fn ser_opt_ts<S: serde::Serializer>(ts: &Option<Ts>, s: S) -> Result<S::Ok, S::E
 impl StateStore {
     /// Leases up to `limit` due pending rows of `kinds` to this process until `lease`
     /// from now, oldest due first. Replicas sharing a Postgres store never get the same row.
-    pub async fn claim_due(&self, kinds: &[&str], limit: i64, lease: Duration) -> Result<Vec<OutboxRow>, StoreError> {
+    pub async fn claim_due(
+        &self,
+        kinds: &[OutboxKind],
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
         self.ready().await?;
         let now = Utc::now();
         let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
-        let kinds = kinds.iter().map(|k| format!("'{}'", k.replace('\'', ""))).collect::<Vec<_>>().join(", ");
+        let kinds = kinds.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ");
         let lock = if self.pool.is_sqlite() { "" } else { " FOR UPDATE SKIP LOCKED" };
         let sql = format!(
             "UPDATE outbox SET next_attempt_at = $1, claimed_by = $2 WHERE id IN (\
@@ -154,7 +161,7 @@ impl StateStore {
                      SELECT $1, $2, $3, job, policy, $4, $4, $6 FROM outbox WHERE id = $5 ON CONFLICT (dedup_key) DO NOTHING",
                 )
                 .bind(&child.dedup_key)
-                .bind(&child.kind)
+                .bind(child.kind.as_str())
                 .bind(&child.payload)
                 .bind(now)
                 .bind(parent.id)
@@ -184,7 +191,7 @@ impl StateStore {
         let sql =
             "SELECT COUNT(*) FROM outbox WHERE kind = $1 AND policy = $2 AND job IS NOT DISTINCT FROM $3 AND id > $4";
         let newer: i64 = with_pool!(&self.pool, |p| sqlx::query_scalar(sql)
-            .bind(&row.kind)
+            .bind(row.kind.as_str())
             .bind(&row.policy)
             .bind(&row.job)
             .bind(row.id)

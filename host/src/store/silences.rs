@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{StateStore, StoreError};
+use crate::base::OutboxKind;
 use crate::db::Ts;
 use crate::with_pool;
 
@@ -13,17 +14,17 @@ pub struct Matchers {
     pub job: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
-    /// `email`, `subscribers` (also the per-user notices), `notice` or `ticket`.
+    /// `subscribers` also matches the per-user notices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
+    pub kind: Option<OutboxKind>,
 }
 
 impl Matchers {
-    pub fn matches(&self, job: Option<&str>, policy: Option<&str>, kind: &str) -> bool {
+    pub fn matches(&self, job: Option<&str>, policy: Option<&str>, kind: OutboxKind) -> bool {
         let field = |want: &Option<String>, have: Option<&str>| want.as_deref().is_none_or(|w| Some(w) == have);
-        let kind_ok = match self.kind.as_deref() {
+        let kind_ok = match self.kind {
             None => true,
-            Some("subscribers") => kind == "subscribers" || kind == "notice",
+            Some(OutboxKind::Subscribers) => matches!(kind, OutboxKind::Subscribers | OutboxKind::Notice),
             Some(k) => k == kind,
         };
         field(&self.job, job) && field(&self.policy, policy) && kind_ok
@@ -59,7 +60,7 @@ impl StateStore {
         Ok(with_pool!(&self.pool, |p| sqlx::query_scalar(sql)
             .bind(&matchers.job)
             .bind(&matchers.policy)
-            .bind(&matchers.kind)
+            .bind(matchers.kind.map(OutboxKind::as_str))
             .bind(Ts(starts_at))
             .bind(Ts(ends_at))
             .bind(comment)
@@ -81,7 +82,7 @@ impl StateStore {
             .into_iter()
             .map(|(id, job, policy, kind, starts_at, ends_at, comment, created_by, created_at)| Silence {
                 id,
-                matchers: Matchers { job, policy, kind },
+                matchers: Matchers { job, policy, kind: kind.as_deref().and_then(OutboxKind::parse) },
                 starts_at: starts_at.0,
                 ends_at: ends_at.0,
                 comment,

@@ -171,7 +171,7 @@ impl Spool {
         for (_, run) in &inner.runs {
             for d in &run.decisions {
                 for row in &d.outbox {
-                    if matches!(row.kind.as_str(), "email" | "ticket")
+                    if row.kind.sent_from_spool()
                         && !inner.delivered.contains_key(&row.dedup_key)
                         && !inner.silenced.contains_key(&row.dedup_key)
                     {
@@ -365,8 +365,12 @@ mod tests {
     use crate::store::Decision;
 
     fn run(job: &str, key: &str, writes: &[(&str, Option<&str>)]) -> RunCommit {
-        let outbox =
-            vec![NewOutboxRow { kind: "email".into(), dedup_key: key.into(), payload: "{}".into(), recipient: None }];
+        let outbox = vec![NewOutboxRow {
+            kind: crate::base::OutboxKind::Email,
+            dedup_key: key.into(),
+            payload: "{}".into(),
+            recipient: None,
+        }];
         let state_writes = writes.iter().map(|(k, v)| (k.to_string(), v.map(str::to_owned))).collect();
         RunCommit::ok(job, vec![Decision { policy: "p".into(), state_writes, outbox }])
     }

@@ -169,7 +169,9 @@ mod arena {
     #[repr(C, align(16))]
     struct Arena(UnsafeCell<[u8; ARENA]>);
 
-    // SAFETY: a wasm32 guest instance runs on one thread.
+    // SAFETY: a wasm32 guest instance runs on one thread, so the arena is never touched
+    // from two threads at once.
+    #[allow(unsafe_code)]
     unsafe impl Sync for Arena {}
 
     static MEMORY: Arena = Arena(UnsafeCell::new([0; ARENA]));
@@ -180,6 +182,11 @@ mod arena {
 
     pub struct Bump;
 
+    // SAFETY: `alloc` returns a block of `layout.size()` bytes aligned to `layout.align()`
+    // inside the arena, or inside pages from `memory.grow`, never handed out twice while
+    // live (the arena only restarts when no allocation is live); null when memory is out.
+    // `dealloc` only counts; it never touches the memory.
+    #[allow(unsafe_code)]
     unsafe impl GlobalAlloc for Bump {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
             use core::sync::atomic::Ordering::Relaxed;

@@ -53,51 +53,7 @@ pub(super) async fn health(
     Ok(Page::new(items, limit, |h| h.id))
 }
 
-/// Where an outbox row stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum OutboxState {
-    Pending,
-    Delivered,
-    Failed,
-    Silenced,
-    /// A subscriber notice overtaken by a newer status change before it was told.
-    Superseded,
-}
-
-impl OutboxState {
-    pub(super) fn as_str(self) -> &'static str {
-        match self {
-            OutboxState::Pending => "pending",
-            OutboxState::Delivered => "delivered",
-            OutboxState::Failed => "failed",
-            OutboxState::Silenced => "silenced",
-            OutboxState::Superseded => "superseded",
-        }
-    }
-}
-
-/// What an outbox row sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum OutboxKind {
-    Email,
-    /// The subscriber fan-out; a silence on it also holds back the per-user notices.
-    Subscribers,
-    Notice,
-    Ticket,
-}
-
-impl OutboxKind {
-    pub(super) fn as_str(self) -> &'static str {
-        match self {
-            OutboxKind::Email => "email",
-            OutboxKind::Subscribers => "subscribers",
-            OutboxKind::Notice => "notice",
-            OutboxKind::Ticket => "ticket",
-        }
-    }
-}
+pub use crate::base::{OutboxKind, OutboxState};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -124,7 +80,7 @@ pub(super) async fn outbox(
     Q(q): Q<OutboxQuery>,
 ) -> Result<Json<Page<OutboxEntry>>, ApiError> {
     let limit = limit(q.limit)?;
-    let rows = shared.store.outbox_page(q.state.map(OutboxState::as_str), limit, q.before).await?;
+    let rows = shared.store.outbox_page(q.state, limit, q.before).await?;
     Ok(Page::new(rows, limit, |r| r.id))
 }
 
@@ -147,21 +103,5 @@ pub(super) async fn retry(State(shared): State<Arc<Shared>>, P(id): P<i64>) -> R
     match shared.store.redrive(Some(id)).await? {
         0 => Err(ApiError::new(StatusCode::CONFLICT, "not_failed", format!("outbox row {id} is not a failed row"))),
         _ => Ok(Json(Retried { id, state: "pending".into() })),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::{OUTBOX_KINDS, OUTBOX_STATES};
-
-    #[test]
-    fn the_api_names_the_stores_kinds_and_states() {
-        use OutboxKind::*;
-        use OutboxState::*;
-        let kinds: Vec<&str> = [Email, Subscribers, Notice, Ticket].map(OutboxKind::as_str).to_vec();
-        assert_eq!(kinds, OUTBOX_KINDS);
-        let states: Vec<&str> = [Pending, Delivered, Failed, Silenced, Superseded].map(OutboxState::as_str).to_vec();
-        assert_eq!(states, OUTBOX_STATES);
     }
 }

@@ -189,7 +189,7 @@ pub(super) async fn create_silence(
     if ends_at <= starts_at {
         return Err(bad("the silence ends before it starts".into()));
     }
-    let matchers = Matchers { job: new.job, policy: new.policy, kind: new.kind.map(|k| k.as_str().to_owned()) };
+    let matchers = Matchers { job: new.job, policy: new.policy, kind: new.kind };
     let by = new.created_by.unwrap_or_else(|| "admin-api".into());
     let id = shared.store.create_silence(&matchers, starts_at, ends_at, &new.comment, &by).await?;
     tracing::info!(id, ?matchers, %starts_at, %ends_at, comment = %new.comment, "silence created");

@@ -289,11 +289,9 @@ fn read_maintenance(value: &Value<'_>, index: usize, ctx: &mut Ctx<'_>) -> Optio
         kind: None,
     };
     if let Some(kind) = t.string(ctx, "kind") {
-        if crate::store::OUTBOX_KINDS.contains(&kind.value.as_str()) {
-            matchers.kind = Some(kind.value);
-        } else {
-            let msg = format!("unknown kind `{}`: email, subscribers, notice or ticket", kind.value);
-            ctx.diag.error(kind.span, t.field("kind"), msg);
+        match crate::base::OutboxKind::try_from(kind.value) {
+            Ok(k) => matchers.kind = Some(k),
+            Err(msg) => ctx.diag.error(kind.span, t.field("kind"), msg),
         }
     }
     let comment = t.string(ctx, "comment").map(|s| s.value).unwrap_or_default();
