@@ -10,8 +10,6 @@ pub mod db;
 pub mod delivery;
 pub mod health;
 pub mod metrics;
-pub mod plugin_cli;
-pub mod remote_cli;
 pub mod runtime;
 pub mod schedule;
 pub mod store;

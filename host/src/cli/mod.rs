@@ -1,5 +1,8 @@
 //! The command line: `run`, `check`, `jobs`, `trigger`, `outbox`, `plugin`, and the
-//! commands that call a running instance's admin API (`remote_cli.rs`).
+//! commands that call a running instance's admin API (`remote.rs`).
+
+mod plugin;
+mod remote;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -96,8 +99,8 @@ pub struct RemoteArgs {
 }
 
 impl RemoteArgs {
-    fn remote(&self) -> anyhow::Result<crate::remote_cli::Remote> {
-        crate::remote_cli::Remote::new(&self.url, admin_token(self.admin_token_file.as_deref())?)
+    fn remote(&self) -> anyhow::Result<remote::Remote> {
+        remote::Remote::new(&self.url, admin_token(self.admin_token_file.as_deref())?)
     }
 }
 
@@ -237,55 +240,51 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
     })
 }
 
+/// Every command, in one `match`. The commands that only talk to a running instance (or
+/// test a bare component) need no schedule file; the others load it first.
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Command::Plugin(PluginCommand::New { name, dir, sdk, standalone }) = &cli.command {
-        return crate::plugin_cli::new(name, dir, sdk, *standalone);
-    }
-    if let Command::Plugin(PluginCommand::Test { plugin, event, state, job, now }) = &cli.command {
-        // A bare component file needs no schedule; a policy name does.
-        let config = if cli.config.exists() {
-            Some(load(&cli.config).map_err(|_| anyhow::anyhow!("the schedule is invalid"))?)
-        } else {
-            None
+    macro_rules! schedule {
+        () => {
+            match load(&cli.config) {
+                Ok(config) => config,
+                Err(code) => return Ok(code),
+            }
         };
-        return crate::plugin_cli::test(config.as_ref(), plugin, event, state.as_deref(), job.as_deref(), *now).await;
     }
-    // The commands that only talk to a running instance need no schedule file.
-    match &cli.command {
-        Command::Pause { job, remote } => return remote.remote()?.pause(job, true).await,
-        Command::Resume { job, remote } => return remote.remote()?.pause(job, false).await,
-        Command::Reload { remote } => return remote.remote()?.reload().await,
+    match cli.command {
+        Command::Plugin(PluginCommand::New { name, dir, sdk, standalone }) => {
+            plugin::new(&name, &dir, &sdk, standalone)
+        }
+        Command::Plugin(PluginCommand::Test { plugin, event, state, job, now }) => {
+            // A bare component file needs no schedule; a policy name does.
+            let config = if cli.config.exists() {
+                Some(load(&cli.config).map_err(|_| anyhow::anyhow!("the schedule is invalid"))?)
+            } else {
+                None
+            };
+            plugin::test(config.as_ref(), &plugin, &event, state.as_deref(), job.as_deref(), now).await
+        }
+        Command::Pause { job, remote } => remote.remote()?.pause(&job, true).await,
+        Command::Resume { job, remote } => remote.remote()?.pause(&job, false).await,
+        Command::Reload { remote } => remote.remote()?.reload().await,
         Command::Trigger { job, url: Some(url), admin_token_file } => {
             let token = admin_token(admin_token_file.as_deref())?;
-            return crate::remote_cli::Remote::new(url, token)?.run_now(job).await;
+            remote::Remote::new(&url, token)?.run_now(&job).await
         }
-        Command::Silence(command) => return silence(command).await,
+        Command::Silence(command) => silence(&command).await,
         Command::Openapi => {
             println!("{}", crate::admin::openapi().to_pretty_json()?);
-            return Ok(ExitCode::SUCCESS);
-        }
-        _ => {}
-    }
-    let config = match load(&cli.config) {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
-    };
-    match cli.command {
-        Command::Check => check_build(&cli.config, &config),
-        Command::Run { listen, admin_token_file } => {
-            let token = admin_token(admin_token_file.as_deref())?;
-            daemon::run(&cli.config, config, listen, token).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Jobs => jobs(&config).await,
-        Command::Trigger { job, .. } => trigger(&config, &job).await,
-        Command::Plugin(_)
-        | Command::Pause { .. }
-        | Command::Resume { .. }
-        | Command::Reload { .. }
-        | Command::Silence(_)
-        | Command::Openapi => unreachable!("handled above"),
-        Command::Outbox { command } => outbox(&config, command).await,
+        Command::Check => check_build(&cli.config, &schedule!()),
+        Command::Run { listen, admin_token_file } => {
+            let token = admin_token(admin_token_file.as_deref())?;
+            daemon::run(&cli.config, schedule!(), listen, token).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Jobs => jobs(&schedule!()).await,
+        Command::Trigger { job, url: None, .. } => trigger(&schedule!(), &job).await,
+        Command::Outbox { command } => outbox(&schedule!(), command).await,
     }
 }
 

@@ -1,0 +1,162 @@
+//! A finished run into the store: the run's end, its snapshot, every policy's state writes
+//! and outbox rows, in ONE transaction (and the spool's runs, many in one).
+
+use chrono::Utc;
+
+use super::{RunCommit, SpoolApply, StateStore, StoreError};
+use crate::base::OutboxState;
+use crate::db::Ts;
+use crate::with_pool;
+
+impl StateStore {
+    /// Writes the run's end, its health snapshot, and every policy's state writes and
+    /// outbox rows in ONE transaction: all of it lands, or none of it.
+    pub async fn commit(&self, run: &RunCommit) -> Result<(), StoreError> {
+        self.write_runs(std::slice::from_ref(run), None).await
+    }
+
+    /// Moves spooled runs into the store in ONE transaction. Each run's mark makes a replay
+    /// of the same spool a no-op; rows already delivered from the spool land as delivered.
+    pub async fn apply_spool(&self, runs: &[RunCommit], apply: SpoolApply<'_>) -> Result<(), StoreError> {
+        self.write_runs(runs, Some(apply)).await
+    }
+
+    async fn write_runs(&self, runs: &[RunCommit], spool: Option<SpoolApply<'_>>) -> Result<(), StoreError> {
+        self.ready().await?;
+        let now = Ts(Utc::now());
+        let fail = self.fail_next_commit.swap(false, std::sync::atomic::Ordering::SeqCst);
+        let mut checks = Vec::with_capacity(runs.len());
+        for run in runs {
+            checks.push(match &run.snapshot {
+                Some(s) => Some(serde_json::to_string(&s.checks).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+                None => None,
+            });
+        }
+        with_pool!(&self.pool, |p| {
+            let mut tx = p.begin().await?;
+            for (i, run) in runs.iter().enumerate() {
+                if let Some(spool) = &spool {
+                    let marked = sqlx::query(
+                        "INSERT INTO spool_applied (id, applied_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                    )
+                    .bind(&spool.marks[i])
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    if marked.rows_affected() == 0 {
+                        continue; // applied by an earlier drain that could not truncate the spool
+                    }
+                }
+                let rows = run.rows_affected.map(|r| i64::try_from(r).unwrap_or(i64::MAX));
+                let lateness = run.lateness_ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
+                let run_id = match run.run_id {
+                    Some(id) => {
+                        sqlx::query(
+                            "UPDATE job_runs SET finished_at = $2, outcome = $3, error = $4, rows_affected = $5, detail = $6, \
+                             lateness_ms = $7 WHERE id = $1",
+                        )
+                        .bind(id)
+                        .bind(now)
+                        .bind(run.outcome.as_str())
+                        .bind(&run.error)
+                        .bind(rows)
+                        .bind(&run.detail)
+                        .bind(lateness)
+                        .execute(&mut *tx)
+                        .await?;
+                        Some(id)
+                    }
+                    // Ran while the store was unreachable: recorded now, unless another
+                    // replica claimed the occurrence meanwhile.
+                    None => sqlx::query_scalar(
+                        "INSERT INTO job_runs (job, scheduled_at, trigger, replica, started_at, finished_at, outcome, error, rows_affected, detail, lateness_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (job, scheduled_at) DO NOTHING RETURNING id",
+                    )
+                    .bind(&run.job)
+                    .bind(Ts(run.scheduled_at))
+                    .bind(&run.trigger)
+                    .bind(&self.replica)
+                    .bind(Ts(run.started_at))
+                    .bind(now)
+                    .bind(run.outcome.as_str())
+                    .bind(&run.error)
+                    .bind(rows)
+                    .bind(&run.detail)
+                    .bind(lateness)
+                    .fetch_optional(&mut *tx)
+                    .await?,
+                };
+                if let (Some(s), Some(checks)) = (&run.snapshot, &checks[i]) {
+                    sqlx::query("INSERT INTO health_history (job, checked_at, status, duration_ms, checks) VALUES ($1, $2, $3, $4, $5)")
+                        .bind(&s.job)
+                        .bind(Ts(s.checked_at))
+                        .bind(s.status.as_str())
+                        .bind(i64::try_from(s.duration_ms).unwrap_or(i64::MAX))
+                        .bind(checks)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for d in &run.decisions {
+                    for (key, value) in &d.state_writes {
+                        match value {
+                            Some(v) => {
+                                sqlx::query(
+                                    "INSERT INTO policy_state (plugin, job, key, value, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                                     ON CONFLICT (plugin, job, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                                )
+                                .bind(&d.policy)
+                                .bind(&run.job)
+                                .bind(key)
+                                .bind(v)
+                                .bind(now)
+                                .execute(&mut *tx)
+                                .await?;
+                            }
+                            None => {
+                                sqlx::query("DELETE FROM policy_state WHERE plugin = $1 AND job = $2 AND key = $3")
+                                    .bind(&d.policy)
+                                    .bind(&run.job)
+                                    .bind(key)
+                                    .execute(&mut *tx)
+                                    .await?;
+                            }
+                        }
+                    }
+                    for row in &d.outbox {
+                        let delivered = spool.as_ref().and_then(|s| s.delivered.get(&row.dedup_key)).map(|at| Ts(*at));
+                        let silenced = spool.as_ref().and_then(|s| s.silenced.get(&row.dedup_key));
+                        let state = match (delivered, silenced) {
+                            (Some(_), _) => OutboxState::Delivered,
+                            (None, Some(_)) => OutboxState::Silenced,
+                            (None, None) => OutboxState::Pending,
+                        };
+                        sqlx::query(
+                            "INSERT INTO outbox (dedup_key, kind, payload, job, policy, run_id, state, next_attempt_at, created_at, delivered_at, last_error) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10) \
+                             ON CONFLICT (dedup_key) DO UPDATE SET state = 'delivered', delivered_at = excluded.delivered_at \
+                             WHERE outbox.state = 'pending' AND excluded.state = 'delivered'",
+                        )
+                        .bind(&row.dedup_key)
+                        .bind(row.kind.as_str())
+                        .bind(&row.payload)
+                        .bind(&run.job)
+                        .bind(&d.policy)
+                        .bind(run_id)
+                        .bind(state.as_str())
+                        .bind(now)
+                        .bind(delivered)
+                        .bind(silenced)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+            }
+            if fail {
+                tx.rollback().await?;
+                return Err(StoreError::Injected);
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+}
