@@ -14,5 +14,7 @@ export WARDEN_TEST_PLUGINS=$PWD/target/plugins
 
 cargo fmt --all --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --all-targets --locked
+cargo clippy --all-targets --locked --features warden/testing -- -D warnings
+cargo test --all-targets --locked --features warden/testing
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked
 echo "test.sh: the status page screenshot is target/artifacts/status-page.png" >&2

@@ -22,6 +22,12 @@ name = "nightly"
 cron = "0 0 3 * * *"
 tz = "Europe/Berlin"
 task = "pool-stats"
+
+# A clock for the tests: while the probe is paused, its runs show time passing.
+[[job]]
+name = "tick"
+every = "1s"
+task = "pool-stats"
 "#;
 
 /// `SCHEDULE` with the status-alert policy on the probe.
@@ -176,9 +182,14 @@ fn run_now_runs_once_pause_stops_firing_and_survives_a_restart() {
     // Pause the 1-second probe: it stops firing.
     let (code, body) = api.call("POST", "/admin/jobs/probe/pause");
     assert_eq!((code, &body["paused"]), (200, &serde_json::Value::Bool(true)));
-    std::thread::sleep(Duration::from_millis(600));
+    // The run in flight (if any) ends; then, over three runs of the one-second clock, the
+    // paused probe starts nothing new.
+    wait_for(Duration::from_secs(10), "the run in flight to end", || {
+        let (_, runs) = api.call("GET", "/admin/jobs/probe/runs?limit=1");
+        (runs["items"][0]["outcome"] != "running").then_some(())
+    });
     let last = api.newest_run("probe").unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
+    daemon.wait_runs("tick", 3);
     assert_eq!(api.newest_run("probe"), Some(last), "a paused job does not fire");
     let (_, jobs) = api.call("GET", "/admin/jobs");
     assert_eq!(jobs["items"][0]["paused"], true);
@@ -187,7 +198,7 @@ fn run_now_runs_once_pause_stops_firing_and_survives_a_restart() {
     assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
     let daemon = Daemon::start_with_env(dir.path(), &config, &env);
     let api = Api { daemon: &daemon };
-    std::thread::sleep(Duration::from_millis(2500));
+    daemon.wait_runs("tick", 3);
     assert_eq!(api.newest_run("probe"), Some(last), "still paused after the restart");
     assert_eq!(api.call("GET", "/admin/jobs").1["items"][0]["paused"], true);
 
@@ -308,7 +319,7 @@ checks = [{{ name = "db", kind = "db", critical = true }}, {{ name = "sessions",
     sql("CREATE TABLE session (id TEXT)");
     let mail = smtp.wait_for(1, Duration::from_secs(20));
     assert!(mail[0].data.contains("recovered"), "{}", mail[0].data);
-    std::thread::sleep(Duration::from_secs(1));
+    daemon.wait_runs("probe", 2);
     assert_eq!(smtp.count(), 1);
 
     // Expiring: once, then it is gone.

@@ -424,7 +424,7 @@ async fn the_database_down_and_back_sends_the_down_mail_then_the_recovery_and_no
     let (dir, config) = schedule_dir(&probe_schedule(&target, "sqlite://state.db", &smtp.url(), ""));
     let daemon = Daemon::start(dir.path(), &config);
     wait_for(Duration::from_secs(20), "operational", || (daemon.get("/health").0 == 200).then_some(()));
-    std::thread::sleep(Duration::from_secs(2));
+    daemon.wait_runs("health-probe", 2);
     assert_eq!(smtp.count(), 0, "the first operational status is not told");
 
     proxy.cut();
@@ -435,11 +435,11 @@ async fn the_database_down_and_back_sends_the_down_mail_then_the_recovery_and_no
     for needle in ["Status: Error", "Previous status: Operational", "DB: FAIL"] {
         assert!(mail.text.contains(needle), "{needle} in {}", mail.text);
     }
-    std::thread::sleep(Duration::from_secs(2));
+    daemon.wait_runs("health-probe", 2);
     proxy.restore();
     let both = smtp.wait_for(2, Duration::from_secs(20));
     assert_eq!(read(&both[1]).subject, "MNW recovered — all services operational");
-    std::thread::sleep(Duration::from_secs(3));
+    daemon.wait_runs("health-probe", 3);
     assert_eq!(subjects(&smtp.messages()).len(), 2, "nothing else: {:?}", subjects(&smtp.messages()));
 
     // The counter moves at each delivery; the pending gauge is recounted every 5 s.
@@ -461,7 +461,7 @@ async fn with_the_state_store_on_the_database_that_goes_down_the_alert_still_goe
     let (dir, config) = schedule_dir(&probe_schedule(&url, &url, &smtp.url(), ""));
     let daemon = Daemon::start(dir.path(), &config);
     wait_for(Duration::from_secs(20), "operational", || (daemon.get("/health").0 == 200).then_some(()));
-    std::thread::sleep(Duration::from_secs(2));
+    daemon.wait_runs("health-probe", 2);
 
     proxy.cut();
     let down = smtp.wait_for(1, Duration::from_secs(30));
@@ -474,7 +474,7 @@ async fn with_the_state_store_on_the_database_that_goes_down_the_alert_still_goe
     drop(daemon);
     let daemon = Daemon::start(dir.path(), &config);
     wait_for(Duration::from_secs(20), "a probe after the restart", || (daemon.get("/health").0 == 503).then_some(()));
-    std::thread::sleep(Duration::from_secs(3));
+    daemon.wait_runs("health-probe", 3);
     assert_eq!(smtp.count(), 1, "the restart told nothing new: {:?}", subjects(&smtp.messages()));
 
     proxy.restore();
@@ -494,7 +494,7 @@ async fn with_the_state_store_on_the_database_that_goes_down_the_alert_still_goe
         futures_block(sqlx::query_scalar("SELECT COUNT(*) FROM warden.spool_applied").fetch_one(&pool));
     assert!(spooled_runs >= 2, "runs from both processes moved in: {spooled_runs}");
     assert_eq!(std::fs::read_to_string(&spool).unwrap(), "", "the spool is empty once drained");
-    std::thread::sleep(Duration::from_secs(2));
+    daemon.wait_runs("health-probe", 2);
     assert_eq!(smtp.count(), 2, "nothing else: {:?}", subjects(&smtp.messages()));
     drop(daemon);
     pool.close().await;
@@ -534,7 +534,7 @@ async fn a_silence_holds_back_the_alert_even_from_the_spool_and_across_a_restart
     drop(daemon);
     let daemon = Daemon::start_with_env(dir.path(), &config, &env);
     wait_for(Duration::from_secs(20), "a probe after the restart", || (daemon.get("/health").0 == 503).then_some(()));
-    std::thread::sleep(Duration::from_secs(3));
+    daemon.wait_runs("health-probe", 3);
     assert_eq!(smtp.count(), 0, "{:?}", subjects(&smtp.messages()));
 
     // Back: both alerts are in the outbox, silenced with the reason, and none was sent.
@@ -553,7 +553,7 @@ async fn a_silence_holds_back_the_alert_even_from_the_spool_and_across_a_restart
     for (_, _, why) in &rows {
         assert!(why.as_deref().unwrap_or_default().contains("database upgrade"), "{rows:?}");
     }
-    std::thread::sleep(Duration::from_secs(2));
+    daemon.wait_runs("health-probe", 2);
     assert_eq!(smtp.count(), 0, "nothing was sent: {:?}", subjects(&smtp.messages()));
     drop(daemon);
     pool.close().await;
@@ -640,7 +640,7 @@ async fn a_thousand_subscribers_are_told_once_each_at_the_pace_across_a_kill_and
     std::fs::write(&config, subscriber_schedule(&app, &smtp.url(), PACE)).unwrap();
     let daemon = Daemon::start(dir.path(), &config);
     wait_for(Duration::from_secs(20), "operational", || (daemon.get("/health").0 == 200).then_some(()));
-    std::thread::sleep(Duration::from_secs(1));
+    daemon.wait_runs("health-probe", 1);
 
     sqlx::query("DROP TABLE session").execute(&pool).await.unwrap();
     wait_for(Duration::from_secs(60), "300 notices", || (notices(&smtp).len() >= 300).then_some(()));
@@ -653,7 +653,7 @@ async fn a_thousand_subscribers_are_told_once_each_at_the_pace_across_a_kill_and
         let users: std::collections::HashSet<Vec<String>> = n.iter().map(|m| m.to.clone()).collect();
         (users.len() == USERS).then_some(n)
     });
-    std::thread::sleep(Duration::from_secs(2));
+    daemon.wait_runs("health-probe", 2);
     let all_now = notices(&smtp);
     assert!(all_now.len() <= USERS + 1, "at most the in-flight notice twice: {} sent", all_now.len());
     assert!(all_now.len() >= all.len());
@@ -689,7 +689,7 @@ async fn a_signed_link_unsubscribes_and_a_tampered_one_is_refused() {
     std::fs::write(&config, subscriber_schedule(&app, &smtp.url(), 10)).unwrap();
     let daemon = Daemon::start(dir.path(), &config);
     wait_for(Duration::from_secs(20), "operational", || (daemon.get("/health").0 == 200).then_some(()));
-    std::thread::sleep(Duration::from_secs(1));
+    daemon.wait_runs("health-probe", 1);
 
     sqlx::query("DROP TABLE session").execute(&pool).await.unwrap();
     wait_for(Duration::from_secs(20), "two notices", || (notices(&smtp).len() >= 2).then_some(()));
@@ -742,7 +742,7 @@ async fn a_signed_link_unsubscribes_and_a_tampered_one_is_refused() {
     wait_for(Duration::from_secs(20), "the recovery notice", || {
         notices(&smtp).iter().any(|m| read(m).subject == "MNW is back to normal").then_some(())
     });
-    std::thread::sleep(Duration::from_secs(1));
+    daemon.wait_runs("health-probe", 1);
     let recovery: Vec<Vec<String>> =
         notices(&smtp).iter().filter(|m| read(m).subject == "MNW is back to normal").map(|m| m.to.clone()).collect();
     assert_eq!(recovery, [vec!["user2@example.org".to_owned()]]);

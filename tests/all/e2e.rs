@@ -331,12 +331,19 @@ fn a_plugin_is_hot_swapped_while_probes_run_and_no_evaluation_is_lost() {
         (counter(&daemon.get("/metrics").1, evals) >= after_refusal + 2).then_some(())
     });
 
-    // Every probe run was evaluated: none lost across the swaps.
-    wait_for(Duration::from_secs(10), "equal counts", || {
-        let m = daemon.get("/metrics").1;
-        let (e, r) = (counter(&m, evals), counter(&m, runs));
-        (e == r && e > 0).then_some(())
+    // Every probe run was evaluated: none lost across the swaps. The probe is taken out of
+    // the schedule first, so no run sits between its evaluation and its commit when the
+    // two counters are read (a lost evaluation could hide behind one in flight).
+    let only_pool = "version = 1\n[[job]]\nname = \"pool\"\nevery = \"1s\"\ntask = \"pool-stats\"\n";
+    std::fs::write(&config, only_pool).unwrap();
+    wait_for(Duration::from_secs(20), "the probe out of the schedule", || {
+        daemon.log().contains("configuration reloaded jobs=1 policies=0").then_some(())
     });
+    daemon.wait_runs("pool", 2);
+    let m = daemon.get("/metrics").1;
+    let (e, r) = (counter(&m, evals), counter(&m, runs));
+    assert!(r > 4, "{r} probe runs");
+    assert_eq!(e, r, "an evaluation for every probe run");
     assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
 }
 

@@ -58,7 +58,7 @@ comment = "expect short interruptions"
     );
     let daemon = Daemon::start(dir.path(), &config);
     wait_for(Duration::from_secs(20), "operational", || (daemon.get("/health").0 == 200).then_some(()));
-    std::thread::sleep(Duration::from_secs(2));
+    daemon.wait_runs("health-probe", 2);
     // A transition to show: the sessions check fails, the status degrades.
     let app = dir.path().join("demo-app.db");
     tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -69,7 +69,7 @@ comment = "expect short interruptions"
         let (_, body) = daemon.get("/health");
         body.contains("\"degraded\"").then_some(())
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    daemon.wait_runs("health-probe", 2);
 
     // Without JavaScript: the server renders everything.
     let (code, html) = http_get(daemon.addr, "/").unwrap();

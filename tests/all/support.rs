@@ -193,6 +193,27 @@ impl Daemon {
         http_get(self.addr, path).unwrap()
     }
 
+    /// Finished runs of `job` so far, every outcome, from `/metrics`.
+    pub fn runs(&self, job: &str) -> u64 {
+        let (_, body) = self.get("/metrics");
+        let prefix = format!("warden_job_runs_total{{job=\"{job}\",");
+        let total: f64 = body
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        total as u64
+    }
+
+    /// Waits until `n` more runs of `job` finished (recorded, or spooled): the proof that
+    /// the daemon went on working, where a fixed sleep would only hope so. Assertions that
+    /// "nothing else happened" come after it.
+    pub fn wait_runs(&self, job: &str, n: u64) {
+        let start = self.runs(job);
+        let what = format!("{n} more runs of `{job}`");
+        wait_for(Duration::from_secs(30 + 5 * n), &what, || (self.runs(job) >= start + n).then_some(()));
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -5,7 +5,8 @@
 //! `sandbox::new_store` builds a `Store` (with the memory cap and the deadline). A plugin
 //! never sees a credential: host functions hold the pools and clients.
 
-#[doc(hidden)]
+/// What the policy bench and tests compare the sandbox against (`testing` feature only).
+#[cfg(feature = "testing")]
 pub mod bench;
 pub mod bindings;
 mod convert;

@@ -24,6 +24,7 @@ impl StateStore {
     async fn write_runs(&self, runs: &[RunCommit], spool: Option<SpoolApply<'_>>) -> Result<(), StoreError> {
         self.ready().await?;
         let now = Ts(Utc::now());
+        #[cfg(feature = "testing")]
         let fail = self.fail_next_commit.swap(false, std::sync::atomic::Ordering::SeqCst);
         let mut checks = Vec::with_capacity(runs.len());
         for run in runs {
@@ -151,6 +152,7 @@ impl StateStore {
                     }
                 }
             }
+            #[cfg(feature = "testing")]
             if fail {
                 tx.rollback().await?;
                 return Err(StoreError::Injected);

@@ -44,6 +44,7 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("state store: stored health snapshot is unreadable: {0}")]
     Corrupt(String),
+    #[cfg(feature = "testing")]
     #[error("state store: commit failed (injected by a test)")]
     Injected,
     #[error("state store: unreachable")]
@@ -108,6 +109,7 @@ pub struct StateStore {
     ready: Arc<tokio::sync::OnceCell<()>>,
     url: String,
     /// Test hook: the next `commit` fails after writing everything, before COMMIT.
+    #[cfg(feature = "testing")]
     fail_next_commit: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -204,7 +206,14 @@ impl StateStore {
             Err(source) => return Err(StoreError::Open { url, source }),
         };
         let replica = format!("{}-{}-{:04x}", hostname(), std::process::id(), rand::random::<u16>());
-        let store = Self { pool, replica, ready: Default::default(), url, fail_next_commit: Default::default() };
+        let store = Self {
+            pool,
+            replica,
+            ready: Default::default(),
+            url,
+            #[cfg(feature = "testing")]
+            fail_next_commit: Default::default(),
+        };
         match store.ready().await {
             Ok(()) => {}
             Err(StoreError::Query(e)) if unreachable(&e) => {}
@@ -463,7 +472,11 @@ impl StateStore {
         });
         Ok(u64::from(dropped > 0))
     }
+}
 
+/// Test hooks, built only with the `testing` feature (the test suite and benches turn it on).
+#[cfg(feature = "testing")]
+impl StateStore {
     /// Outbox rows as (kind, dedup key, payload, policy, state), oldest first.
     pub async fn outbox(&self) -> Result<Vec<(String, String, String, Option<String>, String)>, StoreError> {
         self.ready().await?;
@@ -471,12 +484,12 @@ impl StateStore {
         Ok(with_pool!(&self.pool, |p| sqlx::query_as(sql).fetch_all(p).await?))
     }
 
-    /// Test hook: makes the next `commit` write everything and then roll back.
-    #[doc(hidden)]
+    /// Makes the next `commit` write everything and then roll back.
     pub fn fail_next_commit(&self) {
         self.fail_next_commit.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Stored snapshots.
     pub async fn count_health(&self) -> Result<i64, StoreError> {
         self.ready().await?;
         Ok(with_pool!(&self.pool, |p| sqlx::query_scalar("SELECT COUNT(*) FROM health_history").fetch_one(p).await?))
