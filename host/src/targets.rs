@@ -29,7 +29,7 @@ pub enum TargetError {
 pub struct Targets {
     pub db: Pool,
     pub s3: Option<S3Bucket>,
-    pub config: config::Targets,
+    pub config: config::TargetsConfig,
     /// One permit per connection of `db`: a check takes one before it starts its clock, so
     /// waiting for the pool is never counted as the target's time, nor as its failure.
     pub db_slots: Arc<Semaphore>,
@@ -44,7 +44,7 @@ pub struct S3Bucket {
 
 impl Targets {
     /// Opens the target pool lazily and, when asked, creates the demo schema.
-    pub async fn open(config: &config::Targets) -> Result<Self, TargetError> {
+    pub async fn open(config: &config::TargetsConfig) -> Result<Self, TargetError> {
         let url = config.database.display();
         let settings =
             PoolSettings { max_connections: config.pool, acquire_timeout: Duration::from_secs(10), lazy: true };

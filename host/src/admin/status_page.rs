@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, Utc};
 
 use super::Shared;
-use crate::config::Maintenance;
+use crate::config::MaintenanceWindow;
 use crate::delivery::mail::escape;
 use crate::health::Status;
 
@@ -71,7 +71,7 @@ pub enum Window {
     Soon { name: String, comment: String, from: DateTime<Utc>, duration: String },
 }
 
-pub fn windows(maintenance: &[Maintenance], now: DateTime<Utc>) -> Vec<Window> {
+pub fn windows(maintenance: &[MaintenanceWindow], now: DateTime<Utc>) -> Vec<Window> {
     let mut out = Vec::new();
     for m in maintenance {
         let (name, comment) = (m.name.clone(), m.comment.clone());

@@ -8,7 +8,7 @@ mod env;
 mod error;
 mod model;
 mod read;
-mod reader;
+mod table;
 
 use std::path::{Path, PathBuf};
 
@@ -32,7 +32,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Checks configuration text. `path` names the file in messages and anchors relative paths.
 pub fn parse(src: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
-    read::read(src, path, env)
+    read::config(src, path, env)
 }
 
 /// The directory relative paths in a configuration file are resolved against.

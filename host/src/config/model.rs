@@ -13,13 +13,13 @@ pub struct Config {
     /// The most job runs in flight at once; due runs beyond it wait in a queue (and that
     /// wait is their lateness). Defaults to the state store's pool size.
     pub max_running: usize,
-    pub targets: Targets,
+    pub targets: TargetsConfig,
     pub state: StateConfig,
     pub alerts: Alerts,
     pub jobs: Vec<Job>,
     pub policies: Vec<PolicySpec>,
     /// Recurring windows during which matching alerts are silenced (as Gatus does).
-    pub maintenance: Vec<Maintenance>,
+    pub maintenance: Vec<MaintenanceWindow>,
     /// Which public routes are served (`[http]`); all by default.
     pub http: PublicRoutes,
 }
@@ -42,7 +42,7 @@ impl Default for PublicRoutes {
 /// A recurring maintenance window: from each `cron` occurrence for `duration`, matching
 /// outbox rows are recorded as silenced.
 #[derive(Debug, Clone)]
-pub struct Maintenance {
+pub struct MaintenanceWindow {
     pub name: String,
     pub schedule: ScheduleSpec,
     pub duration: Duration,
@@ -50,7 +50,7 @@ pub struct Maintenance {
     pub comment: String,
 }
 
-impl Maintenance {
+impl MaintenanceWindow {
     /// Whether `now` falls in a window.
     pub fn active(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
         self.schedule
@@ -121,7 +121,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 /// What warden watches and maintains.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Targets {
+pub struct TargetsConfig {
     pub database: DbUrl,
     /// Create the demo application schema in the target. Default: only for SQLite.
     pub demo_schema: bool,
@@ -169,7 +169,7 @@ pub struct Alerts {
     /// The base of links in mail (unsubscribe), e.g. `https://status.example.org`.
     pub public_url: String,
     pub subscribers: Option<Subscribers>,
-    pub tickets: Tickets,
+    pub tickets: TicketsConfig,
 }
 
 /// Status notices to opted-in users of the application.
@@ -205,7 +205,7 @@ pub const MIN_SECRET_LEN: usize = 16;
 
 /// Where tickets go.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Tickets {
+pub struct TicketsConfig {
     /// POSTed JSON; `None`: each ticket is written as a JSON file to `dir`.
     pub webhook: Option<String>,
     pub timeout: Duration,

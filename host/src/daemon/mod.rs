@@ -2,8 +2,8 @@
 //! HTTP, reloads the configuration, and shuts down cleanly on SIGTERM or Ctrl-C.
 
 mod execute;
+mod file_watch;
 mod policies;
-mod watch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use tokio::sync::watch as signal;
+use tokio::sync::watch;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
@@ -65,7 +65,7 @@ struct Daemon {
     /// The text of the configuration now running, so an unchanged file is not reloaded.
     loaded_text: Option<String>,
     /// The delivery channels the dispatcher and the unsubscribe page use.
-    channels: signal::Sender<Arc<Channels>>,
+    channels: watch::Sender<Arc<Channels>>,
     wake: Arc<Notify>,
     /// One permit per run in flight (`max_running`); due runs wait here, in order.
     slots: Arc<tokio::sync::Semaphore>,
@@ -103,9 +103,9 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     }
     let channels = Arc::new(Channels::new(&config, ctx.targets.clone())?);
     info!(mail = %channels.describe(), admin = ?config.alerts.admin, subscribers = channels.subscribers.is_some(), "alert delivery ready");
-    let (channels_tx, channels_rx) = signal::channel(channels.clone());
+    let (channels_tx, channels_rx) = watch::channel(channels.clone());
     let wake = Arc::new(Notify::new());
-    let (stop_dispatch, dispatch_stop) = signal::channel(false);
+    let (stop_dispatch, dispatch_stop) = watch::channel(false);
     let mut dispatcher =
         Dispatcher::new(ctx.store.clone(), ctx.spool.clone(), channels_rx, wake.clone()).spawn(dispatch_stop);
     match (&admin_token, listen.ip().is_loopback()) {
@@ -129,8 +129,8 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
     let (command_tx, mut commands) = mpsc::unbounded_channel();
     shared.set_commands(command_tx);
-    let _watcher = watch::watch_files(path, &component_paths(&config), reload_tx.clone());
-    watch::watch_sighup(reload_tx);
+    let _watcher = file_watch::watch_files(path, &component_paths(&config), reload_tx.clone());
+    file_watch::watch_sighup(reload_tx);
 
     let mut daemon = Daemon {
         path: path.to_path_buf(),

@@ -101,7 +101,7 @@ pub struct Channels {
     pub max_attempts: u32,
     pub backoff: Duration,
     pub max_backoff: Duration,
-    pub maintenance: Vec<crate::config::Maintenance>,
+    pub maintenance: Vec<crate::config::MaintenanceWindow>,
 }
 
 impl Channels {

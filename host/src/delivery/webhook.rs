@@ -33,7 +33,7 @@ impl std::fmt::Debug for Tickets {
 }
 
 impl Tickets {
-    pub fn new(config: &crate::config::Tickets) -> Result<Tickets, String> {
+    pub fn new(config: &crate::config::TicketsConfig) -> Result<Tickets, String> {
         let Some(url) = &config.webhook else { return Ok(Tickets::Dir(config.dir.clone())) };
         let url: hyper::Uri = url.parse().map_err(|e| format!("invalid webhook URL `{url}`: {e}"))?;
         let https =

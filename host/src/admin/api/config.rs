@@ -14,7 +14,7 @@ use crate::runtime::EvaluationSummary;
 
 /// A loaded policy plugin.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Policy {
+pub struct PolicyStatus {
     name: String,
     /// The component file.
     component: String,
@@ -32,13 +32,13 @@ pub struct Policy {
 
 /// The loaded policies, with their last evaluations.
 #[utoipa::path(get, path = "/admin/policies", tag = "policies",
-    responses((status = 200, description = "Every policy", body = Items<Policy>)))]
-pub(super) async fn policies(State(shared): State<Arc<Shared>>) -> Result<Json<Items<Policy>>, ApiError> {
+    responses((status = 200, description = "Every policy", body = Items<PolicyStatus>)))]
+pub(super) async fn policies(State(shared): State<Arc<Shared>>) -> Result<Json<Items<PolicyStatus>>, ApiError> {
     let set = shared.policies().ok_or_else(starting)?;
     let items = set
         .policies
         .iter()
-        .map(|p| Policy {
+        .map(|p| PolicyStatus {
             name: p.name().to_owned(),
             component: p.spec.component.display().to_string(),
             hash: p.hash.clone(),

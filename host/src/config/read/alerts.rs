@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::config::duration::Duration;
 use crate::config::model::*;
-use crate::config::reader::{Ctx, TableReader, Value};
+use crate::config::table::{Ctx, TableReader, Value};
 
 use super::jobs::read_per_backend;
 
@@ -21,7 +21,7 @@ pub(super) fn default_alerts(base: &Path) -> Alerts {
         max_backoff: Duration::from_secs(15 * 60),
         public_url: "http://127.0.0.1:8080".into(),
         subscribers: None,
-        tickets: Tickets { webhook: None, timeout: Duration::from_secs(10), dir: base.join("tickets") },
+        tickets: TicketsConfig { webhook: None, timeout: Duration::from_secs(10), dir: base.join("tickets") },
     }
 }
 
@@ -157,7 +157,7 @@ fn read_subscribers(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> Option
     Some(Subscribers { query: query?, opt_out: opt_out?, secret: secret?, pace })
 }
 
-fn read_tickets(value: &Value<'_>, base: &Path, tickets: &mut Tickets, ctx: &mut Ctx<'_>) {
+fn read_tickets(value: &Value<'_>, base: &Path, tickets: &mut TicketsConfig, ctx: &mut Ctx<'_>) {
     let Some(mut t) = TableReader::new(value, "alerts.tickets", ctx) else { return };
     if let Some(url) = t.string(ctx, "webhook").filter(|s| !s.value.is_empty()) {
         match url.value.parse::<hyper::Uri>() {

@@ -4,7 +4,7 @@ use chrono_tz::Tz;
 
 use crate::config::duration::Duration;
 use crate::config::model::*;
-use crate::config::reader::{Ctx, TableReader, Value};
+use crate::config::table::{Ctx, TableReader, Value};
 use crate::schedule::ScheduleSpec;
 
 use super::{valid_identifier, valid_name};

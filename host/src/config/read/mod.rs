@@ -14,13 +14,13 @@ use toml::de::DeTable;
 use super::duration::Duration;
 use super::error::{ConfigErrors, Diagnostics};
 use super::model::*;
-use super::reader::{Ctx, Str, TableReader, Value};
+use super::table::{Ctx, Str, TableReader, Value};
 use crate::schedule::ScheduleSpec;
 
 use alerts::{default_alerts, read_alerts};
 use jobs::read_job;
 
-pub(super) fn read(src: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+pub(super) fn config(src: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
     let mut ctx = Ctx { diag: Diagnostics::new(src, path), env };
     let (root, syntax) = DeTable::parse_recoverable(src);
     for e in syntax {
@@ -138,7 +138,7 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
     let targets = match targets {
         Some(t) => t,
         None if root.get_ref().as_table().is_some_and(|t| t.get("targets").is_some()) => return None,
-        None => Targets {
+        None => TargetsConfig {
             database: DbUrl::Sqlite(base.join("demo-app.db")),
             demo_schema: true,
             s3: None,
@@ -167,7 +167,7 @@ fn ctx_src<'s>(ctx: &Ctx<'s>) -> &'s str {
     ctx.diag.src()
 }
 
-fn read_targets(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> Option<Targets> {
+fn read_targets(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> Option<TargetsConfig> {
     let mut t = TableReader::new(value, "targets", ctx)?;
     let database = match t.string(ctx, "database") {
         Some(s) => parse_url(&s, "targets.database", base, ctx),
@@ -182,7 +182,7 @@ fn read_targets(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> Option<Tar
     t.finish(ctx, &["database", "demo_schema", "s3", "pool"]);
     let database = database?;
     let demo_schema = demo_schema.unwrap_or(database.is_sqlite());
-    Some(Targets { database, demo_schema, s3: s3?, pool })
+    Some(TargetsConfig { database, demo_schema, s3: s3?, pool })
 }
 
 fn read_s3(value: &Value<'_>, ctx: &mut Ctx<'_>) -> Option<Option<S3Target>> {
@@ -258,7 +258,7 @@ pub fn valid_identifier(text: &str) -> bool {
         })
 }
 
-fn read_maintenance(value: &Value<'_>, index: usize, ctx: &mut Ctx<'_>) -> Option<Maintenance> {
+fn read_maintenance(value: &Value<'_>, index: usize, ctx: &mut Ctx<'_>) -> Option<MaintenanceWindow> {
     let mut t = TableReader::new(value, format!("maintenance #{}", index + 1), ctx)?;
     let name = t.required_string(ctx, "name");
     if let Some(n) = &name {
@@ -296,7 +296,7 @@ fn read_maintenance(value: &Value<'_>, index: usize, ctx: &mut Ctx<'_>) -> Optio
     }
     let comment = t.string(ctx, "comment").map(|s| s.value).unwrap_or_default();
     t.finish(ctx, &["name", "cron", "tz", "duration", "job", "policy", "kind", "comment"]);
-    Some(Maintenance { name: name?.value, schedule: schedule?, duration: duration?, matchers, comment })
+    Some(MaintenanceWindow { name: name?.value, schedule: schedule?, duration: duration?, matchers, comment })
 }
 
 /// The span of a policy's `on` array, for errors found after it was read.
