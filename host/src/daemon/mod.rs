@@ -53,6 +53,15 @@ pub fn warden_dir(config: &Config) -> PathBuf {
     std::path::absolute(&base).unwrap_or(base).join(".warden")
 }
 
+/// What a valid reload swaps in, built before anything running is touched.
+struct Prepared {
+    config: Config,
+    policies: PolicySet,
+    /// The new targets, when `[targets]` changed.
+    targets: Option<Targets>,
+    channels: Channels,
+}
+
 struct Daemon {
     path: PathBuf,
     policies: Arc<PolicySet>,
@@ -159,49 +168,8 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     let reaper =
         tokio::spawn(reap_abandoned_runs(daemon.ctx.store.clone(), daemon.ctx.spool.clone(), daemon.shared.clone()));
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        // Fire what is due first, whichever branch woke us: no event can starve the timer.
-        for fire in daemon.scheduler.due(Utc::now()) {
-            daemon.start(fire, Trigger::Schedule);
-        }
-        let sleep = daemon
-            .scheduler
-            .next_wake()
-            .map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO))
-            .unwrap_or(MAX_SLEEP)
-            .min(MAX_SLEEP);
-        tokio::select! {
-            _ = tokio::time::sleep(sleep) => {}
-            Some(done) = daemon.running.join_next() => {
-                // A finished run may have queued alerts: the dispatcher looks at once.
-                daemon.wake.notify_waiters();
-                match done {
-                    Ok(job) => daemon.scheduler.finished(&job),
-                    Err(e) => error!(error = %e, "a job task panicked"),
-                }
-            }
-            Some(()) = reload_rx.recv() => {
-                // Editors write in several steps: let the file settle, then read it once.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                while reload_rx.try_recv().is_ok() {}
-                let _ = daemon.reload().await;
-            }
-            Some(command) = commands.recv() => daemon.command(command).await,
-            _ = term.recv() => { info!("SIGTERM received, shutting down"); break; }
-            _ = tokio::signal::ctrl_c() => { info!("interrupt received, shutting down"); break; }
-        }
-    }
-
-    if !daemon.running.is_empty() {
-        info!(running = daemon.running.len(), "waiting for running jobs");
-        let drained =
-            tokio::time::timeout(SHUTDOWN_GRACE, async { while daemon.running.join_next().await.is_some() {} }).await;
-        if drained.is_err() {
-            warn!(running = daemon.running.len(), "jobs still running at shutdown were stopped");
-            daemon.running.abort_all();
-        }
-    }
+    daemon.serve(&mut reload_rx, &mut commands).await?;
+    daemon.drain_runs().await;
     reaper.abort();
     // The dispatcher finishes the delivery in hand; anything left is sent after the restart.
     let _ = stop_dispatch.send(true);
@@ -213,6 +181,65 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     server.await??;
     info!("warden stopped");
     Ok(())
+}
+
+impl Daemon {
+    /// The loop: fire what is due, sleep until the next wake, reap finished runs, reload,
+    /// carry out the admin API's commands; until SIGTERM or Ctrl-C.
+    async fn serve(
+        &mut self,
+        reload_rx: &mut mpsc::UnboundedReceiver<()>,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> anyhow::Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            // Fire what is due first, whichever branch woke us: no event can starve the timer.
+            for fire in self.scheduler.due(Utc::now()) {
+                self.start(fire, Trigger::Schedule);
+            }
+            let sleep = self
+                .scheduler
+                .next_wake()
+                .map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(MAX_SLEEP)
+                .min(MAX_SLEEP);
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                Some(done) = self.running.join_next() => {
+                    // A finished run may have queued alerts: the dispatcher looks at once.
+                    self.wake.notify_waiters();
+                    match done {
+                        Ok(job) => self.scheduler.finished(&job),
+                        Err(e) => error!(error = %e, "a job task panicked"),
+                    }
+                }
+                Some(()) = reload_rx.recv() => {
+                    // Editors write in several steps: let the file settle, then read it once.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    while reload_rx.try_recv().is_ok() {}
+                    let _ = self.reload().await;
+                }
+                Some(command) = commands.recv() => self.command(command).await,
+                _ = term.recv() => { info!("SIGTERM received, shutting down"); return Ok(()); }
+                _ = tokio::signal::ctrl_c() => { info!("interrupt received, shutting down"); return Ok(()); }
+            }
+        }
+    }
+
+    /// At shutdown: runs in flight get `SHUTDOWN_GRACE` to finish, then are stopped (and
+    /// recorded abandoned at the next start).
+    async fn drain_runs(&mut self) {
+        if self.running.is_empty() {
+            return;
+        }
+        info!(running = self.running.len(), "waiting for running jobs");
+        let drained =
+            tokio::time::timeout(SHUTDOWN_GRACE, async { while self.running.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            warn!(running = self.running.len(), "jobs still running at shutdown were stopped");
+            self.running.abort_all();
+        }
+    }
 }
 
 /// Every minute, records as failed the runs still `running` well past the longest job
@@ -330,60 +357,38 @@ impl Daemon {
             info!("configuration unchanged");
             return Ok(());
         }
-        let new = match config::load(&self.path) {
-            Ok(new) => new,
-            Err(errors) => {
+        let next = match self.prepare().await {
+            Ok(next) => next,
+            Err(problems) => {
                 crate::metrics::record_reload(false);
-                error!(problems = errors.0.len(), "configuration refused; the running one stays:\n{errors}");
-                return Err(errors.0.iter().map(ToString::to_string).collect());
+                error!(
+                    problems = problems.len(),
+                    "configuration refused; the running one stays:\n{}",
+                    problems.join("\n")
+                );
+                return Err(problems);
             }
         };
-        if new.state != self.config.state {
+        // Everything was built: from here on the new configuration is swapped in whole.
+        crate::metrics::record_reload(true);
+        if next.config.state != self.config.state {
             warn!("`state.url` changes take effect at the next restart; the running store stays");
         }
-        let policies = match PolicySet::load(self.policies.engine.clone(), &new, Some(&self.policies)) {
-            Ok(p) => p,
-            Err(errors) => {
-                crate::metrics::record_reload(false);
-                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                error!(problems = errors.len(), "configuration refused; the running one stays:\n{}", lines.join("\n"));
-                return Err(lines);
-            }
-        };
-        if new.targets != self.config.targets {
-            match Targets::open(&new.targets).await {
-                Ok(targets) => self.ctx.targets = targets,
-                Err(e) => {
-                    crate::metrics::record_reload(false);
-                    error!(error = %e, "configuration refused; the running one stays");
-                    return Err(vec![format!("{e:#}")]);
-                }
-            }
+        if let Some(targets) = next.targets {
+            self.ctx.targets = targets;
         }
-        // Always rebuilt: cheap, and it carries the maintenance windows too.
-        {
-            match Channels::new(&new, self.ctx.targets.clone()) {
-                Ok(channels) => {
-                    let channels = Arc::new(channels);
-                    self.shared.set_channels(channels.clone());
-                    info!(mail = %channels.describe(), "alert delivery reconfigured");
-                    self.channels.send_replace(channels);
-                }
-                Err(e) => {
-                    crate::metrics::record_reload(false);
-                    error!(error = %e, "configuration refused; the running one stays");
-                    return Err(vec![format!("{e:#}")]);
-                }
-            }
-        }
-        crate::metrics::record_reload(true);
-        for p in &policies.policies {
+        let channels = Arc::new(next.channels);
+        self.shared.set_channels(channels.clone());
+        info!(mail = %channels.describe(), "alert delivery reconfigured");
+        self.channels.send_replace(channels);
+        for p in &next.policies.policies {
             if !self.policies.policies.iter().any(|old| Arc::ptr_eq(old, p)) {
                 info!(policy = %p.name(), hash = %&p.hash[..12], "policy loaded");
             }
         }
         // Runs in flight keep the set they started with.
-        self.policies = Arc::new(policies);
+        self.policies = Arc::new(next.policies);
+        let new = next.config;
         info!(jobs = new.jobs.len(), policies = new.policies.len(), "configuration reloaded");
         self.shared.set_config(Arc::new(new.clone()));
         self.loaded_text = text;
@@ -391,6 +396,25 @@ impl Daemon {
         self.config = new;
         self.shared.set_policies(self.policies.clone());
         Ok(())
+    }
+
+    /// Builds everything a reload swaps in (the configuration, its policies, the targets if
+    /// they changed, the delivery channels) without touching what runs; any problem refuses
+    /// the whole reload.
+    async fn prepare(&self) -> Result<Prepared, Vec<String>> {
+        let lines = |errors: &[_]| errors.iter().map(ToString::to_string).collect::<Vec<String>>();
+        let config = config::load(&self.path).map_err(|errors| lines(&errors.0))?;
+        let policies = PolicySet::load(self.policies.engine.clone(), &config, Some(&self.policies))
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<String>>())?;
+        let targets = if config.targets != self.config.targets {
+            Some(Targets::open(&config.targets).await.map_err(|e| vec![format!("{e:#}")])?)
+        } else {
+            None
+        };
+        // Always rebuilt: cheap, and it carries the maintenance windows too.
+        let for_channels = targets.clone().unwrap_or_else(|| self.ctx.targets.clone());
+        let channels = Channels::new(&config, for_channels).map_err(|e| vec![format!("{e:#}")])?;
+        Ok(Prepared { config, policies, targets, channels })
     }
 
     /// Carries out what the admin API asked.
