@@ -2,13 +2,13 @@
 
 pub mod admin;
 pub mod base;
+pub use base::health;
 pub mod capabilities;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod delivery;
-pub mod health;
 pub mod metrics;
 pub mod runtime;
 pub mod schedule;

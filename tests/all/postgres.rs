@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
 use warden::config::Config;
+use warden::daemon::RunContext;
 use warden::daemon::{Trigger, execute};
 use warden::health::Status;
 use warden::store::{Outcome, StateStore};
-use warden::tasks::{Event, TaskContext};
+use warden::tasks::Event;
 
 use crate::support::{TestDb, silent_server};
 
@@ -34,7 +35,7 @@ fn snapshot(report: &warden::daemon::RunReport) -> &warden::health::Snapshot {
 }
 
 /// The context for a test, with a spool of its own (the configuration paths are shared).
-async fn open(config: &Config) -> TaskContext {
+async fn open(config: &Config) -> RunContext {
     let mut ctx = warden::daemon::open(config).await.unwrap();
     ctx.spool = warden::store::Spool::open(&std::env::temp_dir().join(crate::support::unique("spool"))).unwrap();
     ctx
@@ -226,7 +227,7 @@ batch_size = 4
     db.drop_db().await;
 }
 
-async fn demo_target(db: &TestDb) -> (Config, TaskContext, sqlx::PgPool) {
+async fn demo_target(db: &TestDb) -> (Config, RunContext, sqlx::PgPool) {
     let mut cfg = shipped(&db.url);
     cfg.targets.demo_schema = true;
     let ctx = open(&cfg).await;

@@ -29,7 +29,7 @@ checks = [
 
 async fn probe_s3(
     cfg: &warden::config::Config,
-    ctx: &warden::tasks::TaskContext,
+    ctx: &warden::daemon::RunContext,
 ) -> (Status, warden::health::CheckResult) {
     let report = execute(cfg.job("probe").unwrap(), Utc::now(), Trigger::Manual, ctx).await;
     let Some(Event::Snapshot(snap)) = report.event else { panic!("no snapshot") };

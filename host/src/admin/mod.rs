@@ -26,9 +26,9 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
-use crate::daemon::PolicySet;
 use crate::delivery::Channels;
 use crate::health::{Snapshot, Status};
+use crate::runtime::PolicySet;
 use crate::store::StateStore;
 
 /// What the daemon shares with the HTTP handlers.

@@ -3,7 +3,6 @@
 //! Architecture invariant: this module does no IO beyond reading the file it is given
 //! (and the process environment for `${VAR}`); it never connects to anything.
 
-mod duration;
 mod env;
 mod error;
 mod model;
@@ -12,7 +11,7 @@ mod table;
 
 use std::path::{Path, PathBuf};
 
-pub use duration::Duration;
+pub use crate::base::Duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::duration::Duration;
+use crate::base::Duration;
 use crate::schedule::ScheduleSpec;
 
 /// A whole, valid `schedules.toml`.
@@ -46,7 +46,7 @@ pub struct MaintenanceWindow {
     pub name: String,
     pub schedule: ScheduleSpec,
     pub duration: Duration,
-    pub matchers: crate::store::Matchers,
+    pub matchers: crate::base::Matchers,
     pub comment: String,
 }
 
@@ -233,7 +233,10 @@ impl DbUrl {
         } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
             Ok(Self::Postgres(text.to_owned()))
         } else {
-            Err(format!("unsupported database URL `{}`: expected `sqlite://FILE` or `postgres://…`", redact(text)))
+            Err(format!(
+                "unsupported database URL `{}`: expected `sqlite://FILE` or `postgres://…`",
+                crate::base::text::redact(text)
+            ))
         }
     }
 
@@ -245,19 +248,8 @@ impl DbUrl {
     pub fn display(&self) -> String {
         match self {
             Self::Sqlite(p) => format!("sqlite://{}", p.display()),
-            Self::Postgres(url) => redact(url),
+            Self::Postgres(url) => crate::base::text::redact(url),
         }
-    }
-}
-
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
     }
 }
 

@@ -6,8 +6,8 @@ use std::ops::Range;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::duration::Duration;
 use super::error::Diagnostics;
+use crate::base::Duration;
 
 pub(crate) type Value<'i> = Spanned<DeValue<'i>>;
 

@@ -7,12 +7,13 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use tracing::{error, info, warn};
 
-use super::policies::PolicySet;
+use super::RunContext;
 use crate::config::Job;
 use crate::metrics;
+use crate::runtime::PolicySet;
 use crate::runtime::{Capabilities, Evaluation};
 use crate::store::{Decision, NewOutboxRow, Outcome, RunCommit, StoreError};
-use crate::tasks::{self, Event, RunResult, TaskContext};
+use crate::tasks::{self, Event, RunResult};
 
 /// How an occurrence was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +55,7 @@ pub struct RunReport {
 }
 
 /// Runs an occurrence without policies.
-pub async fn execute(job: &Job, scheduled: DateTime<Utc>, trigger: Trigger, ctx: &TaskContext) -> RunReport {
+pub async fn execute(job: &Job, scheduled: DateTime<Utc>, trigger: Trigger, ctx: &RunContext) -> RunReport {
     execute_observed(job, scheduled, trigger, ctx, None, &|_| {}).await
 }
 
@@ -69,7 +70,7 @@ pub async fn execute_observed(
     job: &Job,
     scheduled: DateTime<Utc>,
     trigger: Trigger,
-    ctx: &TaskContext,
+    ctx: &RunContext,
     policies: Option<&PolicySet>,
     observe: &(dyn Fn(&Event) + Send + Sync),
 ) -> RunReport {
@@ -83,7 +84,7 @@ pub async fn execute_queued(
     job: &Job,
     scheduled: DateTime<Utc>,
     trigger: Trigger,
-    ctx: &TaskContext,
+    ctx: &RunContext,
     policies: Option<&PolicySet>,
     observe: &(dyn Fn(&Event) + Send + Sync),
     lateness: std::time::Duration,
@@ -97,7 +98,7 @@ pub async fn execute_claimed(
     job: &Job,
     scheduled: DateTime<Utc>,
     run_id: i64,
-    ctx: &TaskContext,
+    ctx: &RunContext,
     policies: Option<&PolicySet>,
     observe: &(dyn Fn(&Event) + Send + Sync),
 ) -> RunReport {
@@ -113,7 +114,7 @@ async fn run(
     job: &Job,
     scheduled: DateTime<Utc>,
     trigger: Trigger,
-    ctx: &TaskContext,
+    ctx: &RunContext,
     policies: Option<&PolicySet>,
     observe: &(dyn Fn(&Event) + Send + Sync),
     claimed: Option<i64>,
@@ -172,7 +173,7 @@ async fn run(
         warn!(error = %e, "could not move the spool into the state store; spooling this run too");
         store_up = false;
     }
-    let result = tokio::time::timeout(job.timeout.std(), tasks::run(job, ctx)).await;
+    let result = tokio::time::timeout(job.timeout.std(), tasks::run(job, ctx.task())).await;
     let output = match result {
         Ok(Ok(output)) => {
             report.outcome = Outcome::Ok;
@@ -311,7 +312,7 @@ async fn claim(
     job: &Job,
     scheduled: DateTime<Utc>,
     trigger: Trigger,
-    ctx: &TaskContext,
+    ctx: &RunContext,
 ) -> Result<Option<i64>, StoreError> {
     let patience = Instant::now() + BUSY_PATIENCE;
     loop {
@@ -326,7 +327,7 @@ async fn claim(
 
 /// Commits the run, waiting while the store is merely busy; an unreachable store (or one
 /// busy past all patience) is answered by the caller with the spool.
-async fn commit_patiently(commit: &RunCommit, ctx: &TaskContext) -> Result<(), StoreError> {
+async fn commit_patiently(commit: &RunCommit, ctx: &RunContext) -> Result<(), StoreError> {
     let patience = Instant::now() + BUSY_PATIENCE;
     loop {
         match ctx.store.commit(commit).await {

@@ -3,7 +3,6 @@
 
 mod execute;
 mod file_watch;
-mod policies;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,8 +17,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+pub use crate::runtime::PolicySet;
 pub use execute::{RunReport, Trigger, execute, execute_claimed, execute_observed, execute_queued};
-pub use policies::PolicySet;
 
 use crate::admin::{self, Command, CommandError, Shared};
 use crate::config::{self, Config, Job};
@@ -39,12 +38,28 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 
 /// Opens the state store, the spool beside it and the targets for a configuration.
-pub async fn open(config: &Config) -> anyhow::Result<TaskContext> {
+pub async fn open(config: &Config) -> anyhow::Result<RunContext> {
     let store = StateStore::open(&config.state).await?;
     let spool_path = warden_dir(config).join("spool.jsonl");
     let spool = Spool::open(&spool_path).with_context(|| format!("cannot open the spool {}", spool_path.display()))?;
     let targets = Targets::open(&config.targets).await?;
-    Ok(TaskContext { targets, store, spool })
+    Ok(RunContext { targets, store, spool })
+}
+
+/// What a run needs: the targets its task acts on, the state store it is recorded in, and
+/// the spool that stands in for the store while it is unreachable.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub targets: Targets,
+    pub store: StateStore,
+    pub spool: Spool,
+}
+
+impl RunContext {
+    /// The part a task sees: the targets and (for `db = "state"` maintenance) the store.
+    pub fn task(&self) -> TaskContext<'_> {
+        TaskContext { targets: &self.targets, store: &self.store }
+    }
 }
 
 /// warden's local folder beside the configuration: the component cache and the spool.
@@ -67,7 +82,7 @@ struct Daemon {
     policies: Arc<PolicySet>,
     config: Config,
     jobs: HashMap<String, Arc<Job>>,
-    ctx: TaskContext,
+    ctx: RunContext,
     scheduler: Scheduler,
     shared: Arc<Shared>,
     running: JoinSet<String>,

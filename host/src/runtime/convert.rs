@@ -1,54 +1,12 @@
 //! Between warden's types and the WIT types: events in, actions out (checked and capped).
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use super::bindings::types as wit;
 use super::{EvalError, MAX_ACTIONS, MAX_OUTPUT_BYTES};
-use crate::base::OutboxKind;
+pub use crate::base::{ActionRecord, Priority};
 use crate::health::{CheckResult, Snapshot, Status};
 use crate::tasks::{Event, Gauge};
-
-/// Ticket priority, as stored in the outbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Priority {
-    Low,
-    Normal,
-    High,
-    Critical,
-}
-
-/// An action a policy decided, as the host stores and delivers it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum ActionRecord {
-    EmailAdmin { subject: String, body: String },
-    NotifySubscribers { status: Status, previous: Option<Status> },
-    OpenTicket { title: String, body: String, priority: Priority, dedup_key: String },
-    Log { level: String, message: String },
-}
-
-impl ActionRecord {
-    /// The outbox kind; `None` for actions the host performs at once (logs).
-    pub fn outbox_kind(&self) -> Option<OutboxKind> {
-        match self {
-            ActionRecord::EmailAdmin { .. } => Some(OutboxKind::Email),
-            ActionRecord::NotifySubscribers { .. } => Some(OutboxKind::Subscribers),
-            ActionRecord::OpenTicket { .. } => Some(OutboxKind::Ticket),
-            ActionRecord::Log { .. } => None,
-        }
-    }
-
-    fn text_len(&self) -> usize {
-        match self {
-            ActionRecord::EmailAdmin { subject, body } => subject.len() + body.len(),
-            ActionRecord::NotifySubscribers { .. } => 0,
-            ActionRecord::OpenTicket { title, body, dedup_key, .. } => title.len() + body.len() + dedup_key.len(),
-            ActionRecord::Log { message, .. } => message.len(),
-        }
-    }
-}
 
 fn status_to_wit(s: Status) -> wit::Status {
     match s {

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod bindings;
 mod convert;
 mod engine;
+mod policy_set;
 mod sandbox;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -24,6 +25,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 
 pub use convert::{ActionRecord, Priority};
 pub use engine::{Allocation, PolicyEngine};
+pub use policy_set::PolicySet;
 pub use sandbox::{Capabilities, PluginCtx};
 
 use crate::config::{Grants, Limits, PolicySpec};

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
-use crate::config::Duration;
+use crate::base::Duration;
 
 /// A job's schedule, checked at load.
 #[derive(Debug, Clone)]

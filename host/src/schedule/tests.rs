@@ -7,7 +7,7 @@ use chrono_tz::Tz;
 
 use super::core::catch_up;
 use super::{Fire, ScheduleSpec, Scheduler};
-use crate::config::Duration;
+use crate::base::Duration;
 
 fn t(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)

@@ -30,8 +30,9 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
 /// The schema warden's tables live in on PostgreSQL.
 pub const PG_SCHEMA: &str = "warden";
 
+pub use crate::base::Matchers;
 pub use outbox::{OutboxEntry, OutboxRow};
-pub use silences::{Matchers, Silence};
+pub use silences::Silence;
 pub use spool::Spool;
 
 #[derive(Debug, thiserror::Error)]

@@ -227,7 +227,7 @@ impl Spool {
     /// Keeps `silences` (as just read from the store) for `remembered_silences`.
     pub fn remember_silences(&self, silences: &[Silence]) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(silences).map_err(std::io::Error::other)?;
-        crate::delivery::mail::write_atomically(&self.silences_path(), &bytes)
+        crate::base::text::write_atomically(&self.silences_path(), &bytes)
     }
 
     fn silences_path(&self) -> PathBuf {
@@ -410,7 +410,7 @@ mod tests {
         assert!(spool.remembered_silences().is_empty());
         let silence = Silence {
             id: 7,
-            matchers: crate::store::Matchers { job: Some("j".into()), policy: None, kind: None },
+            matchers: crate::base::Matchers { job: Some("j".into()), policy: None, kind: None },
             starts_at: Utc::now(),
             ends_at: Utc::now() + chrono::Duration::hours(1),
             comment: "db upgrade".into(),

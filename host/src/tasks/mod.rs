@@ -11,61 +11,28 @@ mod probe;
 
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::config::{DbRole, Job, Task};
 use crate::db::Pool;
-use crate::health::Snapshot;
-use crate::store::Spool;
 use crate::store::StateStore;
 use crate::targets::Targets;
 
+pub use crate::base::{Event, Gauge, RunResult};
 pub use probe::run_probe;
 
-/// What a task needs: the targets and the state store (for `db = "state"` maintenance),
-/// and the spool that stands in for the store while it is unreachable.
-#[derive(Debug, Clone)]
-pub struct TaskContext {
-    pub targets: Targets,
-    pub store: StateStore,
-    pub spool: Spool,
+/// What a task needs: the targets and the state store (for `db = "state"` maintenance).
+#[derive(Debug, Clone, Copy)]
+pub struct TaskContext<'a> {
+    pub targets: &'a Targets,
+    pub store: &'a StateStore,
 }
 
-impl TaskContext {
+impl TaskContext<'_> {
     fn db(&self, role: DbRole) -> &Pool {
         match role {
             DbRole::Target => &self.targets.db,
             DbRole::State => self.store.pool(),
         }
     }
-}
-
-/// A labelled measurement, exported as `warden_<name>` on `/metrics`.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct Gauge {
-    pub name: String,
-    pub labels: Vec<(String, String)>,
-    pub value: f64,
-}
-
-/// What a task saw, for the store, the metrics and the policies.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Event {
-    Snapshot(Snapshot),
-    Gauges {
-        gauges: Vec<Gauge>,
-    },
-    /// A finished run of a job whose task reports nothing else (prune, sql).
-    RunFinished(RunResult),
-}
-
-/// How a run ended, as policies see it.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct RunResult {
-    pub outcome: String,
-    pub rows_affected: Option<u64>,
-    pub error: Option<String>,
 }
 
 /// The result of a successful task.
@@ -85,10 +52,10 @@ pub enum TaskError {
 }
 
 /// Runs a job's task once. The caller bounds it with the job's timeout.
-pub async fn run(job: &Job, ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
+pub async fn run(job: &Job, ctx: TaskContext<'_>) -> Result<TaskOutput, TaskError> {
     match &job.task {
         Task::Probe { checks } => {
-            let snapshot = run_probe(&job.name, checks, &ctx.targets).await;
+            let snapshot = run_probe(&job.name, checks, ctx.targets).await;
             let detail = format!("status {}", snapshot.status.as_str());
             Ok(TaskOutput { detail: Some(detail), event: Some(Event::Snapshot(snapshot)), ..Default::default() })
         }

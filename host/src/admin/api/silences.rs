@@ -14,7 +14,8 @@ use crate::admin::Shared;
 use chrono::Datelike;
 
 use super::history::OutboxKind;
-use crate::store::{Matchers, Silence};
+use crate::base::Matchers;
+use crate::store::Silence;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

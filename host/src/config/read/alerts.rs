@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::config::duration::Duration;
+use crate::base::Duration;
 use crate::config::model::*;
 use crate::config::table::{Ctx, TableReader, Value};
 
@@ -109,7 +109,7 @@ pub(super) fn read_alerts(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> 
 fn check_smtp_url(url: &str) -> Result<(), String> {
     let scheme = url.split("://").next().unwrap_or_default();
     if !matches!(scheme, "smtp" | "smtps") || !url.contains("://") {
-        let url = crate::delivery::mail::redact(url);
+        let url = crate::base::text::redact(url);
         return Err(format!(
             "`{url}` is not an SMTP URL: write smtp://host:25, smtp://user:pass@host:587?tls=required (STARTTLS) \
              or smtps://user:pass@host:465 (implicit TLS)"
@@ -117,7 +117,7 @@ fn check_smtp_url(url: &str) -> Result<(), String> {
     }
     lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url)
         .map(|_| ())
-        .map_err(|e| format!("invalid SMTP URL `{}`: {e}", crate::delivery::mail::redact(url)))
+        .map_err(|e| format!("invalid SMTP URL `{}`: {e}", crate::base::text::redact(url)))
 }
 
 fn read_subscribers(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> Option<Subscribers> {

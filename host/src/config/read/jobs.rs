@@ -2,7 +2,7 @@
 
 use chrono_tz::Tz;
 
-use crate::config::duration::Duration;
+use crate::base::Duration;
 use crate::config::model::*;
 use crate::config::table::{Ctx, TableReader, Value};
 use crate::schedule::ScheduleSpec;

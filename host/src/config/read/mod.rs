@@ -11,10 +11,10 @@ use std::path::Path;
 use chrono_tz::Tz;
 use toml::de::DeTable;
 
-use super::duration::Duration;
 use super::error::{ConfigErrors, Diagnostics};
 use super::model::*;
 use super::table::{Ctx, Str, TableReader, Value};
+use crate::base::Duration;
 use crate::schedule::ScheduleSpec;
 
 use alerts::{default_alerts, read_alerts};
@@ -283,7 +283,7 @@ fn read_maintenance(value: &Value<'_>, index: usize, ctx: &mut Ctx<'_>) -> Optio
         ctx.diag.error(t.span.clone(), t.field("duration"), "missing required field `duration` (e.g. \"2h\")");
     }
     let duration = t.duration(ctx, "duration");
-    let mut matchers = crate::store::Matchers {
+    let mut matchers = crate::base::Matchers {
         job: t.string(ctx, "job").map(|s| s.value),
         policy: t.string(ctx, "policy").map(|s| s.value),
         kind: None,

@@ -1,11 +1,26 @@
-//! Plain values every layer shares: what an outbox row is and where it stands.
+//! Plain values every layer shares: durations, statuses and snapshots, the events tasks
+//! report and the actions policies decide, what an outbox row is and where it stands, what
+//! a silence matches; and two helpers (a redacted URL, an atomic file write).
 //!
 //! Architecture invariant: this module imports nothing of the crate, so any module may use
 //! it without an import circle. Text forms are parsed once, at the edge (the database row,
 //! the configuration, the API query); inside, a kind or a state is an enum and every
 //! `match` on it is exhaustive, so a new kind is a compile error wherever it is forgotten.
 
+pub mod action;
+pub mod duration;
+pub mod event;
+pub mod health;
+pub mod matchers;
+pub mod text;
+
 use std::fmt;
+
+pub use action::{ActionRecord, Priority};
+pub use duration::Duration;
+pub use event::{Event, Gauge, RunResult};
+pub use health::{CheckResult, Snapshot, Status};
+pub use matchers::Matchers;
 
 /// What an outbox row sends.
 #[derive(

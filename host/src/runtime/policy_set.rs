@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use super::{LoadError, Policy, PolicyEngine};
 use crate::config::Config;
-use crate::runtime::{LoadError, Policy, PolicyEngine};
 
 /// The engine and every loaded policy. Runs hold an `Arc` of the set they started with.
 pub struct PolicySet {
