@@ -29,6 +29,8 @@ struct Scenario {
 
 struct Row {
     runs: i64,
+    /// Occurrences due in the window (from each job's offset) with no `job_runs` row at all.
+    missed: i64,
     runs_per_sec: f64,
     false_snapshots: i64,
     skipped: i64,
@@ -45,11 +47,12 @@ struct Row {
 fn main() {
     let scenarios = scenarios();
     println!(
-        "{:<9} {:>7} {:>6} {:>7} {:>7} {:>7} {:>6} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>5}",
+        "{:<9} {:>7} {:>6} {:>7} {:>6} {:>7} {:>7} {:>6} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>5}",
         "backend",
         "jobs",
         "period",
         "runs",
+        "missed",
         "runs/s",
         "false",
         "skip",
@@ -65,11 +68,12 @@ fn main() {
     for s in scenarios {
         let row = run(&s);
         println!(
-            "{:<9} {:>7} {:>5}s {:>7} {:>7.1} {:>7} {:>6} {:>6} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>6.0}µs {:>6.0}MB {:>6.0}MB {:>5}",
+            "{:<9} {:>7} {:>5}s {:>7} {:>6} {:>7.1} {:>7} {:>6} {:>6} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>6.0}µs {:>6.0}MB {:>6.0}MB {:>5}",
             if s.backend == Backend::Sqlite { "sqlite" } else { "postgres" },
             s.jobs,
             s.period_secs,
             row.runs,
+            row.missed,
             row.runs_per_sec,
             row.false_snapshots,
             row.skipped,
@@ -172,9 +176,15 @@ fn run(s: &Scenario) -> Row {
         .stderr(log)
         .spawn()
         .unwrap();
-    // Warm-up: the configuration is read, the component compiled, the first runs started.
-    let warmup = Duration::from_secs(if full() { 10 } else { 3 });
-    std::thread::sleep(warmup);
+    // Start-up (the configuration read, the component compiled, the store migrated) until
+    // the first runs are counted on /metrics; then a warm-up before the window opens.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !metrics(port).contains("warden_job_runs_total") {
+        assert!(Instant::now() < deadline, "warden did not start: {}", dir.path().join("warden.log").display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let startup = started.elapsed();
+    std::thread::sleep(Duration::from_secs(if full() { 5 } else { 2 }));
     let window = Duration::from_secs(
         std::env::var("FLEET_WINDOW").ok().and_then(|w| w.parse().ok()).unwrap_or(if s.period_secs <= 30 {
             70
@@ -189,7 +199,7 @@ fn run(s: &Scenario) -> Row {
     let t1 = Utc::now();
     let (rss_mb, peak_rss_mb) = rss(child.id());
     terminate(&mut child);
-    let _ = started;
+    eprintln!("  start-up to the first run: {:.1} s", startup.as_secs_f64());
 
     let stats = rt.block_on(measure(s.backend, dir.path(), &state, t0, t1));
     let mails = std::fs::read_dir(dir.path().join("mail"))
@@ -216,7 +226,9 @@ fn run(s: &Scenario) -> Row {
             eprintln!("    {p}");
         }
     }
+    let expected = expected_occurrences(s, t0, t1);
     Row {
+        missed: expected - stats.runs - stats.skipped,
         runs: stats.runs,
         runs_per_sec: stats.runs as f64 / secs,
         false_snapshots: stats.false_snapshots,
@@ -321,6 +333,27 @@ async fn measure(backend: Backend, dir: &Path, state: &str, t0: DateTime<Utc>, t
     }
 }
 
+/// How many occurrences of the generated jobs fall in `[t0, t1)`, from their offsets.
+fn expected_occurrences(s: &Scenario, t0: DateTime<Utc>, t1: DateTime<Utc>) -> i64 {
+    let period = warden::config::Duration::from_secs(s.period_secs);
+    let spec = |i: usize| {
+        let name = format!("probe-{i:06}");
+        warden::schedule::ScheduleSpec::every_spread(&name, period, warden::config::Duration::default()).unwrap()
+    };
+    (0..s.jobs)
+        .map(|i| {
+            let spec = spec(i);
+            let mut n = 0;
+            let mut t = spec.next_after(t0 - chrono::Duration::milliseconds(1));
+            while let Some(at) = t.filter(|at| *at < t1) {
+                n += 1;
+                t = spec.next_after(at);
+            }
+            n
+        })
+        .sum()
+}
+
 fn sqlite_ts(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
 }
@@ -332,6 +365,16 @@ fn percentile(mut values: Vec<i64>, p: f64) -> f64 {
     values.sort_unstable();
     let i = ((values.len() as f64 - 1.0) * p).round() as usize;
     values[i] as f64
+}
+
+/// The text of `/metrics` (empty while warden does not answer).
+fn metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut body = String::new();
+    let _ = stream.read_to_string(&mut body);
+    body
 }
 
 /// utime + stime of a process, in clock ticks.

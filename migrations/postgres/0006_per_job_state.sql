@@ -5,6 +5,9 @@ ALTER TABLE policy_state ADD COLUMN job TEXT NOT NULL DEFAULT '';
 ALTER TABLE policy_state DROP CONSTRAINT policy_state_pkey;
 ALTER TABLE policy_state ADD PRIMARY KEY (plugin, job, key);
 
+-- A run reads every policy's state for its job in one query.
+CREATE INDEX policy_state_job ON policy_state (job);
+
 -- How long a due run waited for a slot before it started (queueing, not the target's time).
 ALTER TABLE job_runs ADD COLUMN lateness_ms BIGINT;
 

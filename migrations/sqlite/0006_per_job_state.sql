@@ -14,6 +14,9 @@ INSERT INTO policy_state_by_job (plugin, job, key, value, updated_at)
 DROP TABLE policy_state;
 ALTER TABLE policy_state_by_job RENAME TO policy_state;
 
+-- A run reads every policy's state for its job in one query.
+CREATE INDEX policy_state_job ON policy_state (job);
+
 -- How long a due run waited for a slot before it started (queueing, not the target's time).
 ALTER TABLE job_runs ADD COLUMN lateness_ms INTEGER;
 

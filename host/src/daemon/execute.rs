@@ -12,7 +12,7 @@ use crate::config::Job;
 use crate::metrics;
 use crate::runtime::PolicySet;
 use crate::runtime::{Capabilities, Evaluation};
-use crate::store::{Decision, NewOutboxRow, Outcome, RunCommit, StoreError};
+use crate::store::{Decision, JobStates, NewOutboxRow, Outcome, RunCommit, StoreError};
 use crate::tasks::{self, Event, RunResult};
 
 /// How an occurrence was started.
@@ -52,6 +52,8 @@ pub struct RunReport {
     pub committed: bool,
     /// Whether the run's writes went to the local spool instead.
     pub spooled: bool,
+    /// Whether it left alerts for the dispatcher (in the outbox or the spool).
+    pub queued_alerts: bool,
 }
 
 /// Runs an occurrence without policies.
@@ -135,16 +137,24 @@ async fn run(
         evaluations: Vec::new(),
         committed: false,
         spooled: false,
+        queued_alerts: false,
     };
     if let Some(late) = lateness {
         metrics::record_lateness(&job.name, late.as_secs_f64());
     }
+    // With policies listening, the claim also reads their state for this job (one round
+    // trip on Postgres).
+    let wants_state = policies.is_some_and(|set| set.for_job(&job.name).next().is_some());
     let claim = match claimed {
-        Some(id) => Ok(Some(id)),
-        None => claim(job, scheduled, trigger, ctx).await,
+        Some(id) => Ok(Some((id, None))),
+        None => claim(job, scheduled, trigger, wants_state, ctx).await,
     };
+    let mut claimed_states = None;
     match claim {
-        Ok(Some(id)) => report.run_id = Some(id),
+        Ok(Some((id, states))) => {
+            report.run_id = Some(id);
+            claimed_states = states;
+        }
         Ok(None) => {
             info!(job = %job.name, %scheduled, "occurrence already claimed by another process");
             report.detail = Some("claimed by another process".into());
@@ -172,6 +182,10 @@ async fn run(
     {
         warn!(error = %e, "could not move the spool into the state store; spooling this run too");
         store_up = false;
+    }
+    if !ctx.spool.is_empty() {
+        // The spool's runs moved in (or still wait): the state read with the claim is stale.
+        claimed_states = None;
     }
     let result = tokio::time::timeout(job.timeout.std(), tasks::run(job, ctx.task())).await;
     let output = match result {
@@ -210,7 +224,11 @@ async fn run(
     if let Some(set) = policies {
         let listening: Vec<_> = set.for_job(&job.name).collect();
         // Every listening policy's state for this job, in one query.
-        let mut states = if store_up && !listening.is_empty() {
+        let mut states = if !store_up || listening.is_empty() {
+            None
+        } else if let Some(states) = claimed_states.take() {
+            Some(states)
+        } else {
             match ctx.store.job_states(&job.name).await {
                 Ok(states) => Some(states),
                 Err(e) => {
@@ -219,8 +237,6 @@ async fn run(
                     None
                 }
             }
-        } else {
-            None
         };
         for policy in listening {
             let name = policy.name().to_owned();
@@ -278,6 +294,7 @@ async fn run(
         },
         decisions,
     };
+    report.queued_alerts = commit.decisions.iter().any(|d| !d.outbox.is_empty());
     let stored = if store_up { commit_patiently(&commit, ctx).await } else { Err(StoreError::Unreachable) };
     match stored {
         Ok(()) => {
@@ -312,11 +329,20 @@ async fn claim(
     job: &Job,
     scheduled: DateTime<Utc>,
     trigger: Trigger,
+    wants_state: bool,
     ctx: &RunContext,
-) -> Result<Option<i64>, StoreError> {
+) -> Result<Option<(i64, Option<JobStates>)>, StoreError> {
     let patience = Instant::now() + BUSY_PATIENCE;
     loop {
-        match ctx.store.claim(&job.name, scheduled, trigger.as_str()).await {
+        let attempt = if wants_state {
+            ctx.store
+                .claim_with_state(&job.name, scheduled, trigger.as_str())
+                .await
+                .map(|c| c.map(|(id, s)| (id, Some(s))))
+        } else {
+            ctx.store.claim(&job.name, scheduled, trigger.as_str()).await.map(|c| c.map(|id| (id, None)))
+        };
+        match attempt {
             Err(e) if ctx.store.is_busy(&e) && Instant::now() < patience => {
                 warn!(job = %job.name, "state store busy (every connection in use); the claim waits");
             }

@@ -85,7 +85,8 @@ struct Daemon {
     ctx: RunContext,
     scheduler: Scheduler,
     shared: Arc<Shared>,
-    running: JoinSet<String>,
+    /// Runs in flight: each ends with its job's name and whether it queued alerts.
+    running: JoinSet<(String, bool)>,
     /// The text of the configuration now running, so an unchanged file is not reloaded.
     loaded_text: Option<String>,
     /// The delivery channels the dispatcher and the unsubscribe page use.
@@ -221,10 +222,15 @@ impl Daemon {
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => {}
                 Some(done) = self.running.join_next() => {
-                    // A finished run may have queued alerts: the dispatcher looks at once.
-                    self.wake.notify_waiters();
                     match done {
-                        Ok(job) => self.scheduler.finished(&job),
+                        Ok((job, queued_alerts)) => {
+                            // It queued alerts: the dispatcher looks at once (and only then:
+                            // 333 runs a second would otherwise poll the outbox 333 times).
+                            if queued_alerts {
+                                self.wake.notify_waiters();
+                            }
+                            self.scheduler.finished(&job);
+                        }
                         Err(e) => error!(error = %e, "a job task panicked"),
                     }
                 }
@@ -340,15 +346,16 @@ impl Daemon {
                 let slots = self.slots.clone();
                 self.running.spawn(async move {
                     // Bounded work: wait for a slot; the wait is lateness, not the task's time.
-                    let Ok(_slot) = slots.acquire_owned().await else { return job.name.clone() };
+                    let Ok(_slot) = slots.acquire_owned().await else { return (job.name.clone(), false) };
                     let lateness = (Utc::now() - fire_at).to_std().unwrap_or_default();
                     let observe = move |event: &Event| {
                         if let Event::Snapshot(snapshot) = event {
                             shared.set_latest(snapshot.clone());
                         }
                     };
-                    execute_queued(&job, scheduled, trigger, &ctx, Some(&policies), &observe, lateness).await;
-                    job.name.clone()
+                    let report =
+                        execute_queued(&job, scheduled, trigger, &ctx, Some(&policies), &observe, lateness).await;
+                    (job.name.clone(), report.queued_alerts)
                 });
             }
             Fire::SkipOverlap { scheduled, .. } => {
@@ -486,8 +493,8 @@ impl Daemon {
                     shared.set_latest(snapshot.clone());
                 }
             };
-            execute_claimed(&job, scheduled, id, &ctx, Some(&policies), &observe).await;
-            job.name.clone()
+            let report = execute_claimed(&job, scheduled, id, &ctx, Some(&policies), &observe).await;
+            (job.name.clone(), report.queued_alerts)
         });
         Ok(id)
     }

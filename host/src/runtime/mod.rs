@@ -71,6 +71,8 @@ pub struct Policy {
     pub hash: String,
     pre: PolicyPre<PluginCtx>,
     config: Arc<[(String, String)]>,
+    /// `spec.on` as a set: a policy may listen to 10,000 jobs.
+    on: std::collections::HashSet<String>,
     failures: AtomicU32,
     quarantined: AtomicBool,
     /// The last evaluations, newest last.
@@ -116,7 +118,7 @@ impl Policy {
     }
 
     pub fn listens_to(&self, job: &str) -> bool {
-        self.spec.enabled && self.spec.on.iter().any(|j| j == job)
+        self.spec.enabled && self.on.contains(job)
     }
 
     pub fn is_quarantined(&self) -> bool {
@@ -202,6 +204,7 @@ impl PolicyEngine {
             hash: sha256_hex(&bytes),
             pre,
             config: plugin_config(spec).into(),
+            on: spec.on.iter().cloned().collect(),
             failures: AtomicU32::new(0),
             quarantined: AtomicBool::new(false),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_EVALUATIONS)),
@@ -289,12 +292,14 @@ impl PolicyEngine {
     }
 }
 
-/// What the plugin's `config` interface shows: the `config` table, and `warden.on`, the
-/// jobs it listens to (comma-separated), so a policy can name the job when there are several.
+/// What the plugin's `config` interface shows: the `config` table, and `warden.jobs`, how
+/// many jobs it listens to, so a policy can name the job when there are several. (A count,
+/// not the names: a policy over 10,000 jobs would otherwise copy their names into every
+/// evaluation.)
 fn plugin_config(spec: &PolicySpec) -> Vec<(String, String)> {
     let mut config = spec.config.clone();
-    if !config.iter().any(|(k, _)| k == "warden.on") {
-        config.push(("warden.on".to_owned(), spec.on.join(",")));
+    if !config.iter().any(|(k, _)| k == "warden.jobs") {
+        config.push(("warden.jobs".to_owned(), spec.on.len().to_string()));
     }
     config
 }

@@ -109,10 +109,16 @@ pub struct StateStore {
     /// is prepared on first contact.
     ready: Arc<tokio::sync::OnceCell<()>>,
     url: String,
+    /// SQLite has one writer at a time: warden's own writes take turns here instead of
+    /// meeting in SQLite's busy handler (which sleeps, and makes runs late). `None` on Postgres.
+    write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
     /// Test hook: the next `commit` fails after writing everything, before COMMIT.
     #[cfg(feature = "testing")]
     fail_next_commit: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// Every policy's state for one job: policy → key → value.
+pub type JobStates = HashMap<String, BTreeMap<String, String>>;
 
 /// One policy's decisions for one run: state writes and actions, committed together.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -206,11 +212,13 @@ impl StateStore {
             }
             Err(source) => return Err(StoreError::Open { url, source }),
         };
+        let is_sqlite = pool.is_sqlite();
         let replica = format!("{}-{}-{:04x}", hostname(), std::process::id(), rand::random::<u16>());
         let store = Self {
             pool,
             replica,
             ready: Default::default(),
+            write_gate: is_sqlite.then(Default::default),
             url,
             #[cfg(feature = "testing")]
             fail_next_commit: Default::default(),
@@ -245,6 +253,14 @@ impl StateStore {
             .map(|_| ())
     }
 
+    /// Waits for this process's turn to write (SQLite); nothing to wait for on Postgres.
+    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.write_gate {
+            Some(gate) => Some(gate.lock().await),
+            None => None,
+        }
+    }
+
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
@@ -257,6 +273,7 @@ impl StateStore {
     /// process (or an earlier run of this one) already claimed it.
     pub async fn claim(&self, job: &str, scheduled: DateTime<Utc>, trigger: &str) -> Result<Option<i64>, StoreError> {
         self.ready().await?;
+        let _turn = self.write_turn().await;
         let sql = "INSERT INTO job_runs (job, scheduled_at, trigger, replica, started_at, outcome) \
                    VALUES ($1, $2, $3, $4, $5, 'running') ON CONFLICT (job, scheduled_at) DO NOTHING RETURNING id";
         let now = Ts(Utc::now());
@@ -273,9 +290,46 @@ impl StateStore {
         Ok(id)
     }
 
+    /// Claims an occurrence and reads every policy's state for its job: one round trip on
+    /// Postgres (the insert and the read in one statement), two on SQLite. `None`: claimed
+    /// elsewhere.
+    pub async fn claim_with_state(
+        &self,
+        job: &str,
+        scheduled: DateTime<Utc>,
+        trigger: &str,
+    ) -> Result<Option<(i64, JobStates)>, StoreError> {
+        let Pool::Postgres(p) = &self.pool else {
+            let Some(id) = self.claim(job, scheduled, trigger).await? else { return Ok(None) };
+            return Ok(Some((id, self.job_states(job).await?)));
+        };
+        self.ready().await?;
+        let sql = "WITH c AS (INSERT INTO job_runs (job, scheduled_at, trigger, replica, started_at, outcome) \
+                   VALUES ($1, $2, $3, $4, $5, 'running') ON CONFLICT (job, scheduled_at) DO NOTHING RETURNING id) \
+                   SELECT c.id, s.plugin, s.key, s.value FROM c LEFT JOIN policy_state s ON s.job = $1";
+        type Row = (i64, Option<String>, Option<String>, Option<String>);
+        let rows: Vec<Row> = sqlx::query_as(sql)
+            .bind(job)
+            .bind(Ts(scheduled))
+            .bind(trigger)
+            .bind(&self.replica)
+            .bind(Ts(Utc::now()))
+            .fetch_all(p)
+            .await?;
+        let Some(id) = rows.first().map(|r| r.0) else { return Ok(None) };
+        let mut states = JobStates::new();
+        for (_, policy, key, value) in rows {
+            if let (Some(policy), Some(key), Some(value)) = (policy, key, value) {
+                states.entry(policy).or_default().insert(key, value);
+            }
+        }
+        Ok(Some((id, states)))
+    }
+
     /// Records an occurrence skipped because the previous run was still going.
     pub async fn record_skip(&self, job: &str, scheduled: DateTime<Utc>, reason: &str) -> Result<(), StoreError> {
         self.ready().await?;
+        let _turn = self.write_turn().await;
         let sql = "INSERT INTO job_runs (job, scheduled_at, trigger, replica, started_at, finished_at, outcome, detail) \
                    VALUES ($1, $2, 'schedule', $3, $4, $4, 'skipped', $5) ON CONFLICT (job, scheduled_at) DO NOTHING";
         let now = Ts(Utc::now());
@@ -442,7 +496,7 @@ impl StateStore {
     }
 
     /// Every policy's stored state for one job, in one query: what a run's evaluations read.
-    pub async fn job_states(&self, job: &str) -> Result<HashMap<String, BTreeMap<String, String>>, StoreError> {
+    pub async fn job_states(&self, job: &str) -> Result<JobStates, StoreError> {
         self.ready().await?;
         let sql = "SELECT plugin, key, value FROM policy_state WHERE job = $1";
         let rows: Vec<(String, String, String)> =

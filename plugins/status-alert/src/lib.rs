@@ -7,9 +7,9 @@
 //! last one told, and optional thresholds need N consecutive results before a transition counts.
 //!
 //! Config: `product` ("warden"), `cooldown` ("5m"), `failure_threshold` (1), `success_threshold` (1).
-//! The host keeps this policy's state per job and tells it which jobs it listens to
-//! (`warden.on`, comma-separated): the body always names the job, and the subject does too
-//! when there is more than one.
+//! The host keeps this policy's state per job and tells it how many jobs it listens to
+//! (`warden.jobs`): the body always names the job, and the subject does too when there is
+//! more than one.
 
 use warden_policy::{
     Action, Config, Email, Guest, HostState, Level, LogEntry, Priority, Snapshot, State, Status, StatusChange, Ticket,
@@ -42,7 +42,7 @@ impl Rules {
             cooldown_ms: config.duration_ms("cooldown", "5m")?,
             failure_threshold: threshold("failure_threshold")?,
             success_threshold: threshold("success_threshold")?,
-            name_job: config.text("warden.on", "").split(',').filter(|j| !j.is_empty()).count() > 1,
+            name_job: config.number("warden.jobs", 1.0)? > 1.0,
         })
     }
 }
