@@ -26,7 +26,7 @@ task = "pool-stats"
 # A clock for the tests: while the probe is paused, its runs show time passing.
 [[job]]
 name = "tick"
-every = "1s"
+every = "1000ms"
 task = "pool-stats"
 "#;
 
@@ -89,7 +89,7 @@ fn every_admin_route_needs_the_token_and_answers_with_it() {
     let (code, jobs) = get("/admin/jobs");
     assert_eq!(code, 200);
     let items = jobs["items"].as_array().unwrap();
-    assert_eq!(items.len(), 2);
+    assert_eq!(items.len(), 3);
     assert_eq!(items[0]["name"], "probe");
     assert_eq!(items[0]["schedule"], "every 1s");
     assert_eq!(items[0]["last_run"]["outcome"], "ok");
@@ -319,7 +319,7 @@ checks = [{{ name = "db", kind = "db", critical = true }}, {{ name = "sessions",
     sql("CREATE TABLE session (id TEXT)");
     let mail = smtp.wait_for(1, Duration::from_secs(20));
     assert!(mail[0].data.contains("recovered"), "{}", mail[0].data);
-    daemon.wait_runs("probe", 2);
+    daemon.wait_runs("health-probe", 2);
     assert_eq!(smtp.count(), 1);
 
     // Expiring: once, then it is gone.

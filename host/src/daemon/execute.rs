@@ -176,6 +176,7 @@ async fn run(
     // While anything waits in the spool, the store is behind it: drain first, or keep
     // spooling so the policies' writes land in order.
     let mut store_up = report.run_id.is_some();
+    let spooled_before = !ctx.spool.is_empty();
     if store_up
         && !ctx.spool.is_empty()
         && let Err(e) = ctx.spool.drain(&ctx.store).await
@@ -183,7 +184,7 @@ async fn run(
         warn!(error = %e, "could not move the spool into the state store; spooling this run too");
         store_up = false;
     }
-    if !ctx.spool.is_empty() {
+    if spooled_before {
         // The spool's runs moved in (or still wait): the state read with the claim is stale.
         claimed_states = None;
     }
