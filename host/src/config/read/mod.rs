@@ -71,13 +71,15 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
             .collect();
         for (i, item) in items.iter().enumerate() {
             if let Some((job, name_span)) = read_job(item, i, ctx) {
-                let line = super::error::line_col(ctx_src(ctx), name_span.start).0;
+                // The line is counted only for a duplicate: counting it for every job would
+                // scan the file once per job (100,000 jobs, minutes).
                 if let Some(first) = seen.get(&job.name) {
+                    let first = super::error::line_col(ctx_src(ctx), *first).0;
                     let msg = format!("duplicate job name `{}` (first defined on line {first})", job.name);
                     ctx.diag.error(name_span, format!("job \"{}\".name", job.name), msg);
                     continue;
                 }
-                seen.insert(job.name.clone(), line);
+                seen.insert(job.name.clone(), name_span.start);
                 jobs.push(job);
             }
         }
