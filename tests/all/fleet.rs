@@ -220,7 +220,8 @@ checks = [{{ name = "db", kind = "db", critical = true }}]
     )
     .unwrap();
     let daemon = Daemon::start(dir.path(), &config);
-    wait_for(Duration::from_secs(30), "a spooled run", || {
+    // Start-up waits out a few acquire timeouts against the refused store first.
+    wait_for(Duration::from_secs(120), "a spooled run", || {
         std::fs::read_to_string(dir.path().join(".warden/spool.jsonl"))
             .ok()
             .filter(|s| s.contains("\"probe\""))
