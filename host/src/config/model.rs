@@ -16,7 +16,8 @@ pub struct Config {
     pub targets: TargetsConfig,
     pub state: StateConfig,
     pub alerts: Alerts,
-    pub jobs: Vec<Job>,
+    /// Shared: the daemon, its runs and the admin API hold the same jobs, never copies.
+    pub jobs: Vec<std::sync::Arc<Job>>,
     pub policies: Vec<PolicySpec>,
     /// Recurring windows during which matching alerts are silenced (as Gatus does).
     pub maintenance: Vec<MaintenanceWindow>,
@@ -61,7 +62,7 @@ impl MaintenanceWindow {
 
 impl Config {
     pub fn job(&self, name: &str) -> Option<&Job> {
-        self.jobs.iter().find(|j| j.name == name)
+        self.jobs.iter().find(|j| j.name == name).map(|j| &**j)
     }
 }
 

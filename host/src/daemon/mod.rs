@@ -36,6 +36,8 @@ const REAP_GRACE: chrono::Duration = chrono::Duration::minutes(5);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The loop wakes at least this often, so a wall-clock jump is noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// How often histogram samples are folded into their buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// Opens the state store, the spool beside it and the targets for a configuration.
 pub async fn open(config: &Config) -> anyhow::Result<RunContext> {
@@ -80,7 +82,8 @@ struct Prepared {
 struct Daemon {
     path: PathBuf,
     policies: Arc<PolicySet>,
-    config: Config,
+    /// The configuration running, the same one the admin API reads.
+    config: Arc<Config>,
     jobs: HashMap<String, Arc<Job>>,
     ctx: RunContext,
     scheduler: Scheduler,
@@ -100,6 +103,18 @@ struct Daemon {
 /// are off.
 pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: Option<String>) -> anyhow::Result<()> {
     let metrics = crate::metrics::install();
+    // Histogram samples wait in the recorder until drained: without a scrape they would
+    // grow for as long as the process runs.
+    let upkeep = {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(METRICS_UPKEEP);
+            loop {
+                every.tick().await;
+                metrics.run_upkeep();
+            }
+        })
+    };
     let ctx = open(&config).await?;
     let engine = Arc::new(policy_engine(&config)?);
     let policies = PolicySet::load(engine, &config, None).map_err(|errors| {
@@ -140,8 +155,8 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
         (None, true) => info!("no admin token: /admin/ is off (set WARDEN_ADMIN_TOKEN or WARDEN_ADMIN_TOKEN_FILE)"),
         (Some(_), _) => info!("admin API on /admin/ (bearer token)"),
     }
-    let shared =
-        Shared::with_delivery(metrics, latest, ctx.store.clone(), channels, Arc::new(config.clone()), admin_token);
+    let config = Arc::new(config);
+    let shared = Shared::with_delivery(metrics, latest, ctx.store.clone(), channels, config.clone(), admin_token);
 
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     info!(addr = %listener.local_addr()?, "serving /health and /metrics");
@@ -187,6 +202,7 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     daemon.serve(&mut reload_rx, &mut commands).await?;
     daemon.drain_runs().await;
     reaper.abort();
+    upkeep.abort();
     // The dispatcher finishes the delivery in hand; anything left is sent after the restart.
     let _ = stop_dispatch.send(true);
     if tokio::time::timeout(SHUTDOWN_GRACE, async { while dispatcher.join_next().await.is_some() {} }).await.is_err() {
@@ -328,7 +344,7 @@ impl Daemon {
                 }
             }
         }
-        self.jobs = config.jobs.iter().map(|j| (j.name.clone(), Arc::new(j.clone()))).collect();
+        self.jobs = config.jobs.iter().map(|j| (j.name.clone(), Arc::clone(j))).collect();
         let specs =
             config.jobs.iter().map(|j| (j.name.clone(), j.schedule.clone(), j.enabled && !paused.contains(&j.name)));
         for fire in self.scheduler.load(specs, Utc::now(), &last_ran) {
@@ -410,9 +426,9 @@ impl Daemon {
         }
         // Runs in flight keep the set they started with.
         self.policies = Arc::new(next.policies);
-        let new = next.config;
+        let new = Arc::new(next.config);
         info!(jobs = new.jobs.len(), policies = new.policies.len(), "configuration reloaded");
-        self.shared.set_config(Arc::new(new.clone()));
+        self.shared.set_config(new.clone());
         self.loaded_text = text;
         self.load_jobs(&new).await;
         self.config = new;

@@ -80,7 +80,7 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
                     continue;
                 }
                 seen.insert(job.name.clone(), name_span.start);
-                jobs.push(job);
+                jobs.push(std::sync::Arc::new(job));
             }
         }
     }
