@@ -12,5 +12,6 @@ mod fleet;
 mod openapi;
 pub mod policies;
 mod postgres;
+mod replicas;
 mod s3;
 mod status_page;

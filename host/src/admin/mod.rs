@@ -126,8 +126,16 @@ impl Shared {
         self.channels.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn set_latest(&self, snapshot: Snapshot) {
-        *self.latest.write().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
+    /// Keeps the newest snapshot: one this process just took, or a newer one another
+    /// replica took (read from the store), so every replica answers `/health` alike.
+    /// Returns whether it was newer.
+    pub fn set_latest(&self, snapshot: Snapshot) -> bool {
+        let mut latest = self.latest.write().unwrap_or_else(|e| e.into_inner());
+        if latest.as_ref().is_some_and(|l| l.checked_at > snapshot.checked_at) {
+            return false;
+        }
+        *latest = Some(snapshot);
+        true
     }
 
     pub fn latest(&self) -> Option<Snapshot> {
@@ -169,7 +177,13 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
             .into_response(),
         Some(snapshot) => {
             let code = if snapshot.status == Status::Error { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
-            (code, axum::Json(snapshot)).into_response()
+            // How old the newest snapshot is: with replicas it may be another replica's.
+            let age = (chrono::Utc::now() - snapshot.checked_at).num_milliseconds().max(0) as f64 / 1000.0;
+            let mut body = serde_json::to_value(&snapshot).unwrap_or_default();
+            if let Some(map) = body.as_object_mut() {
+                map.insert("age_seconds".into(), json!(age));
+            }
+            (code, axum::Json(body)).into_response()
         }
     }
 }

@@ -391,6 +391,19 @@ fn check_build(path: &Path, config: &Config) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     println!("{}: OK ({} jobs, {} policies)", path.display(), config.jobs.len(), config.policies.len());
+    if let Some(subscribers) = &config.alerts.subscribers {
+        let signer = match (&subscribers.secret, &config.state.url) {
+            (crate::config::Secret::Inline(_), _) => {
+                "the inline signing_secret (every replica must be given the same)".to_owned()
+            }
+            (crate::config::Secret::File(file), crate::config::DbUrl::Postgres(_)) => format!(
+                "the secret the replicas share in the state store (the first replica puts {} there, or a new one)",
+                file.display()
+            ),
+            (crate::config::Secret::File(file), crate::config::DbUrl::Sqlite(_)) => file.display().to_string(),
+        };
+        println!("unsubscribe links are signed with {signer}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -21,6 +21,8 @@ pub enum Trigger {
     Schedule,
     CatchUp,
     Manual,
+    /// An occurrence another replica skipped or abandoned.
+    Takeover,
 }
 
 impl Trigger {
@@ -29,6 +31,7 @@ impl Trigger {
             Trigger::Schedule => "schedule",
             Trigger::CatchUp => "catch-up",
             Trigger::Manual => "manual",
+            Trigger::Takeover => "takeover",
         }
     }
 }
@@ -333,15 +336,30 @@ async fn claim(
     wants_state: bool,
     ctx: &RunContext,
 ) -> Result<Option<(i64, Option<JobStates>)>, StoreError> {
-    let patience = Instant::now() + BUSY_PATIENCE;
+    // Fast or failed fast: never longer than half the job's period, so a store that does
+    // not answer (a cut connection) is noticed well within one interval.
+    let patience = Instant::now() + claim_patience(job);
     loop {
-        let attempt = if wants_state {
-            ctx.store
-                .claim_with_state(&job.name, scheduled, trigger.as_str())
-                .await
-                .map(|c| c.map(|(id, s)| (id, Some(s))))
-        } else {
-            ctx.store.claim(&job.name, scheduled, trigger.as_str()).await.map(|c| c.map(|id| (id, None)))
+        let attempt = async {
+            if wants_state {
+                ctx.store
+                    .claim_with_state(&job.name, scheduled, trigger.as_str())
+                    .await
+                    .map(|c| c.map(|(id, s)| (id, Some(s))))
+            } else {
+                ctx.store.claim(&job.name, scheduled, trigger.as_str()).await.map(|c| c.map(|id| (id, None)))
+            }
+        };
+        let Ok(attempt) = tokio::time::timeout_at(patience.into(), attempt).await else {
+            // Past patience: a store that still answers a ping is busy (a lock, a full pool),
+            // and the occurrence is given up; one that does not is unreachable.
+            let (size, idle, max) = ctx.store.pool().stats();
+            let ping = std::time::Duration::from_secs(1);
+            if (size >= max && idle == 0) || tokio::time::timeout(ping, ctx.store.ping()).await.is_ok_and(|ok| ok) {
+                warn!(job = %job.name, %scheduled, "state store busy: the claim got no answer in time; the occurrence is not run");
+                return Err(StoreError::Busy);
+            }
+            return Err(StoreError::Unreachable);
         };
         match attempt {
             Err(e) if ctx.store.is_busy(&e) && Instant::now() < patience => {
@@ -349,6 +367,17 @@ async fn claim(
             }
             other => return other,
         }
+    }
+}
+
+/// How long a claim may take: half the period of an `every` job (at least 200 ms), at most
+/// `BUSY_PATIENCE`.
+fn claim_patience(job: &Job) -> std::time::Duration {
+    match &job.schedule {
+        crate::schedule::ScheduleSpec::Every { period, .. } => {
+            (period.std() / 2).clamp(std::time::Duration::from_millis(200), BUSY_PATIENCE)
+        }
+        crate::schedule::ScheduleSpec::Cron { .. } => BUSY_PATIENCE,
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod execute;
 mod file_watch;
+mod replicas;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
@@ -97,11 +98,14 @@ struct Daemon {
     wake: Arc<Notify>,
     /// One permit per run in flight (`max_running`); due runs wait here, in order.
     slots: Arc<tokio::sync::Semaphore>,
+    /// The replicas sharing the store (only this one on SQLite), to know whose turn it is.
+    membership: Arc<replicas::Membership>,
 }
 
 /// Runs until SIGTERM or Ctrl-C. `admin_token` guards `/admin/`; without one those routes
 /// are off.
 pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: Option<String>) -> anyhow::Result<()> {
+    let _only_one = lock_sqlite_state(&config)?;
     let metrics = crate::metrics::install();
     // Histogram samples wait in the recorder until drained: without a scrape they would
     // grow for as long as the process runs.
@@ -141,7 +145,8 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     {
         warn!(runs = n, "runs the previous process left unfinished are recorded failed (abandoned)");
     }
-    let channels = Arc::new(Channels::new(&config, ctx.targets.clone())?);
+    let secret = crate::delivery::unsubscribe::shared_secret(&config, &ctx.store).await?;
+    let channels = Arc::new(Channels::with_secret(&config, ctx.targets.clone(), secret.as_deref())?);
     info!(mail = %channels.describe(), admin = ?config.alerts.admin, subscribers = channels.subscribers.is_some(), "alert delivery ready");
     let (channels_tx, channels_rx) = watch::channel(channels.clone());
     let wake = Arc::new(Notify::new());
@@ -159,7 +164,8 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     let shared = Shared::with_delivery(metrics, latest, ctx.store.clone(), channels, config.clone(), admin_token);
 
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    info!(addr = %listener.local_addr()?, "serving /health and /metrics");
+    let bound = listener.local_addr()?;
+    info!(addr = %bound, "serving /health and /metrics");
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let app = admin::router(shared.clone());
     let server = tokio::spawn(async move {
@@ -171,6 +177,19 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     shared.set_commands(command_tx);
     let _watcher = file_watch::watch_files(path, &component_paths(&config), reload_tx.clone());
     file_watch::watch_sighup(reload_tx);
+
+    // Replicas on one PostgreSQL store take turns; the first heartbeat comes before the
+    // first occurrence, so this replica knows who else is live.
+    let membership = Arc::new(replicas::Membership::new(ctx.store.replica()));
+    let (grab_tx, mut grabs) = mpsc::unbounded_channel();
+    let keep_alive = if ctx.store.is_single_process() {
+        None
+    } else {
+        replicas::beat(&ctx.store, &bound.to_string(), &membership).await;
+        let task =
+            replicas::keep_alive(ctx.store.clone(), bound.to_string(), membership.clone(), shared.clone(), grab_tx);
+        Some(tokio::spawn(task))
+    };
 
     let mut daemon = Daemon {
         path: path.to_path_buf(),
@@ -185,6 +204,7 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
         channels: channels_tx,
         wake,
         slots: Arc::new(tokio::sync::Semaphore::new(config.max_running)),
+        membership,
     };
     info!(
         config = %path.display(),
@@ -199,9 +219,16 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     let reaper =
         tokio::spawn(reap_abandoned_runs(daemon.ctx.store.clone(), daemon.ctx.spool.clone(), daemon.shared.clone()));
 
-    daemon.serve(&mut reload_rx, &mut commands).await?;
+    daemon.serve(&mut reload_rx, &mut commands, &mut grabs).await?;
     daemon.drain_runs().await;
     reaper.abort();
+    if let Some(task) = keep_alive {
+        task.abort();
+        // The others take this replica's turns at once rather than after LIVE_FOR.
+        if let Err(e) = daemon.ctx.store.leave().await {
+            warn!(error = %e, "could not leave the replicas' table; the others take over when the heartbeat is missed");
+        }
+    }
     upkeep.abort();
     // The dispatcher finishes the delivery in hand; anything left is sent after the restart.
     let _ = stop_dispatch.send(true);
@@ -222,6 +249,7 @@ impl Daemon {
         &mut self,
         reload_rx: &mut mpsc::UnboundedReceiver<()>,
         commands: &mut mpsc::UnboundedReceiver<Command>,
+        grabs: &mut mpsc::UnboundedReceiver<replicas::Grab>,
     ) -> anyhow::Result<()> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
@@ -257,6 +285,7 @@ impl Daemon {
                     let _ = self.reload().await;
                 }
                 Some(command) = commands.recv() => self.command(command).await,
+                Some((job, scheduled)) = grabs.recv() => self.grab(&job, scheduled),
                 _ = term.recv() => { info!("SIGTERM received, shutting down"); return Ok(()); }
                 _ = tokio::signal::ctrl_c() => { info!("interrupt received, shutting down"); return Ok(()); }
             }
@@ -299,6 +328,47 @@ async fn reap_abandoned_runs(store: StateStore, spool: crate::store::Spool, shar
             && n > 0
         {
             warn!(runs = n, "runs left unfinished by a stopped process are recorded failed (abandoned)");
+        }
+    }
+}
+
+/// On SQLite only one `warden run` may use a state file (replicas need PostgreSQL): the
+/// file `<state>.lock` beside it is held locked for the life of the process (the system
+/// releases it when the process ends, however it ends).
+fn lock_sqlite_state(config: &Config) -> anyhow::Result<Option<std::fs::File>> {
+    let config::DbUrl::Sqlite(path) = &config.state.url else { return Ok(None) };
+    let mut lock_path = path.clone().into_os_string();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            use std::io::{Seek, Write};
+            file.set_len(0)?;
+            file.rewind()?;
+            writeln!(file, "{}", std::process::id())?;
+            Ok(Some(file))
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
+            anyhow::bail!(
+                "another `warden run` (pid {}) uses the state file {}; on SQLite only one process may run \
+                 (replicas share a PostgreSQL state store: set state.url to postgres://…)",
+                holder.trim(),
+                path.display()
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(anyhow::Error::new(e).context(format!("cannot lock {}", lock_path.display())))
         }
     }
 }
@@ -355,27 +425,15 @@ impl Daemon {
     fn start(&mut self, fire: Fire, trigger: Trigger) {
         let Some(job) = self.jobs.get(fire.job()).cloned() else { return };
         match fire {
-            Fire::Run { scheduled, fire_at, .. } => {
-                let ctx = self.ctx.clone();
-                let shared = self.shared.clone();
-                let policies = self.policies.clone();
-                let slots = self.slots.clone();
-                self.running.spawn(async move {
-                    // Bounded work: wait for a slot; the wait is lateness, not the task's time.
-                    let Ok(_slot) = slots.acquire_owned().await else { return (job.name.clone(), false) };
-                    let lateness = (Utc::now() - fire_at).to_std().unwrap_or_default();
-                    let observe = move |event: &Event| {
-                        if let Event::Snapshot(snapshot) = event {
-                            shared.set_latest(snapshot.clone());
-                        }
-                    };
-                    let report =
-                        execute_queued(&job, scheduled, trigger, &ctx, Some(&policies), &observe, lateness).await;
-                    (job.name.clone(), report.queued_alerts)
-                });
+            // Another replica's turn: it claims the occurrence (and the claim would refuse
+            // this one anyway); this replica does not even try.
+            Fire::Run { scheduled, .. } if !self.membership.owns(&job, scheduled) => {
+                self.scheduler.finished(&job.name);
             }
+            Fire::SkipOverlap { scheduled, .. } if !self.membership.owns(&job, scheduled) => {}
+            Fire::Run { scheduled, fire_at, .. } => self.spawn_run(job, scheduled, fire_at, trigger),
             Fire::SkipOverlap { scheduled, .. } => {
-                warn!(job = %job.name, %scheduled, "previous run still going; occurrence skipped");
+                warn!(job = %job.name, %scheduled, "previous run still going; occurrence skipped (an idle replica may run it)");
                 crate::metrics::record_run(&job.name, "skipped", 0.0);
                 let store = self.ctx.store.clone();
                 tokio::spawn(async move {
@@ -385,6 +443,37 @@ impl Daemon {
                 });
             }
         }
+    }
+
+    /// Runs an occurrence another replica skipped or abandoned, if this one is idle for the
+    /// job and the occurrence is recent; the claim takes it over (or finds it taken).
+    fn grab(&mut self, name: &str, scheduled: DateTime<Utc>) {
+        let Some(job) = self.jobs.get(name).cloned() else { return };
+        if !replicas::worth_grabbing(&job, Utc::now() - scheduled) || !self.scheduler.start_manual(name) {
+            return;
+        }
+        info!(job = %name, %scheduled, "running an occurrence another replica skipped or abandoned");
+        self.spawn_run(job, scheduled, Utc::now(), Trigger::Takeover);
+    }
+
+    /// Starts a run in its own task once a slot (`max_running`) is free.
+    fn spawn_run(&mut self, job: Arc<Job>, scheduled: DateTime<Utc>, fire_at: DateTime<Utc>, trigger: Trigger) {
+        let ctx = self.ctx.clone();
+        let shared = self.shared.clone();
+        let policies = self.policies.clone();
+        let slots = self.slots.clone();
+        self.running.spawn(async move {
+            // Bounded work: wait for a slot; the wait is lateness, not the task's time.
+            let Ok(_slot) = slots.acquire_owned().await else { return (job.name.clone(), false) };
+            let lateness = (Utc::now() - fire_at).to_std().unwrap_or_default();
+            let observe = move |event: &Event| {
+                if let Event::Snapshot(snapshot) = event {
+                    shared.set_latest(snapshot.clone());
+                }
+            };
+            let report = execute_queued(&job, scheduled, trigger, &ctx, Some(&policies), &observe, lateness).await;
+            (job.name.clone(), report.queued_alerts)
+        });
     }
 
     /// Reads the file again; a valid one is swapped in, an invalid one is refused and the
@@ -451,7 +540,11 @@ impl Daemon {
         };
         // Always rebuilt: cheap, and it carries the maintenance windows too.
         let for_channels = targets.clone().unwrap_or_else(|| self.ctx.targets.clone());
-        let channels = Channels::new(&config, for_channels).map_err(|e| vec![format!("{e:#}")])?;
+        let secret = crate::delivery::unsubscribe::shared_secret(&config, &self.ctx.store)
+            .await
+            .map_err(|e| vec![format!("{e:#}")])?;
+        let channels =
+            Channels::with_secret(&config, for_channels, secret.as_deref()).map_err(|e| vec![format!("{e:#}")])?;
         Ok(Prepared { config, policies, targets, channels })
     }
 

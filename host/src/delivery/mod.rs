@@ -107,13 +107,20 @@ pub struct Channels {
 impl Channels {
     /// Builds the channels (reading or creating the signing secret). Inside the runtime.
     pub fn new(config: &Config, targets: Targets) -> anyhow::Result<Channels> {
+        Self::with_secret(config, targets, None)
+    }
+
+    /// As `new`, signing unsubscribe links with `shared` (the secret replicas share,
+    /// `unsubscribe::shared_secret`) when given.
+    pub fn with_secret(config: &Config, targets: Targets, shared: Option<&[u8]>) -> anyhow::Result<Channels> {
         let alerts = &config.alerts;
         let from: Mailbox = alerts.from.parse().map_err(|e| anyhow::anyhow!("alerts.from `{}`: {e}", alerts.from))?;
         let subscribers = match &alerts.subscribers {
             Some(s) => {
-                let secret = match &s.secret {
-                    Secret::Inline(text) => text.as_bytes().to_vec(),
-                    Secret::File(path) => unsubscribe::load_or_create_secret(path)
+                let secret = match (&s.secret, shared) {
+                    (Secret::Inline(text), _) => text.as_bytes().to_vec(),
+                    (Secret::File(_), Some(shared)) => shared.to_vec(),
+                    (Secret::File(path), None) => unsubscribe::load_or_create_secret(path)
                         .map_err(|e| anyhow::anyhow!("signing secret {}: {e}", path.display()))?,
                 };
                 Some(SubscriberChannel {

@@ -53,6 +53,46 @@ impl Signer {
 }
 
 /// Reads the secret from a file, creating it (0600, 32 random bytes as hex) on first start.
+/// The `settings` key of the signing secret replicas share.
+const SHARED_SECRET_KEY: &str = "unsubscribe_signing_secret";
+
+/// The signing secret every replica on a PostgreSQL store uses, so a link in a mail one
+/// replica sent verifies on the others: the one kept in the store, put there by the first
+/// replica (from its `signing_secret_file` if it has one, else made up). `None`: not
+/// shared (SQLite, one process; an inline secret, which the replicas' files must repeat;
+/// or the store unreachable at start, when the file is used and a warning says so).
+pub async fn shared_secret(
+    config: &crate::config::Config,
+    store: &crate::store::StateStore,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(subscribers) = &config.alerts.subscribers else { return Ok(None) };
+    let crate::config::Secret::File(path) = &subscribers.secret else { return Ok(None) };
+    if store.is_single_process() {
+        return Ok(None);
+    }
+    let from_file = match std::fs::read_to_string(path) {
+        Ok(_) => {
+            Some(load_or_create_secret(path).map_err(|e| anyhow::anyhow!("signing secret {}: {e}", path.display()))?)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => anyhow::bail!("signing secret {}: {e}", path.display()),
+    };
+    let offered = from_file.clone().unwrap_or_else(|| hex(&rand::random::<[u8; 32]>()).into_bytes());
+    let offered = String::from_utf8_lossy(&offered).into_owned();
+    match store.shared_setting(SHARED_SECRET_KEY, || offered).await {
+        Ok(shared) => {
+            if from_file.as_deref().is_some_and(|f| f != shared.as_bytes()) {
+                tracing::warn!(path = %path.display(), "this replica's signing secret file differs from the one the replicas share in the state store; the shared one is used");
+            }
+            Ok(Some(shared.into_bytes()))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(), "state store unreachable: the unsubscribe links this replica signs use its own file's secret until the next reload");
+            Ok(None)
+        }
+    }
+}
+
 pub fn load_or_create_secret(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     match std::fs::read_to_string(path) {
         Ok(text) if text.trim().len() >= crate::config::MIN_SECRET_LEN => Ok(text.trim().as_bytes().to_vec()),

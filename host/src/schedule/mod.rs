@@ -7,7 +7,7 @@ mod core;
 mod spec;
 
 pub use core::{Fire, Planned, Scheduler};
-pub use spec::{Millis, ScheduleSpec, offset_for};
+pub use spec::{Millis, ScheduleSpec, offset_for, turn};
 
 #[cfg(test)]
 mod tests;

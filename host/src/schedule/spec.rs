@@ -152,12 +152,41 @@ fn offset_millis(offset: Duration) -> i64 {
 /// period in milliseconds. A fixed hash (not std's randomly seeded one), so every replica
 /// and every build computes the same offset.
 pub fn offset_for(name: &str, period: Duration) -> Duration {
+    let p = u64::try_from(period_millis(period)).unwrap_or(1);
+    Duration(std::time::Duration::from_millis(name_hash(name.as_bytes()) % p))
+}
+
+/// Whose turn an occurrence is among `replicas` live replicas (an index into their ids,
+/// sorted): an `every` job's occurrences go round the replicas in turn, starting at a place
+/// derived from the job's name, so each replica runs an equal share of every job; a cron
+/// occurrence goes to the replica its name and time hash to. Every replica computes the
+/// same answer from the same list.
+pub fn turn(job: &str, spec: &ScheduleSpec, scheduled: DateTime<Utc>, replicas: usize) -> usize {
+    if replicas <= 1 {
+        return 0;
+    }
+    let n = replicas as u64;
+    match spec {
+        ScheduleSpec::Every { period, offset, .. } => {
+            let k = (scheduled.timestamp_millis() - offset_millis(*offset)).div_euclid(period_millis(*period));
+            let start = name_hash(job.as_bytes()) % n;
+            ((start + k.rem_euclid(n as i64) as u64) % n) as usize
+        }
+        ScheduleSpec::Cron { .. } => {
+            let key = format!("{job}@{}", scheduled.timestamp_millis());
+            (name_hash(key.as_bytes()) % n) as usize
+        }
+    }
+}
+
+/// The first 8 bytes of SHA-256: a fixed hash (not std's randomly seeded one), the same in
+/// every replica and build.
+fn name_hash(bytes: &[u8]) -> u64 {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(name.as_bytes());
+    let digest = Sha256::digest(bytes);
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
-    let p = u64::try_from(period_millis(period)).unwrap_or(1);
-    Duration(std::time::Duration::from_millis(u64::from_be_bytes(first) % p))
+    u64::from_be_bytes(first)
 }
 
 impl fmt::Display for ScheduleSpec {

@@ -284,3 +284,37 @@ fn a_fleet_of_frequent_jobs_starts_spread_instead_of_catching_up_at_once() {
     let first_second = s.due(now + chrono::Duration::seconds(1));
     assert!(first_second.len() < 100, "{} fired in the first second", first_second.len());
 }
+
+#[test]
+fn replicas_take_turns_at_each_jobs_occurrences() {
+    let spec = ScheduleSpec::every_spread("health-probe", d("2s"), Duration::default()).unwrap();
+    let first = spec.next_after(t("2026-12-02T00:00:00Z")).unwrap();
+    let turns: Vec<usize> =
+        (0..30).map(|i| super::turn("health-probe", &spec, first + chrono::Duration::seconds(2 * i), 3)).collect();
+    // Round the three replicas in order: each gets exactly a third, never twice running.
+    for pair in turns.windows(2) {
+        assert_eq!(pair[1], (pair[0] + 1) % 3, "{turns:?}");
+    }
+    for r in 0..3 {
+        assert_eq!(turns.iter().filter(|&&x| x == r).count(), 10, "{turns:?}");
+    }
+    // Every replica computes the same turn; alone, a replica has every turn.
+    assert_eq!(super::turn("health-probe", &spec, first, 3), turns[0]);
+    assert_eq!(super::turn("health-probe", &spec, first, 1), 0);
+    // Jobs start at different places, so replica 0 does not get every job's first turn.
+    let starts: std::collections::HashSet<usize> = (0..30)
+        .map(|i| {
+            let name = format!("probe-{i}");
+            let spec = ScheduleSpec::every_spread(&name, d("30s"), Duration::default()).unwrap();
+            super::turn(&name, &spec, spec.next_after(first).unwrap(), 3)
+        })
+        .collect();
+    assert_eq!(starts.len(), 3);
+    // Cron occurrences spread by hash.
+    let cron = ScheduleSpec::cron("0 * * * * *", Tz::UTC, Duration::default()).unwrap();
+    let mut per = [0u32; 3];
+    for i in 0..300 {
+        per[super::turn("prune", &cron, first + chrono::Duration::minutes(i), 3)] += 1;
+    }
+    assert!(per.iter().all(|&n| n > 70), "{per:?}");
+}

@@ -34,10 +34,11 @@ impl StateStore {
             Some(s) => Some(serde_json::to_string(&s.checks).map_err(|e| StoreError::Corrupt(e.to_string()))?),
             None => None,
         };
+        // A run taken over meanwhile (this replica was thought stopped) writes nothing.
         let sql = "WITH r AS (UPDATE job_runs SET finished_at = $2, outcome = $3, error = $4, rows_affected = $5, \
-                   detail = $6, lateness_ms = $7 WHERE id = $1) \
+                   detail = $6, lateness_ms = $7 WHERE id = $1 AND replica = $13 RETURNING id) \
                    INSERT INTO health_history (job, checked_at, status, duration_ms, checks) \
-                   SELECT $8, $9, $10, $11, $12 WHERE $12 IS NOT NULL";
+                   SELECT $8, $9, $10, $11, $12 WHERE $12 IS NOT NULL AND EXISTS (SELECT 1 FROM r)";
         let snapshot = run.snapshot.as_ref();
         sqlx::query(sql)
             .bind(id)
@@ -52,6 +53,7 @@ impl StateStore {
             .bind(snapshot.map(|s| s.status.as_str()))
             .bind(snapshot.map(|s| i64::try_from(s.duration_ms).unwrap_or(i64::MAX)))
             .bind(checks)
+            .bind(&self.replica)
             .execute(p)
             .await?;
         Ok(())
@@ -95,9 +97,9 @@ impl StateStore {
                 let lateness = run.lateness_ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
                 let run_id = match run.run_id {
                     Some(id) => {
-                        sqlx::query(
+                        let updated = sqlx::query(
                             "UPDATE job_runs SET finished_at = $2, outcome = $3, error = $4, rows_affected = $5, detail = $6, \
-                             lateness_ms = $7 WHERE id = $1",
+                             lateness_ms = $7 WHERE id = $1 AND replica = $8",
                         )
                         .bind(id)
                         .bind(now)
@@ -106,8 +108,15 @@ impl StateStore {
                         .bind(rows)
                         .bind(&run.detail)
                         .bind(lateness)
+                        .bind(&self.replica)
                         .execute(&mut *tx)
                         .await?;
+                        if updated.rows_affected() == 0 {
+                            // Taken over: another replica thought this one stopped, recorded
+                            // the run abandoned and ran the occurrence again. Its result stands.
+                            tracing::warn!(job = %run.job, run = id, "the run was taken over by another replica; its result is dropped");
+                            continue;
+                        }
                         Some(id)
                     }
                     // Ran while the store was unreachable: recorded now, unless another

@@ -8,6 +8,7 @@
 
 mod commit;
 mod outbox;
+mod replicas;
 mod silences;
 mod spool;
 
@@ -32,6 +33,7 @@ pub const PG_SCHEMA: &str = "warden";
 
 pub use crate::base::Matchers;
 pub use outbox::{OutboxEntry, OutboxRow};
+pub use replicas::{ABANDONED, Replica, Takeover};
 pub use silences::Silence;
 pub use spool::Spool;
 
@@ -50,6 +52,8 @@ pub enum StoreError {
     Injected,
     #[error("state store: unreachable")]
     Unreachable,
+    #[error("state store: busy (no answer in time, though it answers)")]
+    Busy,
 }
 
 /// How a run ended.
@@ -191,6 +195,15 @@ pub struct SpoolApply<'a> {
     pub silenced: &'a HashMap<String, String>,
 }
 
+/// The claim of an occurrence: inserting its `job_runs` row. An occurrence skipped (by a
+/// replica whose previous run was still going) or abandoned (by a replica that stopped) is
+/// taken over; any other row means the occurrence is claimed already.
+const CLAIM: &str = "INSERT INTO job_runs (job, scheduled_at, trigger, replica, started_at, outcome) \
+     VALUES ($1, $2, $3, $4, $5, 'running') ON CONFLICT (job, scheduled_at) DO UPDATE SET \
+     trigger = excluded.trigger, replica = excluded.replica, started_at = excluded.started_at, \
+     outcome = 'running', finished_at = NULL, error = NULL, detail = NULL \
+     WHERE job_runs.outcome = 'skipped' OR (job_runs.outcome = 'failed' AND job_runs.error = 'abandoned: the process running it stopped before it ended')";
+
 const RUN_COLUMNS: &str =
     "id, job, scheduled_at, trigger, replica, started_at, finished_at, outcome, error, rows_affected, detail";
 
@@ -274,11 +287,10 @@ impl StateStore {
     pub async fn claim(&self, job: &str, scheduled: DateTime<Utc>, trigger: &str) -> Result<Option<i64>, StoreError> {
         self.ready().await?;
         let _turn = self.write_turn().await;
-        let sql = "INSERT INTO job_runs (job, scheduled_at, trigger, replica, started_at, outcome) \
-                   VALUES ($1, $2, $3, $4, $5, 'running') ON CONFLICT (job, scheduled_at) DO NOTHING RETURNING id";
+        let sql = format!("{CLAIM} RETURNING id");
         let now = Ts(Utc::now());
         let id: Option<i64> = with_pool!(&self.pool, |p| {
-            sqlx::query_scalar(sql)
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(job)
                 .bind(Ts(scheduled))
                 .bind(trigger)
@@ -304,11 +316,11 @@ impl StateStore {
             return Ok(Some((id, self.job_states(job).await?)));
         };
         self.ready().await?;
-        let sql = "WITH c AS (INSERT INTO job_runs (job, scheduled_at, trigger, replica, started_at, outcome) \
-                   VALUES ($1, $2, $3, $4, $5, 'running') ON CONFLICT (job, scheduled_at) DO NOTHING RETURNING id) \
-                   SELECT c.id, s.plugin, s.key, s.value FROM c LEFT JOIN policy_state s ON s.job = $1";
+        let sql = format!(
+            "WITH c AS ({CLAIM} RETURNING id) SELECT c.id, s.plugin, s.key, s.value FROM c LEFT JOIN policy_state s ON s.job = $1"
+        );
         type Row = (i64, Option<String>, Option<String>, Option<String>);
-        let rows: Vec<Row> = sqlx::query_as(sql)
+        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(job)
             .bind(Ts(scheduled))
             .bind(trigger)
@@ -470,7 +482,7 @@ impl StateStore {
         self.ready().await?;
         let sql = "UPDATE job_runs SET outcome = 'failed', finished_at = $2, error = $3 \
                    WHERE outcome = 'running' AND started_at < $1";
-        let error = "abandoned: the process running it stopped before it ended";
+        let error = ABANDONED;
         Ok(with_pool!(&self.pool, |p| sqlx::query(sql)
             .bind(Ts(started_before))
             .bind(Ts(Utc::now()))
@@ -478,6 +490,11 @@ impl StateStore {
             .execute(p)
             .await?
             .rows_affected()))
+    }
+
+    /// Whether the store answers a trivial statement (on a pooled connection).
+    pub async fn ping(&self) -> bool {
+        with_pool!(&self.pool, |p| sqlx::query("SELECT 1").execute(p).await.is_ok())
     }
 
     /// Whether only one process uses this store (SQLite).
@@ -577,6 +594,7 @@ impl StateStore {
     /// store is waited for; only a failed connect or statement makes it unreachable.
     pub fn is_busy(&self, e: &StoreError) -> bool {
         match e {
+            StoreError::Busy => true,
             StoreError::Query(sqlx::Error::PoolTimedOut) => {
                 let (size, idle, max) = self.pool.stats();
                 size >= max && idle == 0

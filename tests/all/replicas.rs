@@ -1,0 +1,197 @@
+//! Replicas: three `warden run` processes on one PostgreSQL state store take turns at a
+//! 2 s probe, answer `/health` alike, sign unsubscribe links with one secret, and take over
+//! one killed with `kill -9`. On SQLite a second `warden run` on the same state is refused.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::policies::status_alert_policy;
+use crate::smtp_server::SmtpServer;
+use crate::support::{Daemon, TestDb, http, schedule_dir};
+
+fn schedule(state: &str, app: &Path, smtp: &str) -> String {
+    format!(
+        r#"version = 1
+product = "MNW"
+[state]
+url = "{state}"
+[targets]
+database = "sqlite://{app}"
+demo_schema = false
+[alerts]
+admin = ["ops@example.org"]
+smtp = "{smtp}"
+public_url = "http://status.example.org"
+backoff = "200ms"
+[alerts.subscribers]
+query = "SELECT id, email FROM users WHERE status_alerts = 1 ORDER BY id"
+opt_out = "UPDATE users SET status_alerts = 0 WHERE id = $1"
+signing_secret_file = ".warden/signing-secret"
+[[job]]
+name = "health-probe"
+every = "2s"
+task = "probe"
+checks = [
+  {{ name = "db", kind = "db", critical = true }},
+  {{ name = "sessions", kind = "sql", query = "SELECT COUNT(*) FROM session" }},
+]
+{policy}"#,
+        app = app.display(),
+        policy = status_alert_policy(),
+    )
+}
+
+/// The probe's runs in the store: (scheduled_at, replica, outcome), oldest first.
+async fn runs(pool: &sqlx::PgPool) -> Vec<(DateTime<Utc>, String, String)> {
+    sqlx::query_as(
+        "SELECT scheduled_at, replica, outcome FROM warden.job_runs WHERE job = 'health-probe' ORDER BY scheduled_at",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+async fn app_db(path: &Path) -> sqlx::SqlitePool {
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path).create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    for sql in [
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL, status_alerts INTEGER NOT NULL)",
+        "INSERT INTO users VALUES (1, 'user1@example.org', 1), (2, 'user2@example.org', 1)",
+        "CREATE TABLE session (id TEXT)",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    pool
+}
+
+fn health_checked_at(daemon: &Daemon) -> DateTime<Utc> {
+    let (_, body) = daemon.get("/health");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    json["checked_at"].as_str().and_then(|t| t.parse().ok()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_replicas_take_turns_agree_share_one_secret_and_take_over_one_killed() {
+    let db = TestDb::create().await;
+    let smtp = SmtpServer::start();
+    let shared = tempfile::tempdir().unwrap();
+    let app = shared.path().join("app.db");
+    let app_pool = app_db(&app).await;
+    // Each replica in its own folder: its own spool and its own (absent) secret file.
+    let replicas: Vec<_> = (0..3)
+        .map(|_| {
+            let (dir, config) = schedule_dir(&schedule(&db.url, &app, &smtp.url()));
+            let daemon = Daemon::start(dir.path(), &config);
+            (dir, daemon)
+        })
+        .collect();
+    let pool = db.pool().await;
+
+    // 30 s: every occurrence once, every replica its share.
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    while started.elapsed() < Duration::from_secs(60) {
+        seen = runs(&pool).await;
+        if seen.len() >= 15 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM warden.replicas ORDER BY id").fetch_all(&pool).await.unwrap();
+    assert_eq!(ids.len(), 3, "three live replicas: {ids:?}");
+    // Counted from the third occurrence on: the first ones ran before all three were live.
+    let counted = &seen[3..];
+    for id in &ids {
+        let share = counted.iter().filter(|(_, r, _)| r == id).count();
+        assert!(share * 5 >= counted.len(), "{id} ran {share} of {}: {seen:?}", counted.len());
+    }
+    for pair in counted.windows(2) {
+        assert_eq!((pair[1].0 - pair[0].0).num_seconds(), 2, "an occurrence missing or doubled: {seen:?}");
+    }
+    assert!(seen.iter().all(|(_, _, o)| o != "skipped"), "{seen:?}");
+
+    // One answer: every replica's /health shows the fleet's newest snapshot.
+    let times: Vec<DateTime<Utc>> = replicas.iter().map(|(_, d)| health_checked_at(d)).collect();
+    let spread = *times.iter().max().unwrap() - *times.iter().min().unwrap();
+    // At most one probe apart: the replica that just ran it, the others within a heartbeat.
+    assert!(spread < chrono::Duration::seconds(3), "/health differs by {spread} between replicas: {times:?}");
+
+    // A status change: one admin mail and one notice per subscriber, whichever replica
+    // decided; an unsubscribe link from that mail verifies on every replica.
+    sqlx::query("DROP TABLE session").execute(&app_pool).await.unwrap();
+    let messages = smtp.wait_for(3, Duration::from_secs(30));
+    let admin = messages.iter().filter(|m| m.to == ["ops@example.org"]).count();
+    assert_eq!(admin, 1, "one admin mail: {:?}", messages.iter().map(|m| &m.to).collect::<Vec<_>>());
+    let notice = messages.iter().find(|m| m.to == ["user1@example.org"]).expect("user 1 told");
+    let link = notice
+        .data
+        .lines()
+        .find_map(|l| l.strip_prefix("List-Unsubscribe: <"))
+        .and_then(|l| l.strip_suffix('>'))
+        .expect("a List-Unsubscribe header")
+        .to_owned();
+    let path = link.trim_start_matches("http://status.example.org").to_owned();
+    for (_, daemon) in &replicas {
+        let (code, page) = http(daemon.addr, "GET", &path, &[], "").unwrap();
+        assert_eq!(code, 200, "the link verifies on {}: {page}", daemon.addr);
+    }
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let (code, body) = http(replicas[2].1.addr, "POST", &path, &form, "List-Unsubscribe=One-Click").unwrap();
+    assert_eq!(code, 200, "{body}");
+
+    // kill -9 of one replica: within the takeover window the others take its turns, and
+    // from then on no occurrence is missing and no run is left `running`.
+    let mut replicas = replicas;
+    let (_dir, mut killed) = replicas.remove(0);
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    let killed_at = Utc::now();
+    let window = chrono::Duration::seconds(10);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while runs(&pool).await.iter().filter(|(at, ..)| *at > killed_at + window).count() < 5 {
+        assert!(Instant::now() < deadline, "no five occurrences after the takeover window: {:?}", runs(&pool).await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let all = runs(&pool).await;
+    let after: Vec<_> = all.iter().filter(|(at, ..)| *at > killed_at + window).collect();
+    for pair in after.windows(2) {
+        assert_eq!((pair[1].0 - pair[0].0).num_seconds(), 2, "an occurrence missing after the takeover: {all:?}");
+    }
+    let live: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM warden.replicas ORDER BY id").fetch_all(&pool).await.unwrap();
+    assert_eq!(live.len(), 2, "the killed replica was removed: {live:?}");
+    let stuck: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM warden.job_runs WHERE outcome = 'running' AND started_at < now() - interval '5 seconds'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(stuck, 0, "no run left running: {all:?}");
+    for (_, d) in replicas {
+        assert_eq!(d.terminate(Duration::from_secs(15)), Some(0));
+    }
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM warden.replicas").fetch_one(&pool).await.unwrap();
+    assert_eq!(left, 0, "a clean shutdown leaves the table");
+    pool.close().await;
+    db.drop_db().await;
+}
+
+#[test]
+fn a_second_warden_run_on_one_sqlite_state_is_refused() {
+    let (dir, config) = schedule_dir("version = 1\n[[job]]\nname = \"tick\"\nevery = \"1s\"\ntask = \"pool-stats\"\n");
+    let first = Daemon::start(dir.path(), &config);
+    let out = std::process::Command::new(crate::support::warden_bin())
+        .args(["run", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("another `warden run`") && stderr.contains("only one process"), "{stderr}");
+    assert!(stderr.contains(&first.child.id().to_string()), "names the holder: {stderr}");
+    assert_eq!(first.terminate(Duration::from_secs(15)), Some(0));
+}
