@@ -74,6 +74,7 @@ pace = 0
                 payload: parent_payload.to_string(),
                 recipient: None,
             }],
+            read_mark: None,
         }],
     );
     ctx.store.commit(&run).await.unwrap();

@@ -118,7 +118,8 @@ impl Drop for Outbox {
 async fn queue(store: &StateStore, rows: Vec<NewOutboxRow>) {
     static N: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let decisions = vec![Decision { policy: "test".into(), state_writes: BTreeMap::new(), outbox: rows }];
+    let decisions =
+        vec![Decision { policy: "test".into(), state_writes: BTreeMap::new(), outbox: rows, read_mark: None }];
     let run =
         RunCommit { scheduled_at: Utc::now() + chrono::Duration::milliseconds(n), ..RunCommit::ok("probe", decisions) };
     store.commit(&run).await.unwrap();
@@ -871,7 +872,12 @@ async fn spooled_runs_the_store_refuses_are_set_aside_and_do_not_block_the_rest(
     let config = warden::config::load(&path).unwrap();
     let ctx = warden::daemon::open(&config).await.unwrap();
     let run = |run_id: Option<i64>, key: &str| {
-        let decision = Decision { policy: "p".into(), state_writes: BTreeMap::new(), outbox: vec![email(key, key)] };
+        let decision = Decision {
+            policy: "p".into(),
+            state_writes: BTreeMap::new(),
+            outbox: vec![email(key, key)],
+            read_mark: None,
+        };
         RunCommit { run_id, ..RunCommit::ok("probe", vec![decision]) }
     };
     // A run the store cannot take (its outbox row names a job run that does not exist).

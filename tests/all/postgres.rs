@@ -63,6 +63,8 @@ async fn migrations_create_the_state_tables_in_their_own_schema_and_rerun_cleanl
             "job_runs",
             "outbox",
             "policy_state",
+            "replicas",
+            "settings",
             "silences",
             "spool_applied"
         ]

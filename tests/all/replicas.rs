@@ -195,3 +195,72 @@ fn a_second_warden_run_on_one_sqlite_state_is_refused() {
     assert!(stderr.contains(&first.child.id().to_string()), "names the holder: {stderr}");
     assert_eq!(first.terminate(Duration::from_secs(15)), Some(0));
 }
+
+/// One decision of policy `p` for job `probe` at `at`, as an evaluation that read
+/// `read_mark` would make it: `status` written, and a "down" mail when `mail` is set.
+fn decided(id: i64, at: DateTime<Utc>, status: &str, mail: bool, read_mark: &str) -> warden::store::RunCommit {
+    use warden::store::{Decision, NewOutboxRow, RunCommit};
+    let outbox = mail
+        .then(|| NewOutboxRow {
+            kind: warden::base::OutboxKind::Email,
+            dedup_key: format!("p:probe:{}:0", at.timestamp_millis()),
+            payload: serde_json::json!({ "kind": "email-admin", "subject": "down", "body": "down" }).to_string(),
+            recipient: None,
+        })
+        .into_iter()
+        .collect();
+    let state_writes = [("last_status".to_owned(), Some(status.to_owned()))].into_iter().collect();
+    let decision = Decision { policy: "p".into(), state_writes, outbox, read_mark: Some(read_mark.to_owned()) };
+    RunCommit { run_id: Some(id), scheduled_at: at, ..RunCommit::ok("probe", vec![decision]) }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn decisions_apply_in_occurrence_order_and_never_from_a_state_passed_by() {
+    use warden::config::{DbUrl, StateConfig};
+    use warden::store::{DECIDED_KEY, RunCommit, StateStore};
+    let db = TestDb::create().await;
+    let store = StateStore::open(&StateConfig { url: DbUrl::Postgres(db.url.clone()), pool: 2 }).await.unwrap();
+    let t0 = Utc::now();
+    let at = |k: i64| t0 + chrono::Duration::seconds(2 * k);
+    let mut ids = Vec::new();
+    for k in 0..4 {
+        ids.push(store.claim("probe", at(k), "schedule").await.unwrap().unwrap());
+    }
+    let status = || async { store.policy_state("p", "probe").await.unwrap().get("last_status").cloned() };
+    let mails = || async { store.outbox().await.unwrap().len() };
+
+    // Occurrence 1 decided nothing to write (a plain run) and committed first; occurrence
+    // 0, hanging until now, then finds the target down: too late, dropped whole.
+    let plain = RunCommit {
+        run_id: Some(ids[1]),
+        scheduled_at: at(1),
+        ..RunCommit::ok(
+            "probe",
+            vec![warden::store::Decision {
+                policy: "p".into(),
+                state_writes: Default::default(),
+                outbox: Vec::new(),
+                read_mark: Some(String::new()),
+            }],
+        )
+    };
+    store.commit(&plain).await.unwrap();
+    store.commit(&decided(ids[0], at(0), "error", true, "")).await.unwrap();
+    assert_eq!(status().await, None, "an older occurrence does not move the state");
+    assert_eq!(mails().await, 0, "nor send anything");
+
+    // Occurrences 2 and 3 both read the state occurrence 1 left; 2 decides "down" first, so
+    // 3's "down", decided from a state that is gone, is dropped: one mail, not two.
+    let mark = store.policy_state("p", "probe").await.unwrap().get(DECIDED_KEY).cloned().unwrap();
+    store.commit(&decided(ids[2], at(2), "error", true, &mark)).await.unwrap();
+    store.commit(&decided(ids[3], at(3), "error", true, &mark)).await.unwrap();
+    assert_eq!(status().await.as_deref(), Some("error"));
+    assert_eq!(mails().await, 1, "one down mail");
+    // Every run's end is recorded all the same.
+    let finished: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM warden.job_runs WHERE outcome = 'ok'")
+        .fetch_one(&db.pool().await)
+        .await
+        .unwrap();
+    assert_eq!(finished, 4);
+    db.drop_db().await;
+}

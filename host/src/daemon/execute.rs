@@ -12,7 +12,7 @@ use crate::config::Job;
 use crate::metrics;
 use crate::runtime::PolicySet;
 use crate::runtime::{Capabilities, Evaluation};
-use crate::store::{Decision, JobStates, NewOutboxRow, Outcome, RunCommit, StoreError};
+use crate::store::{DECIDED_KEY, Decision, JobStates, NewOutboxRow, Outcome, RunCommit, StoreError};
 use crate::tasks::{self, Event, RunResult};
 
 /// How an occurrence was started.
@@ -244,14 +244,18 @@ async fn run(
         };
         for policy in listening {
             let name = policy.name().to_owned();
-            let state = match states.as_mut() {
+            let (mut state, from_store) = match states.as_mut() {
                 Some(states) => {
                     let state = states.remove(&name).unwrap_or_default();
                     ctx.spool.remember(&name, &job.name, &state);
-                    state
+                    (state, true)
                 }
-                None => ctx.spool.state(&name, &job.name),
+                None => (ctx.spool.state(&name, &job.name), false),
             };
+            // Read from the store, the decision applies only if no other came first; from
+            // the spool's memory, only if none newer did.
+            let mark = state.remove(DECIDED_KEY);
+            let read_mark = from_store.then(|| mark.unwrap_or_default());
             let caps = Capabilities {
                 sql: policy.spec.grants.sql_read.then(|| ctx.targets.db.clone()),
                 s3: ctx.targets.s3.clone(),
@@ -263,7 +267,7 @@ async fn run(
                     for (level, message) in &evaluation.logs {
                         info!(policy = %name, level = %level, "{message}");
                     }
-                    decisions.push(decision(&name, &job.name, scheduled, evaluation));
+                    decisions.push(decision(&name, &job.name, scheduled, evaluation, read_mark.clone()));
                 }
                 Err(e) => {
                     let outcome = if policy.is_quarantined() { "quarantined" } else { "failed" };
@@ -397,7 +401,13 @@ async fn commit_patiently(commit: &RunCommit, ctx: &RunContext) -> Result<(), St
 
 /// The outbox rows and state writes of one evaluation. Dedup keys are deterministic per
 /// occurrence, so a retried commit never queues a notification twice.
-fn decision(policy: &str, job: &str, scheduled: DateTime<Utc>, evaluation: &Evaluation) -> Decision {
+fn decision(
+    policy: &str,
+    job: &str,
+    scheduled: DateTime<Utc>,
+    evaluation: &Evaluation,
+    read_mark: Option<String>,
+) -> Decision {
     let outbox = evaluation
         .actions
         .iter()
@@ -412,5 +422,8 @@ fn decision(policy: &str, job: &str, scheduled: DateTime<Utc>, evaluation: &Eval
             Some(NewOutboxRow { kind, dedup_key, payload, recipient: None })
         })
         .collect();
-    Decision { policy: policy.to_owned(), state_writes: evaluation.state_writes.clone(), outbox }
+    // The decision mark is the host's: a policy cannot write it.
+    let mut state_writes = evaluation.state_writes.clone();
+    state_writes.remove(DECIDED_KEY);
+    Decision { policy: policy.to_owned(), state_writes, outbox, read_mark }
 }

@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 
-use super::{RunCommit, SpoolApply, StateStore, StoreError};
+use super::{DECIDED_KEY, RunCommit, SpoolApply, StateStore, StoreError, decided_mark};
 use crate::base::OutboxState;
 use crate::db::{Pool, Ts};
 use crate::with_pool;
@@ -35,10 +35,17 @@ impl StateStore {
             None => None,
         };
         // A run taken over meanwhile (this replica was thought stopped) writes nothing.
+        // Each policy's decision mark moves forward too, so an older occurrence committing
+        // later does not act on a state this one has passed.
         let sql = "WITH r AS (UPDATE job_runs SET finished_at = $2, outcome = $3, error = $4, rows_affected = $5, \
-                   detail = $6, lateness_ms = $7 WHERE id = $1 AND replica = $13 RETURNING id) \
+                   detail = $6, lateness_ms = $7 WHERE id = $1 AND replica = $13 RETURNING id), \
+                   m AS (INSERT INTO policy_state (plugin, job, key, value, updated_at) \
+                   SELECT p, $14, $15, $16, $2 FROM unnest($17::text[]) AS p WHERE EXISTS (SELECT 1 FROM r) \
+                   ON CONFLICT (plugin, job, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at \
+                   WHERE policy_state.value < excluded.value) \
                    INSERT INTO health_history (job, checked_at, status, duration_ms, checks) \
                    SELECT $8, $9, $10, $11, $12 WHERE $12 IS NOT NULL AND EXISTS (SELECT 1 FROM r)";
+        let policies: Vec<&str> = run.decisions.iter().map(|d| d.policy.as_str()).collect();
         let snapshot = run.snapshot.as_ref();
         sqlx::query(sql)
             .bind(id)
@@ -54,6 +61,10 @@ impl StateStore {
             .bind(snapshot.map(|s| i64::try_from(s.duration_ms).unwrap_or(i64::MAX)))
             .bind(checks)
             .bind(&self.replica)
+            .bind(&run.job)
+            .bind(DECIDED_KEY)
+            .bind(decided_mark(run.scheduled_at))
+            .bind(&policies)
             .execute(p)
             .await?;
         Ok(())
@@ -112,9 +123,16 @@ impl StateStore {
                         .execute(&mut *tx)
                         .await?;
                         if updated.rows_affected() == 0 {
+                            let holder: Option<String> = sqlx::query_scalar("SELECT replica FROM job_runs WHERE id = $1")
+                                .bind(id)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                            let Some(holder) = holder else {
+                                return Err(StoreError::Corrupt(format!("run {id} of {} is not in job_runs", run.job)));
+                            };
                             // Taken over: another replica thought this one stopped, recorded
                             // the run abandoned and ran the occurrence again. Its result stands.
-                            tracing::warn!(job = %run.job, run = id, "the run was taken over by another replica; its result is dropped");
+                            tracing::warn!(job = %run.job, run = id, by = %holder, "the run was taken over by another replica; its result is dropped");
                             continue;
                         }
                         Some(id)
@@ -150,6 +168,33 @@ impl StateStore {
                         .await?;
                 }
                 for d in &run.decisions {
+                    // Decisions apply in occurrence order: the mark moves only forward, and
+                    // (for a decision that read it from the store) only from what it read.
+                    let plain = d.state_writes.is_empty() && d.outbox.is_empty();
+                    let occ = if plain { None } else { d.read_mark.as_deref() };
+                    let moved = sqlx::query(
+                        "INSERT INTO policy_state (plugin, job, key, value, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (plugin, job, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at \
+                         WHERE policy_state.value < excluded.value AND ($6 IS NULL OR policy_state.value = $6)",
+                    )
+                    .bind(&d.policy)
+                    .bind(&run.job)
+                    .bind(DECIDED_KEY)
+                    .bind(decided_mark(run.scheduled_at))
+                    .bind(now)
+                    .bind(occ)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if moved == 0 && !plain {
+                        tracing::warn!(
+                            policy = %d.policy,
+                            job = %run.job,
+                            scheduled = %run.scheduled_at,
+                            "another decision for this job was committed first (a newer occurrence, or one from a state this evaluation had not seen); this one is dropped"
+                        );
+                        continue;
+                    }
                     for (key, value) in &d.state_writes {
                         match value {
                             Some(v) => {

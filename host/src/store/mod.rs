@@ -130,6 +130,21 @@ pub struct Decision {
     pub policy: String,
     pub state_writes: BTreeMap<String, Option<String>>,
     pub outbox: Vec<NewOutboxRow>,
+    /// The policy's `DECIDED_KEY` as the evaluation read it (`""`: none yet). Given, the
+    /// decision applies only if no other was committed for the job since; `None` (a spooled
+    /// or hand-made decision): only if none newer was.
+    #[serde(default)]
+    pub read_mark: Option<String>,
+}
+
+/// The `policy_state` key holding the occurrence (zero-padded epoch milliseconds) of the
+/// newest decision committed for a (policy, job): decisions apply in occurrence order, and
+/// one made from a state that changed meanwhile is dropped. Hidden from the policy.
+pub const DECIDED_KEY: &str = "warden:decided";
+
+/// `DECIDED_KEY`'s value for an occurrence: fixed width, so text order is time order.
+pub fn decided_mark(scheduled: DateTime<Utc>) -> String {
+    format!("{:016}", scheduled.timestamp_millis().max(0))
 }
 
 /// An action bound for the outbox.

@@ -251,7 +251,8 @@ impl Spool {
             Ok(()) => {}
             // The store answered and refused the runs: trying again would block every later
             // run behind them. They are set aside, whole, for a human, and the rest flows.
-            Err(StoreError::Query(e)) if !super::unreachable(&e) => {
+            Err(e @ (StoreError::Query(_) | StoreError::Corrupt(_))) if !matches!(&e, StoreError::Query(q) if super::unreachable(q)) =>
+            {
                 let aside = self.path.with_extension(format!("rejected-{}.jsonl", Utc::now().format("%Y%m%dT%H%M%S")));
                 std::fs::copy(&self.path, &aside).map_err(|io| {
                     StoreError::Corrupt(format!("cannot set the spool aside to {}: {io}", aside.display()))
@@ -372,7 +373,7 @@ mod tests {
             recipient: None,
         }];
         let state_writes = writes.iter().map(|(k, v)| (k.to_string(), v.map(str::to_owned))).collect();
-        RunCommit::ok(job, vec![Decision { policy: "p".into(), state_writes, outbox }])
+        RunCommit::ok(job, vec![Decision { policy: "p".into(), state_writes, outbox, read_mark: None }])
     }
 
     #[test]
