@@ -641,3 +641,21 @@ fn hostname() -> String {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn the_claim_takes_over_the_rows_the_reaper_writes_abandoned() {
+        assert!(super::CLAIM.contains(&format!("job_runs.error = '{}'", super::ABANDONED)), "{}", super::CLAIM);
+    }
+
+    #[test]
+    fn decision_marks_sort_as_their_occurrences_do() {
+        let a = super::decided_mark(Utc.timestamp_millis_opt(999).unwrap());
+        let b = super::decided_mark(Utc.timestamp_millis_opt(1_764_633_600_000).unwrap());
+        assert_eq!(a.len(), b.len());
+        assert!(a < b, "{a} {b}");
+    }
+}
