@@ -1,11 +1,13 @@
 //! The fleet benchmark: the real `warden run` on a generated schedule of many probe jobs,
 //! one `status-alert` over all of them, against a healthy target. Prints one table row per
 //! (backend, jobs, period): runs per second, false (non-operational) snapshots, skipped runs,
-//! start lateness p50/p99, probe duration p99, warden's CPU per run, RSS, alert mails.
+//! start lateness p50/p99, probe duration p99, warden's CPU per run, RSS, alert mails, and
+//! with replicas each one's share of the runs (CPU summed over them, RSS the largest).
 //!
 //! `cargo bench -p warden --bench fleet` (release). PostgreSQL from `WARDEN_TEST_PG` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`); each scenario gets a database of its own.
-//! `FLEET_SCENARIOS` picks rows (e.g. `sqlite:10000:30,postgres:100000:300`), `FLEET_WINDOW`
+//! `FLEET_SCENARIOS` picks rows (`backend:jobs:period[:replicas]`, e.g.
+//! `sqlite:10000:30,postgres:10000:30:3`), `FLEET_WINDOW`
 //! sets the measured seconds per row (default: 70 s for a 30 s period, 150 s otherwise).
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does a small smoke run.
 
@@ -25,6 +27,8 @@ struct Scenario {
     backend: Backend,
     jobs: usize,
     period_secs: u64,
+    /// `warden run` processes on the one store (PostgreSQL only).
+    replicas: usize,
 }
 
 struct Row {
@@ -42,12 +46,13 @@ struct Row {
     rss_mb: f64,
     peak_rss_mb: f64,
     mails: usize,
+    shares: Vec<f64>,
 }
 
 fn main() {
     let scenarios = scenarios();
     println!(
-        "{:<9} {:>7} {:>6} {:>7} {:>6} {:>7} {:>7} {:>6} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>5}",
+        "{:<11} {:>7} {:>6} {:>7} {:>6} {:>7} {:>7} {:>6} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>5}  share per replica",
         "backend",
         "jobs",
         "period",
@@ -68,8 +73,12 @@ fn main() {
     for s in scenarios {
         let row = run(&s);
         println!(
-            "{:<9} {:>7} {:>5}s {:>7} {:>6} {:>7.1} {:>7} {:>6} {:>6} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>6.0}µs {:>6.0}MB {:>6.0}MB {:>5}",
-            if s.backend == Backend::Sqlite { "sqlite" } else { "postgres" },
+            "{:<11} {:>7} {:>5}s {:>7} {:>6} {:>7.1} {:>7} {:>6} {:>6} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>6.0}µs {:>6.0}MB {:>6.0}MB {:>5}  {}",
+            match (s.backend, s.replicas) {
+                (Backend::Sqlite, _) => "sqlite".to_owned(),
+                (Backend::Postgres, 1) => "postgres".to_owned(),
+                (Backend::Postgres, n) => format!("postgres×{n}"),
+            },
             s.jobs,
             s.period_secs,
             row.runs,
@@ -84,7 +93,8 @@ fn main() {
             row.cpu_us_per_run,
             row.rss_mb,
             row.peak_rss_mb,
-            row.mails
+            row.mails,
+            row.shares.iter().map(|p| format!("{p:.0}%")).collect::<Vec<_>>().join(" / ")
         );
     }
 }
@@ -94,8 +104,11 @@ fn full() -> bool {
 }
 
 fn scenarios() -> Vec<Scenario> {
-    let default =
-        if full() { "sqlite:10000:30,postgres:10000:30,sqlite:100000:300,postgres:100000:300" } else { "sqlite:200:5" };
+    let default = if full() {
+        "sqlite:10000:30,postgres:10000:30,postgres:10000:30:3,sqlite:100000:300,postgres:100000:300"
+    } else {
+        "sqlite:200:5"
+    };
     let text = std::env::var("FLEET_SCENARIOS").unwrap_or_else(|_| default.to_owned());
     text.split(',')
         .filter(|s| !s.is_empty())
@@ -106,7 +119,9 @@ fn scenarios() -> Vec<Scenario> {
                 "postgres" => Backend::Postgres,
                 other => panic!("FLEET_SCENARIOS: unknown backend {other}"),
             };
-            Scenario { backend, jobs: parts[1].parse().unwrap(), period_secs: parts[2].parse().unwrap() }
+            let replicas = parts.get(3).map_or(1, |r| r.parse().unwrap());
+            assert!(replicas == 1 || backend == Backend::Postgres, "FLEET_SCENARIOS: replicas need postgres");
+            Scenario { backend, jobs: parts[1].parse().unwrap(), period_secs: parts[2].parse().unwrap(), replicas }
         })
         .collect()
 }
@@ -163,25 +178,41 @@ fn run(s: &Scenario) -> Row {
             (url.clone(), url)
         }
     };
-    let config = schedule(dir.path(), s, &target, &state);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let log = std::fs::File::create(dir.path().join("warden.log")).unwrap();
+    // Each replica in a folder of its own (its own spool), on the one store.
+    let folders: Vec<PathBuf> = (0..s.replicas)
+        .map(|i| {
+            let folder = if i == 0 { dir.path().to_path_buf() } else { dir.path().join(format!("replica-{i}")) };
+            std::fs::create_dir_all(&folder).unwrap();
+            folder
+        })
+        .collect();
     let started = Instant::now();
-    let mut child: Child = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["run", "--config", config.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
-        .current_dir(dir.path())
-        .env("WARDEN_LOG", "warn")
-        .env_remove("WARDEN_ADMIN_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut children: Vec<(Child, u16)> = folders
+        .iter()
+        .map(|folder| {
+            let config = schedule(folder, s, &target, &state);
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let log = std::fs::File::create(folder.join("warden.log")).unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_warden"))
+                .args(["run", "--config", config.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+                .current_dir(folder)
+                .env("WARDEN_LOG", "warn")
+                .env_remove("WARDEN_ADMIN_TOKEN")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            (child, port)
+        })
+        .collect();
     // Start-up (the configuration read, the component compiled, the store migrated) until
     // the first runs are counted on /metrics; then a warm-up before the window opens.
     let deadline = Instant::now() + Duration::from_secs(300);
-    while !metrics(port).contains("warden_job_runs_total") {
-        assert!(Instant::now() < deadline, "warden did not start: {}", dir.path().join("warden.log").display());
-        std::thread::sleep(Duration::from_millis(100));
+    for (_, port) in &children {
+        while !metrics(*port).contains("warden_job_runs_total") {
+            assert!(Instant::now() < deadline, "warden did not start: {}", dir.path().join("warden.log").display());
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     let startup = started.elapsed();
     std::thread::sleep(Duration::from_secs(if full() { 5 } else { 2 }));
@@ -192,19 +223,31 @@ fn run(s: &Scenario) -> Row {
             150
         }),
     );
+    let cpu = |children: &[(Child, u16)]| children.iter().map(|(c, _)| cpu_ticks(c.id())).sum::<u64>();
     let t0 = Utc::now();
-    let cpu0 = cpu_ticks(child.id());
+    let cpu0 = cpu(&children);
     std::thread::sleep(window);
-    let cpu1 = cpu_ticks(child.id());
+    let cpu1 = cpu(&children);
     let t1 = Utc::now();
-    let (rss_mb, peak_rss_mb) = rss(child.id());
-    terminate(&mut child);
+    let rss_each: Vec<(f64, f64)> = children.iter().map(|(c, _)| rss(c.id())).collect();
+    let rss_mb = rss_each.iter().map(|r| r.0).fold(0.0, f64::max);
+    let peak_rss_mb = rss_each.iter().map(|r| r.1).fold(0.0, f64::max);
+    // The occurrences due just before t1 start after it: let them claim before stopping.
+    std::thread::sleep(Duration::from_secs(2));
+    for (child, _) in &mut children {
+        terminate(child);
+    }
     eprintln!("  start-up to the first run: {:.1} s", startup.as_secs_f64());
 
     let stats = rt.block_on(measure(s.backend, dir.path(), &state, t0, t1));
-    let mails = std::fs::read_dir(dir.path().join("mail"))
-        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("email-")).count())
-        .unwrap_or(0);
+    let mails: usize = folders
+        .iter()
+        .map(|f| {
+            std::fs::read_dir(f.join("mail"))
+                .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("email-")).count())
+                .unwrap_or(0)
+        })
+        .sum();
     if s.backend == Backend::Postgres {
         rt.block_on(async {
             let admin = sqlx::PgPool::connect(&pg_admin_url()).await.unwrap();
@@ -241,6 +284,7 @@ fn run(s: &Scenario) -> Row {
         rss_mb,
         peak_rss_mb,
         mails,
+        shares: stats.shares,
     }
 }
 
@@ -252,9 +296,11 @@ struct Stats {
     lateness_p50: f64,
     lateness_p99: f64,
     probe_p99: f64,
+    /// Each replica's share of the runs, in percent, largest first.
+    shares: Vec<f64>,
 }
 
-/// The four queries of `measure`, on either backend (`$schema` prefixes the tables).
+/// The queries of `measure`, on either backend (`$schema` prefixes the tables).
 macro_rules! window_queries {
     ($pool:expr, $schema:literal, $a:expr, $b:expr) => {{
         let in_window = "scheduled_at >= $1 AND scheduled_at < $2";
@@ -295,7 +341,16 @@ macro_rules! window_queries {
         .fetch_one($pool)
         .await
         .unwrap();
-        Window { outcomes, lateness, durations, false_snapshots }
+        let replicas: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT replica, COUNT(*) FROM {}job_runs WHERE {in_window} AND outcome <> 'skipped' GROUP BY replica",
+            $schema
+        )))
+        .bind($a)
+        .bind($b)
+        .fetch_all($pool)
+        .await
+        .unwrap();
+        Window { outcomes, lateness, durations, false_snapshots, replicas }
     }};
 }
 
@@ -305,6 +360,8 @@ struct Window {
     lateness: Vec<i64>,
     durations: Vec<i64>,
     false_snapshots: i64,
+    /// Runs per replica.
+    replicas: Vec<(String, i64)>,
 }
 
 async fn measure(backend: Backend, dir: &Path, state: &str, t0: DateTime<Utc>, t1: DateTime<Utc>) -> Stats {
@@ -322,6 +379,9 @@ async fn measure(backend: Backend, dir: &Path, state: &str, t0: DateTime<Utc>, t
         }
     };
     let count = |o: &str| w.outcomes.iter().filter(|(k, _)| k == o).map(|(_, n)| n).sum::<i64>();
+    let total: i64 = w.replicas.iter().map(|(_, n)| n).sum();
+    let mut shares: Vec<f64> = w.replicas.iter().map(|(_, n)| *n as f64 * 100.0 / total.max(1) as f64).collect();
+    shares.sort_by(|a, b| b.total_cmp(a));
     Stats {
         runs: w.outcomes.iter().filter(|(k, _)| k != "skipped").map(|(_, n)| n).sum(),
         false_snapshots: w.false_snapshots,
@@ -330,6 +390,7 @@ async fn measure(backend: Backend, dir: &Path, state: &str, t0: DateTime<Utc>, t
         lateness_p50: percentile(w.lateness.clone(), 0.50),
         lateness_p99: percentile(w.lateness, 0.99),
         probe_p99: percentile(w.durations, 0.99),
+        shares,
     }
 }
 

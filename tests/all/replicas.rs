@@ -113,6 +113,20 @@ async fn three_replicas_take_turns_agree_share_one_secret_and_take_over_one_kill
     }
     assert!(seen.iter().all(|(_, _, o)| o != "skipped"), "{seen:?}");
 
+    // The peer endpoint answers only to the replicas' shared token.
+    let (code, _) = http(replicas[0].1.addr, "GET", "/peer/status", &[], "").unwrap();
+    assert_eq!(code, 401, "no token");
+    let (code, _) = http(replicas[0].1.addr, "GET", "/peer/states", &[("Authorization", "Bearer wrong")], "").unwrap();
+    assert_eq!(code, 401, "a wrong token");
+    let token: String = sqlx::query_scalar("SELECT value FROM warden.settings WHERE key = 'peer_token'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let bearer = format!("Bearer {token}");
+    let (code, body) = http(replicas[0].1.addr, "GET", "/peer/status", &[("Authorization", &bearer)], "").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"store_up\":true"), "{body}");
+
     // One answer: every replica's /health shows the fleet's newest snapshot.
     let times: Vec<DateTime<Utc>> = replicas.iter().map(|(_, d)| health_checked_at(d)).collect();
     let spread = *times.iter().max().unwrap() - *times.iter().min().unwrap();
@@ -262,5 +276,110 @@ async fn decisions_apply_in_occurrence_order_and_never_from_a_state_passed_by() 
         .await
         .unwrap();
     assert_eq!(finished, 4);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn through_a_store_outage_three_replicas_send_one_down_and_one_recovered() {
+    let db = TestDb::create().await;
+    // State store and target on one PostgreSQL, reached through a proxy the test cuts.
+    let proxy = crate::support::Proxy::start("127.0.0.1:5432".parse().unwrap());
+    let url = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
+    let smtp = SmtpServer::start();
+    let body = format!(
+        r#"version = 1
+product = "MNW"
+[targets]
+database = "{url}"
+[state]
+url = "{url}"
+[alerts]
+admin = ["ops@example.org"]
+smtp = "{smtp}"
+backoff = "200ms"
+max_backoff = "1s"
+[[job]]
+name = "health-probe"
+every = "2s"
+timeout = "5s"
+task = "probe"
+checks = [{{ name = "db", kind = "db", critical = true, timeout = "1s" }}]
+{policy}"#,
+        smtp = smtp.url(),
+        policy = status_alert_policy(),
+    );
+    let replicas: Vec<_> = (0..3)
+        .map(|_| {
+            let (dir, config) = schedule_dir(&body);
+            let daemon = Daemon::start(dir.path(), &config);
+            (dir, daemon)
+        })
+        .collect();
+    let pool = db.pool().await;
+    let ok_runs = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM warden.job_runs WHERE outcome = 'ok'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let live: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM warden.replicas").fetch_one(&pool).await.unwrap();
+        if live == 3 && ok_runs(pool.clone()).await >= 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "three replicas running the probe");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(smtp.count(), 0, "the first operational status is not told");
+
+    proxy.cut();
+    let logs = |replicas: &[(tempfile::TempDir, Daemon)]| {
+        replicas.iter().map(|(_, d)| d.log()).collect::<Vec<_>>().join("\n=====\n")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while smtp.count() < 1 {
+        assert!(Instant::now() < deadline, "no down mail during the outage:\n{}", logs(&replicas));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let down = smtp.messages();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    proxy.restore();
+    let both = smtp.wait_for(2, Duration::from_secs(40));
+    // Proof of progress after the outage: four more good runs, then nothing else was sent.
+    let after = ok_runs(pool.clone()).await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while ok_runs(pool.clone()).await < after + 4 {
+        assert!(Instant::now() < deadline, "the probe runs again after the outage");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let subjects: Vec<String> = smtp
+        .messages()
+        .iter()
+        .map(|m| {
+            let parsed = mail_parser::MessageParser::default().parse(m.data.as_bytes()).unwrap();
+            parsed.subject().unwrap_or_default().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        subjects,
+        ["MNW down — critical service failure", "MNW recovered — all services operational"],
+        "one down and one recovered mail from three replicas: {subjects:?}\n{}",
+        replicas.iter().map(|(_, d)| d.log()).collect::<Vec<_>>().join("\n=====\n")
+    );
+    assert_eq!(down[0].to, ["ops@example.org"]);
+    assert_eq!(both.len(), 2);
+    // The spools moved in, and the store holds the outage's decisions once.
+    for (dir, _) in &replicas {
+        let spool = std::fs::read_to_string(dir.path().join(".warden/spool.jsonl")).unwrap_or_default();
+        assert!(spool.is_empty(), "{spool}");
+    }
+    let mails: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM warden.outbox WHERE kind = 'email'").fetch_one(&pool).await.unwrap();
+    assert_eq!(mails, 2, "the outbox holds the two mails once each");
+    for (_, d) in replicas {
+        assert_eq!(d.terminate(Duration::from_secs(15)), Some(0));
+    }
+    pool.close().await;
     db.drop_db().await;
 }

@@ -8,6 +8,7 @@
 //! writes only what an operator asks for.
 
 mod api;
+pub mod peer;
 
 pub use api::openapi;
 mod status_page;
@@ -46,6 +47,8 @@ pub struct Shared {
     policies: RwLock<Option<Arc<PolicySet>>>,
     /// Requests only the daemon loop can carry out (it owns the scheduler).
     commands: RwLock<Option<mpsc::UnboundedSender<Command>>>,
+    /// What replicas on one store show each other (`/peer/*`); none on SQLite.
+    peer: RwLock<Option<Arc<peer::PeerView>>>,
 }
 
 /// What the admin API asks the daemon loop to do; each carries where the answer goes.
@@ -87,6 +90,7 @@ impl Shared {
             admin_token,
             policies: RwLock::new(None),
             commands: RwLock::new(None),
+            peer: RwLock::new(None),
         })
     }
 
@@ -108,6 +112,14 @@ impl Shared {
         let sender = self.commands.read().unwrap_or_else(|e| e.into_inner()).clone()?;
         sender.send(make(tx)).ok()?;
         rx.await.ok()
+    }
+
+    pub fn set_peer(&self, view: Arc<peer::PeerView>) {
+        *self.peer.write().unwrap_or_else(|e| e.into_inner()) = Some(view);
+    }
+
+    pub fn peer(&self) -> Option<Arc<peer::PeerView>> {
+        self.peer.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn set_config(&self, config: Arc<Config>) {
@@ -158,6 +170,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     if routes.unsubscribe {
         router = router.route("/unsubscribe", get(unsubscribe::page).post(unsubscribe::confirm));
     }
+    router = router.route("/peer/status", get(peer::status)).route("/peer/states", get(peer::states));
     router.merge(api::routes(shared.clone())).fallback(not_found).with_state(shared)
 }
 

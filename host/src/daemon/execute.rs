@@ -165,6 +165,14 @@ async fn run(
             return report;
         }
         Err(e) if ctx.store.is_unreachable(&e) => {
+            // With replicas, one of them runs and sends through the outage.
+            if let Some(fleet) = &ctx.fleet
+                && fleet.outage_role().await == super::replicas::Role::Hold
+            {
+                info!(job = %job.name, %scheduled, "state store unreachable; another replica leads through the outage, so this one does not run the occurrence");
+                report.detail = Some("held: another replica leads through the store outage".into());
+                return report;
+            }
             warn!(job = %job.name, error = %e, "state store unreachable; running the job unclaimed")
         }
         Err(e) => {
@@ -304,10 +312,23 @@ async fn run(
     };
     report.queued_alerts = commit.decisions.iter().any(|d| !d.outbox.is_empty());
     let stored = if store_up { commit_patiently(&commit, ctx).await } else { Err(StoreError::Unreachable) };
+    // A replica that holds through an outage spools nothing (it would send from its
+    // spool): the leader decides this change from the state last committed.
+    let held = match &stored {
+        Err(e) if ctx.store.is_unreachable(e) => match &ctx.fleet {
+            Some(fleet) => fleet.outage_role().await == super::replicas::Role::Hold,
+            None => false,
+        },
+        _ => false,
+    };
     match stored {
         Ok(()) => {
             ctx.spool.committed(&commit);
             report.committed = true;
+        }
+        Err(e) if held => {
+            warn!(job = %job.name, error = %e, "state store unreachable and another replica leads through the outage; this run's decisions are left to it");
+            report.queued_alerts = false;
         }
         Err(e) => match ctx.spool.push(commit) {
             Ok(()) => {

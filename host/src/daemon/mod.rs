@@ -46,7 +46,7 @@ pub async fn open(config: &Config) -> anyhow::Result<RunContext> {
     let spool_path = warden_dir(config).join("spool.jsonl");
     let spool = Spool::open(&spool_path).with_context(|| format!("cannot open the spool {}", spool_path.display()))?;
     let targets = Targets::open(&config.targets).await?;
-    Ok(RunContext { targets, store, spool })
+    Ok(RunContext { targets, store, spool, fleet: None })
 }
 
 /// What a run needs: the targets its task acts on, the state store it is recorded in, and
@@ -56,6 +56,9 @@ pub struct RunContext {
     pub targets: Targets,
     pub store: StateStore,
     pub spool: Spool,
+    /// Replicas' agreement on who runs and sends while the store is unreachable (`warden
+    /// run` on PostgreSQL); `None`: this process acts alone.
+    pub fleet: Option<Arc<replicas::Fleet>>,
 }
 
 impl RunContext {
@@ -182,13 +185,31 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     // first occurrence, so this replica knows who else is live.
     let membership = Arc::new(replicas::Membership::new(ctx.store.replica()));
     let (grab_tx, mut grabs) = mpsc::unbounded_channel();
+    let mut ctx = ctx;
     let keep_alive = if ctx.store.is_single_process() {
         None
     } else {
         replicas::beat(&ctx.store, &bound.to_string(), &membership).await;
-        let task =
-            replicas::keep_alive(ctx.store.clone(), bound.to_string(), membership.clone(), shared.clone(), grab_tx);
-        Some(tokio::spawn(task))
+        // The peers' shared token: without the store at start, this replica acts alone.
+        let token = ctx.store.shared_setting("peer_token", || format!("{:032x}", rand::random::<u128>())).await;
+        match token {
+            Ok(token) => {
+                let view = Arc::new(crate::admin::peer::PeerView {
+                    id: ctx.store.replica().to_owned(),
+                    token,
+                    spool: ctx.spool.clone(),
+                    store_up: std::sync::atomic::AtomicBool::new(true),
+                });
+                shared.set_peer(view.clone());
+                let fleet = Arc::new(replicas::Fleet::new(membership.clone(), view, shared.clone()));
+                ctx.fleet = Some(fleet.clone());
+                Some(tokio::spawn(replicas::keep_alive(ctx.store.clone(), bound.to_string(), fleet, grab_tx)))
+            }
+            Err(e) => {
+                warn!(error = %e, "state store unreachable at start: this replica cannot agree with its peers until a restart, and acts alone");
+                None
+            }
+        }
     };
 
     let mut daemon = Daemon {
@@ -427,10 +448,13 @@ impl Daemon {
         match fire {
             // Another replica's turn: it claims the occurrence (and the claim would refuse
             // this one anyway); this replica does not even try.
-            Fire::Run { scheduled, .. } if !self.membership.owns(&job, scheduled) => {
+            // Through a store outage one replica runs everything and the others hold.
+            Fire::Run { .. } if self.holding() => self.scheduler.finished(&job.name),
+            Fire::Run { scheduled, .. } if !self.leading() && !self.membership.owns(&job, scheduled) => {
                 self.scheduler.finished(&job.name);
             }
-            Fire::SkipOverlap { scheduled, .. } if !self.membership.owns(&job, scheduled) => {}
+            Fire::SkipOverlap { .. } if self.holding() => {}
+            Fire::SkipOverlap { scheduled, .. } if !self.leading() && !self.membership.owns(&job, scheduled) => {}
             Fire::Run { scheduled, fire_at, .. } => self.spawn_run(job, scheduled, fire_at, trigger),
             Fire::SkipOverlap { scheduled, .. } => {
                 warn!(job = %job.name, %scheduled, "previous run still going; occurrence skipped (an idle replica may run it)");
@@ -443,6 +467,14 @@ impl Daemon {
                 });
             }
         }
+    }
+
+    fn holding(&self) -> bool {
+        self.ctx.fleet.as_ref().is_some_and(|f| f.holding())
+    }
+
+    fn leading(&self) -> bool {
+        self.ctx.fleet.as_ref().is_some_and(|f| f.leading())
     }
 
     /// Runs an occurrence another replica skipped or abandoned, if this one is idle for the

@@ -66,35 +66,43 @@ pub fn worth_grabbing(job: &Job, ago: chrono::Duration) -> bool {
     ago.to_std().unwrap_or_default() < period.max(GRAB_WINDOW)
 }
 
-/// One heartbeat: say this replica is alive and learn who else is.
-pub async fn beat(store: &StateStore, listen: &str, membership: &Membership) {
-    match store.heartbeat(listen, LIVE_FOR).await {
-        Ok(live) => {
+/// One heartbeat: say this replica is alive and learn who else is. `false`: the store did
+/// not answer (within a second).
+pub async fn beat(store: &StateStore, listen: &str, membership: &Membership) -> bool {
+    match tokio::time::timeout(HEARTBEAT, store.heartbeat(listen, LIVE_FOR)).await {
+        Ok(Ok(live)) => {
             let before = membership.live();
             let ids = |l: &[Replica]| l.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
             if ids(&before) != ids(&live) {
                 info!(replicas = ?ids(&live), "live replicas changed; they take turns at each job's occurrences");
             }
             membership.set(live);
+            true
         }
-        Err(e) => warn!(error = %e, "could not record the heartbeat; the replicas last seen keep their turns"),
+        Ok(Err(e)) => {
+            warn!(error = %e, "could not record the heartbeat; the replicas last seen keep their turns");
+            false
+        }
+        Err(_) => {
+            warn!("the heartbeat got no answer within a second; the replicas last seen keep their turns");
+            false
+        }
     }
 }
 
 /// Every `HEARTBEAT`: the heartbeat, taking over replicas that stopped, and picking up
 /// occurrences other replicas skipped; what may be run goes to the daemon over `grabs`.
-pub async fn keep_alive(
-    store: StateStore,
-    listen: String,
-    membership: Arc<Membership>,
-    shared: Arc<Shared>,
-    grabs: mpsc::UnboundedSender<Grab>,
-) {
+/// While the store is unreachable: agreeing with the peers on who leads (`Fleet`).
+pub async fn keep_alive(store: StateStore, listen: String, fleet: Arc<Fleet>, grabs: mpsc::UnboundedSender<Grab>) {
     let mut every = tokio::time::interval(HEARTBEAT);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        beat(&store, &listen, &membership).await;
+        let ok = beat(&store, &listen, &fleet.membership).await;
+        fleet.after_heartbeat(&store, ok).await;
+        if !ok {
+            continue;
+        }
         match store.take_over_stopped(LIVE_FOR).await {
             Ok(t) if !t.replicas.is_empty() => {
                 warn!(
@@ -113,7 +121,7 @@ pub async fn keep_alive(
         }
         // One answer from every replica: the fleet's newest snapshot, whoever took it.
         if let Ok(Some(snapshot)) = store.latest_health().await
-            && shared.set_latest(snapshot.clone())
+            && fleet.shared.set_latest(snapshot.clone())
         {
             crate::metrics::record_snapshot(&snapshot);
         }
@@ -127,4 +135,217 @@ pub async fn keep_alive(
             Err(e) => warn!(error = %e, "could not look for occurrences other replicas skipped"),
         }
     }
+}
+
+/// What a replica does while it cannot reach the state store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The store is reachable: every replica takes its turns.
+    Normal,
+    /// The store is down for every replica that answers: this one (the lowest id among
+    /// them) runs every occurrence, decides from the freshest state any of them knows, and
+    /// alone sends from its spool.
+    Leader,
+    /// Another replica leads (or reaches the store and takes this one's turns once its
+    /// heartbeat is missed): this one runs and sends nothing until the store is back and the
+    /// leader's spool has moved in.
+    Hold,
+}
+
+/// How long a computed outage role holds before the peers are asked again.
+const ROLE_FOR: Duration = Duration::from_secs(1);
+/// How long one peer gets to answer.
+const PEER_TIMEOUT: Duration = Duration::from_millis(500);
+/// After the store is back, the leader keeps running every occurrence this long, so the
+/// replicas that held resume without a gap.
+const LINGER: Duration = Duration::from_secs(3);
+/// The longest a replica that held waits for the leader's spool to move in.
+const WAIT_FOR_LEADER: Duration = Duration::from_secs(30);
+
+/// The replicas' agreement on one sender through a store outage.
+pub struct Fleet {
+    pub membership: Arc<Membership>,
+    view: Arc<crate::admin::peer::PeerView>,
+    shared: Arc<Shared>,
+    role: std::sync::Mutex<(Role, std::time::Instant)>,
+    /// Only one computation of the role at a time.
+    asking: tokio::sync::Mutex<()>,
+    /// After an outage this replica held through: the leader (its address) whose spool
+    /// must move in first, and since when.
+    wait_for: std::sync::Mutex<Option<(String, std::time::Instant)>>,
+    /// When this replica stopped leading (it goes on running every occurrence for `LINGER`).
+    led_until: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet").field("role", &self.role()).finish()
+    }
+}
+
+impl Fleet {
+    pub fn new(membership: Arc<Membership>, view: Arc<crate::admin::peer::PeerView>, shared: Arc<Shared>) -> Self {
+        Fleet {
+            membership,
+            view,
+            shared,
+            role: std::sync::Mutex::new((Role::Normal, std::time::Instant::now())),
+            asking: tokio::sync::Mutex::new(()),
+            wait_for: std::sync::Mutex::new(None),
+            led_until: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    fn set_role(&self, role: Role) {
+        *self.role.lock().unwrap_or_else(|e| e.into_inner()) = (role, std::time::Instant::now());
+    }
+
+    /// Runs nothing: another replica leads through the outage, or its spool is moving in.
+    pub fn holding(&self) -> bool {
+        self.role() == Role::Hold || self.wait_for.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// Runs every occurrence, whoever's turn: it leads through an outage (or just did).
+    pub fn leading(&self) -> bool {
+        self.role() == Role::Leader
+            || self.led_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| t > std::time::Instant::now())
+    }
+
+    /// The role for a run whose claim found the store unreachable: asks the peers unless
+    /// that was done within `ROLE_FOR`.
+    pub async fn outage_role(&self) -> Role {
+        self.view.store_up.store(false, std::sync::atomic::Ordering::SeqCst);
+        let _asking = self.asking.lock().await;
+        let (role, at) = *self.role.lock().unwrap_or_else(|e| e.into_inner());
+        if role != Role::Normal && at.elapsed() < ROLE_FOR {
+            return role;
+        }
+        self.decide().await
+    }
+
+    /// Asks every live peer; the lowest id among those that answer (this one included)
+    /// leads, unless one of them still reaches the store.
+    async fn decide(&self) -> Role {
+        let me = self.view.id.clone();
+        let live = self.membership.live();
+        let mut answering = vec![(me.clone(), String::new())];
+        for peer in live.iter().filter(|r| r.id != me && !r.listen.is_empty()) {
+            let Some(body) = peer_get(&peer.listen, "/peer/status", &self.view.token).await else { continue };
+            let Ok(status) = serde_json::from_str::<crate::admin::peer::PeerStatus>(&body) else { continue };
+            if let Some(latest) = status.latest.clone()
+                && self.shared.set_latest(latest.clone())
+            {
+                crate::metrics::record_snapshot(&latest);
+            }
+            if status.store_up {
+                // It reaches the store, and takes this replica's turns once the heartbeat
+                // is missed: nothing here to send.
+                return self.become_role(Role::Hold, &peer.listen).await;
+            }
+            answering.push((status.id, peer.listen.clone()));
+        }
+        answering.sort();
+        let (leader, listen) = answering[0].clone();
+        if leader == me {
+            if self.role() != Role::Leader {
+                // Before deciding anything: the freshest state any peer knows.
+                let mut newer = 0;
+                for (_, listen) in answering.iter().skip(1) {
+                    if let Some(body) = peer_get(listen, "/peer/states", &self.view.token).await
+                        && let Ok(states) = serde_json::from_str::<crate::admin::peer::PeerStates>(&body)
+                    {
+                        newer += self.view.spool.merge_newer(states);
+                    }
+                }
+                warn!(
+                    replicas = answering.len(),
+                    newer_states = newer,
+                    "state store unreachable for every replica that answers: this one leads (runs every occurrence and alone sends from its spool)"
+                );
+            }
+            *self.wait_for.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            self.set_role(Role::Leader);
+            Role::Leader
+        } else {
+            self.become_role(Role::Hold, &listen).await
+        }
+    }
+
+    async fn become_role(&self, role: Role, leader: &str) -> Role {
+        if self.role() != role {
+            warn!(leader = %leader, "state store unreachable: another replica leads through the outage; this one holds");
+        }
+        *self.wait_for.lock().unwrap_or_else(|e| e.into_inner()) =
+            (!leader.is_empty()).then(|| (leader.to_owned(), std::time::Instant::now()));
+        self.set_role(role);
+        role
+    }
+
+    /// Each heartbeat: a failed one asks the peers who leads; once the store is back the
+    /// leader moves its spool in, and a replica that held waits until the leader's spool is
+    /// empty before it runs again.
+    async fn after_heartbeat(&self, store: &StateStore, ok: bool) {
+        use std::sync::atomic::Ordering;
+        if !ok {
+            self.view.store_up.store(false, Ordering::SeqCst);
+            let _asking = self.asking.lock().await;
+            self.decide().await;
+            return;
+        }
+        self.view.store_up.store(true, Ordering::SeqCst);
+        match self.role() {
+            Role::Leader => {
+                if let Err(e) = self.view.spool.drain(store).await {
+                    warn!(error = %e, "could not move the spool into the state store yet");
+                    return;
+                }
+                *self.led_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now() + LINGER);
+                info!("state store back: the spool moved in; the replicas take turns again");
+                self.set_role(Role::Normal);
+            }
+            Role::Hold => self.set_role(Role::Normal),
+            Role::Normal => {}
+        }
+        // Whatever this replica spooled (a run that ended as the store went away) moves in
+        // now, not at its next run.
+        if !self.view.spool.is_empty()
+            && let Err(e) = self.view.spool.drain(store).await
+        {
+            warn!(error = %e, "could not move the spool into the state store yet");
+        }
+        let waiting = self.wait_for.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some((leader, since)) = waiting {
+            let drained = match peer_get(&leader, "/peer/status", &self.view.token).await {
+                Some(body) => serde_json::from_str::<crate::admin::peer::PeerStatus>(&body)
+                    .is_ok_and(|s| s.store_up && s.spool_runs == 0),
+                None => true, // gone: nothing of its will move in
+            };
+            if drained || since.elapsed() > WAIT_FOR_LEADER {
+                info!(leader = %leader, "state store back and the leader's spool moved in; this replica takes its turns again");
+                *self.wait_for.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+        }
+    }
+}
+
+/// One GET to a peer with the peer token: the body of a 200, or `None`.
+async fn peer_get(listen: &str, path: &str, token: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(listen).await.ok()?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {listen}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        let response = String::from_utf8(response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_owned())
+    };
+    tokio::time::timeout(PEER_TIMEOUT, exchange).await.ok().flatten()
 }

@@ -143,7 +143,30 @@ impl Spool {
         let mut inner = self.lock();
         for d in &run.decisions {
             inner.write(&d.policy, &run.job, &d.state_writes);
+            inner.mark(&d.policy, &run.job, run.scheduled_at);
         }
+    }
+
+    /// Every (policy, job) state as last known, with the occurrence it is as of
+    /// (`DECIDED_KEY`): what another replica asks for before it decides during an outage.
+    pub fn known_states(&self) -> HashMap<String, PolicyState> {
+        self.lock().known.clone()
+    }
+
+    /// Takes each state another replica knows that is newer (by `DECIDED_KEY`) than this
+    /// one's; returns how many were newer.
+    pub fn merge_newer(&self, states: HashMap<String, PolicyState>) -> usize {
+        let mut inner = self.lock();
+        let mut newer = 0;
+        for (key, state) in states {
+            let theirs = state.get(super::DECIDED_KEY).cloned().unwrap_or_default();
+            let ours = inner.known.get(&key).and_then(|s| s.get(super::DECIDED_KEY)).cloned().unwrap_or_default();
+            if theirs > ours {
+                inner.known.insert(key, state);
+                newer += 1;
+            }
+        }
+        newer
     }
 
     /// A policy's state for a job as last known, for an evaluation while the store is
@@ -331,6 +354,7 @@ impl Inner {
                 }
                 for d in &run.decisions {
                     self.write(&d.policy, &run.job, &d.state_writes);
+                    self.mark(&d.policy, &run.job, run.scheduled_at);
                 }
                 self.runs.push((mark, *run));
             }
@@ -340,6 +364,15 @@ impl Inner {
             Record::Silenced { dedup_key, why } => {
                 self.silenced.insert(dedup_key, why);
             }
+        }
+    }
+
+    /// Notes the occurrence a (policy, job)'s known state is as of (`DECIDED_KEY`).
+    fn mark(&mut self, policy: &str, job: &str, scheduled: DateTime<Utc>) {
+        let mark = super::decided_mark(scheduled);
+        let state = self.known.entry(state_key(policy, job)).or_default();
+        if state.get(super::DECIDED_KEY).is_none_or(|m| *m < mark) {
+            state.insert(super::DECIDED_KEY.to_owned(), mark);
         }
     }
 
@@ -391,7 +424,9 @@ mod tests {
 
         let again = Spool::open(&path).unwrap();
         assert_eq!(again.len(), 2);
-        assert_eq!(again.state("p", "j"), BTreeMap::from([("a".to_owned(), "3".to_owned())]));
+        let mut state = again.state("p", "j");
+        assert!(state.remove(crate::store::DECIDED_KEY).is_some(), "it says which occurrence it is as of");
+        assert_eq!(state, BTreeMap::from([("a".to_owned(), "3".to_owned())]));
         assert_eq!(
             again.state("p", "other"),
             BTreeMap::from([("a".to_owned(), "9".to_owned())]),
@@ -401,6 +436,27 @@ mod tests {
         assert_eq!(undelivered, ["k2"]);
         again.delivered("k2").unwrap();
         assert!(Spool::open(&path).unwrap().undelivered().is_empty(), "an append after a torn line is readable");
+    }
+
+    #[test]
+    fn a_peers_state_replaces_this_ones_only_when_newer() {
+        use crate::store::DECIDED_KEY;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool.jsonl")).unwrap();
+        let state = |status: &str, mark: &str| {
+            BTreeMap::from([("last_status".to_owned(), status.to_owned()), (DECIDED_KEY.to_owned(), mark.to_owned())])
+        };
+        spool.remember("p", "j", &state("operational", "0000000000002000"));
+        spool.remember("p", "k", &state("error", "0000000000009000"));
+        let theirs = HashMap::from([
+            ("p/j".to_owned(), state("error", "0000000000004000")),
+            ("p/k".to_owned(), state("operational", "0000000000001000")),
+            ("p/new".to_owned(), state("degraded", "0000000000001000")),
+        ]);
+        assert_eq!(spool.merge_newer(theirs), 2);
+        assert_eq!(spool.state("p", "j")["last_status"], "error", "theirs is newer");
+        assert_eq!(spool.state("p", "k")["last_status"], "error", "ours is newer");
+        assert_eq!(spool.state("p", "new")["last_status"], "degraded", "one this replica never saw");
     }
 
     #[test]
