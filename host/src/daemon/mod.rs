@@ -189,7 +189,7 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     let keep_alive = if ctx.store.is_single_process() {
         None
     } else {
-        replicas::beat(&ctx.store, &bound.to_string(), &membership).await;
+        let _ = replicas::beat(&ctx.store, &bound.to_string(), &membership).await;
         // The peers' shared token: without the store at start, this replica acts alone.
         let token = ctx.store.shared_setting("peer_token", || format!("{:032x}", rand::random::<u128>())).await;
         match token {

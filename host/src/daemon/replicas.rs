@@ -66,10 +66,20 @@ pub fn worth_grabbing(job: &Job, ago: chrono::Duration) -> bool {
     ago.to_std().unwrap_or_default() < period.max(GRAB_WINDOW)
 }
 
-/// One heartbeat: say this replica is alive and learn who else is. `false`: the store did
-/// not answer (within a second).
-pub async fn beat(store: &StateStore, listen: &str, membership: &Membership) -> bool {
-    match tokio::time::timeout(HEARTBEAT, store.heartbeat(listen, LIVE_FOR)).await {
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    Recorded,
+    /// The store answers but did not take the heartbeat in time (a full pool, a lock):
+    /// not an outage.
+    Busy,
+    /// The store could not be reached.
+    Down,
+}
+
+/// One heartbeat: say this replica is alive and learn who else is.
+pub async fn beat(store: &StateStore, listen: &str, membership: &Membership) -> Beat {
+    match tokio::time::timeout(2 * HEARTBEAT, store.heartbeat(listen, LIVE_FOR)).await {
         Ok(Ok(live)) => {
             let before = membership.live();
             let ids = |l: &[Replica]| l.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
@@ -77,15 +87,28 @@ pub async fn beat(store: &StateStore, listen: &str, membership: &Membership) -> 
                 info!(replicas = ?ids(&live), "live replicas changed; they take turns at each job's occurrences");
             }
             membership.set(live);
-            true
+            Beat::Recorded
+        }
+        Ok(Err(e)) if store.is_unreachable(&e) => {
+            warn!(error = %e, "could not record the heartbeat: the state store is unreachable");
+            Beat::Down
         }
         Ok(Err(e)) => {
             warn!(error = %e, "could not record the heartbeat; the replicas last seen keep their turns");
-            false
+            Beat::Busy
         }
         Err(_) => {
-            warn!("the heartbeat got no answer within a second; the replicas last seen keep their turns");
-            false
+            // No answer in time: busy if the store still answers a ping (or every
+            // connection is in use), down if not.
+            let (size, idle, max) = store.pool().stats();
+            let ping = tokio::time::timeout(HEARTBEAT, store.ping()).await.is_ok_and(|ok| ok);
+            if (size >= max && idle == 0) || ping {
+                warn!("the heartbeat waited on a busy state store; the replicas last seen keep their turns");
+                Beat::Busy
+            } else {
+                warn!("the heartbeat got no answer: the state store is unreachable");
+                Beat::Down
+            }
         }
     }
 }
@@ -98,9 +121,12 @@ pub async fn keep_alive(store: StateStore, listen: String, fleet: Arc<Fleet>, gr
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let ok = beat(&store, &listen, &fleet.membership).await;
-        fleet.after_heartbeat(&store, ok).await;
-        if !ok {
+        let beat = beat(&store, &listen, &fleet.membership).await;
+        if beat == Beat::Busy {
+            continue;
+        }
+        fleet.after_heartbeat(&store, beat == Beat::Recorded).await;
+        if beat == Beat::Down {
             continue;
         }
         match store.take_over_stopped(LIVE_FOR).await {
