@@ -383,3 +383,119 @@ checks = [{{ name = "db", kind = "db", critical = true, timeout = "1s" }}]
     pool.close().await;
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_paused_across_a_change_and_resumed_in_an_outage_sends_nothing_stale() {
+    let db = TestDb::create().await;
+    let proxy = crate::support::Proxy::start("127.0.0.1:5432".parse().unwrap());
+    let url = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
+    let pool = db.pool().await;
+    sqlx::query("CREATE TABLE public.session (id TEXT)").execute(&pool).await.unwrap();
+    let smtp = SmtpServer::start();
+    let body = format!(
+        r#"version = 1
+product = "MNW"
+[targets]
+database = "{url}"
+[state]
+url = "{url}"
+[alerts]
+admin = ["ops@example.org"]
+smtp = "{smtp}"
+backoff = "200ms"
+max_backoff = "1s"
+[[job]]
+name = "health-probe"
+every = "2s"
+timeout = "5s"
+task = "probe"
+checks = [
+  {{ name = "db", kind = "db", critical = true, timeout = "1s" }},
+  {{ name = "sessions", kind = "sql", query = "SELECT COUNT(*) FROM public.session", timeout = "1s" }},
+]
+{policy}"#,
+        smtp = smtp.url(),
+        policy = status_alert_policy(),
+    );
+    let replicas: Vec<_> = (0..3)
+        .map(|_| {
+            let (dir, config) = schedule_dir(&body);
+            let daemon = Daemon::start(dir.path(), &config);
+            (dir, daemon)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ids: Vec<String> = loop {
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM warden.replicas ORDER BY id").fetch_all(&pool).await.unwrap();
+        let ok: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM warden.job_runs WHERE outcome = 'ok'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if ids.len() == 3 && ok >= 4 {
+            break ids;
+        }
+        assert!(Instant::now() < deadline, "three replicas running the probe");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // The replica that would lead an outage (the lowest id; ids end in -pid-xxxx) is paused.
+    let paused = replicas.iter().find(|(_, d)| ids[0].contains(&format!("-{}-", d.child.id()))).unwrap();
+    paused.1.signal("STOP");
+    // A change while it sleeps: the sessions table goes, the others tell "partly unavailable".
+    sqlx::query("DROP TABLE public.session").execute(&pool).await.unwrap();
+    let subjects = |smtp: &SmtpServer| -> Vec<String> {
+        smtp.messages()
+            .iter()
+            .map(|m| {
+                let parsed = mail_parser::MessageParser::default().parse(m.data.as_bytes()).unwrap();
+                parsed.subject().unwrap_or_default().to_owned()
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while smtp.count() < 1 {
+        assert!(Instant::now() < deadline, "no degraded mail");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then the store (and the target with it) goes away, and the sleeper wakes in the outage
+    // with the state it had before the change.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    paused.1.signal("CONT");
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while smtp.count() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Four more runs after the outage, then what was sent is final.
+    let after: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM warden.job_runs").fetch_one(&pool).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM warden.job_runs").fetch_one(&pool).await.unwrap();
+        if n >= after + 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the probe runs again after the outage");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let sent = subjects(&smtp);
+    let logs = replicas.iter().map(|(_, d)| d.log()).collect::<Vec<_>>().join("\n=====\n");
+    // Operational → degraded (the change) → error (the outage) → degraded (the store back,
+    // the table still gone): each change told once, nothing from the sleeper's old state.
+    assert_eq!(
+        sent,
+        [
+            "MNW degraded — partial service failure",
+            "MNW down — critical service failure",
+            "MNW degraded — partial service failure",
+        ],
+        "{sent:?}\n{logs}"
+    );
+    for (_, d) in replicas {
+        assert_eq!(d.terminate(Duration::from_secs(15)), Some(0));
+    }
+    pool.close().await;
+    db.drop_db().await;
+}

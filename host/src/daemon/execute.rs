@@ -330,7 +330,7 @@ async fn run(
             warn!(job = %job.name, error = %e, "state store unreachable and another replica leads through the outage; this run's decisions are left to it");
             report.queued_alerts = false;
         }
-        Err(e) => match ctx.spool.push(commit) {
+        Err(e) => match ctx.spool.push(with_whole_state(commit, &ctx.spool)) {
             Ok(()) => {
                 report.spooled = true;
                 warn!(job = %job.name, error = %e, spool = %ctx.spool.path().display(), "state store unavailable; run spooled");
@@ -393,6 +393,24 @@ async fn claim(
             other => return other,
         }
     }
+}
+
+/// A spooled decision carries the policy's whole state after it, not only what changed:
+/// a decision moved in later may be dropped as older than one another replica spooled (the
+/// leader of an outage decides from the freshest state it learned from its peers), and the
+/// newest one that lands must then bring the whole state with it.
+fn with_whole_state(mut commit: RunCommit, spool: &crate::store::Spool) -> RunCommit {
+    for d in &mut commit.decisions {
+        let mut state = spool.state(&d.policy, &commit.job);
+        state.remove(DECIDED_KEY);
+        let mut whole: std::collections::BTreeMap<String, Option<String>> =
+            state.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        for (k, v) in &d.state_writes {
+            whole.insert(k.clone(), v.clone());
+        }
+        d.state_writes = whole;
+    }
+    commit
 }
 
 /// How long a claim may take: half the period of an `every` job (at least 200 ms), at most

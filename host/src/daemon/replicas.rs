@@ -119,6 +119,10 @@ pub async fn beat(store: &StateStore, listen: &str, membership: &Membership) -> 
 pub async fn keep_alive(store: StateStore, listen: String, fleet: Arc<Fleet>, grabs: mpsc::UnboundedSender<Grab>) {
     let mut every = tokio::time::interval(HEARTBEAT);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Since when this replica's heartbeats have been recorded without a break: after an
+    // outage every replica's heartbeat is old, and none is taken over until the others had
+    // their chance to beat again.
+    let mut up_since = std::time::Instant::now();
     loop {
         every.tick().await;
         let beat = beat(&store, &listen, &fleet.membership).await;
@@ -127,9 +131,15 @@ pub async fn keep_alive(store: StateStore, listen: String, fleet: Arc<Fleet>, gr
         }
         fleet.after_heartbeat(&store, beat == Beat::Recorded).await;
         if beat == Beat::Down {
+            up_since = std::time::Instant::now();
             continue;
         }
-        match store.take_over_stopped(LIVE_FOR).await {
+        let takeover = if up_since.elapsed() > LIVE_FOR {
+            store.take_over_stopped(LIVE_FOR).await
+        } else {
+            Ok(Default::default())
+        };
+        match takeover {
             Ok(t) if !t.replicas.is_empty() => {
                 warn!(
                     replicas = ?t.replicas,
@@ -181,7 +191,7 @@ pub enum Role {
 /// How long a computed outage role holds before the peers are asked again.
 const ROLE_FOR: Duration = Duration::from_secs(1);
 /// How long one peer gets to answer.
-const PEER_TIMEOUT: Duration = Duration::from_millis(500);
+const PEER_TIMEOUT: Duration = Duration::from_secs(1);
 /// After the store is back, the leader keeps running every occurrence this long, so the
 /// replicas that held resume without a gap.
 const LINGER: Duration = Duration::from_secs(3);
@@ -259,8 +269,16 @@ impl Fleet {
         let me = self.view.id.clone();
         let live = self.membership.live();
         let mut answering = vec![(me.clone(), String::new())];
+        // A peer that does not answer still counts while its last heartbeat is recent: it
+        // may only be slow, and two leaders would each send.
+        let mut silent = Vec::new();
         for peer in live.iter().filter(|r| r.id != me && !r.listen.is_empty()) {
-            let Some(body) = peer_get(&peer.listen, "/peer/status", &self.view.token).await else { continue };
+            let Some(body) = peer_get(&peer.listen, "/peer/status", &self.view.token).await else {
+                if (Utc::now() - peer.heartbeat_at).to_std().unwrap_or_default() < LIVE_FOR {
+                    silent.push((peer.id.clone(), peer.listen.clone()));
+                }
+                continue;
+            };
             let Ok(status) = serde_json::from_str::<crate::admin::peer::PeerStatus>(&body) else { continue };
             if let Some(latest) = status.latest.clone()
                 && self.shared.set_latest(latest.clone())
@@ -274,8 +292,10 @@ impl Fleet {
             }
             answering.push((status.id, peer.listen.clone()));
         }
+        let mut candidates: Vec<(String, String)> = answering.iter().chain(silent.iter()).cloned().collect();
+        candidates.sort();
+        let (leader, listen) = candidates[0].clone();
         answering.sort();
-        let (leader, listen) = answering[0].clone();
         if leader == me {
             if self.role() != Role::Leader {
                 // Before deciding anything: the freshest state any peer knows.
