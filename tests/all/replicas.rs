@@ -369,6 +369,13 @@ checks = [{{ name = "db", kind = "db", critical = true, timeout = "1s" }}]
     );
     assert_eq!(down[0].to, ["ops@example.org"]);
     assert_eq!(both.len(), 2);
+    // One critical ticket (written as a file where no ticket URL is set), whichever
+    // replica opened it.
+    let tickets: usize = replicas
+        .iter()
+        .map(|(dir, _)| std::fs::read_dir(dir.path().join("tickets")).map(|d| d.flatten().count()).unwrap_or(0))
+        .sum();
+    assert_eq!(tickets, 1, "one ticket from three replicas");
     // The spools moved in, and the store holds the outage's decisions once.
     for (dir, _) in &replicas {
         let spool = std::fs::read_to_string(dir.path().join(".warden/spool.jsonl")).unwrap_or_default();
