@@ -3,6 +3,7 @@
 
 mod execute;
 mod file_watch;
+mod lock;
 mod replicas;
 
 use std::collections::HashMap;
@@ -29,10 +30,6 @@ use crate::store::{Spool, StateStore};
 use crate::targets::Targets;
 use crate::tasks::{Event, TaskContext};
 
-/// How often runs a stopped process left `running` are looked for.
-const REAP_EVERY: Duration = Duration::from_secs(60);
-/// How far past the longest job timeout a `running` run must be to count as abandoned.
-const REAP_GRACE: chrono::Duration = chrono::Duration::minutes(5);
 /// How long running jobs get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The loop wakes at least this often, so a wall-clock jump is noticed.
@@ -108,7 +105,7 @@ struct Daemon {
 /// Runs until SIGTERM or Ctrl-C. `admin_token` guards `/admin/`; without one those routes
 /// are off.
 pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: Option<String>) -> anyhow::Result<()> {
-    let _only_one = lock_sqlite_state(&config)?;
+    let _only_one = lock::lock_sqlite_state(&config)?;
     let metrics = crate::metrics::install();
     // Histogram samples wait in the recorder until drained: without a scrape they would
     // grow for as long as the process runs.
@@ -237,8 +234,11 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     daemon.shared.set_policies(daemon.policies.clone());
     daemon.load_jobs(&config).await;
 
-    let reaper =
-        tokio::spawn(reap_abandoned_runs(daemon.ctx.store.clone(), daemon.ctx.spool.clone(), daemon.shared.clone()));
+    let reaper = tokio::spawn(replicas::reap_abandoned_runs(
+        daemon.ctx.store.clone(),
+        daemon.ctx.spool.clone(),
+        daemon.shared.clone(),
+    ));
 
     daemon.serve(&mut reload_rx, &mut commands, &mut grabs).await?;
     daemon.drain_runs().await;
@@ -325,71 +325,6 @@ impl Daemon {
         if drained.is_err() {
             warn!(running = self.running.len(), "jobs still running at shutdown were stopped");
             self.running.abort_all();
-        }
-    }
-}
-
-/// Every minute, records as failed the runs still `running` well past the longest job
-/// timeout: every run ends within its timeout, so the process running them stopped (a
-/// replica that died, or jobs aborted at shutdown). Not while the spool holds runs, whose
-/// outcomes are on their way.
-async fn reap_abandoned_runs(store: StateStore, spool: crate::store::Spool, shared: Arc<Shared>) {
-    let mut every = tokio::time::interval(REAP_EVERY);
-    loop {
-        every.tick().await;
-        let Some(config) = shared.config() else { continue };
-        if !spool.is_empty() {
-            continue;
-        }
-        let longest = config.jobs.iter().map(|j| j.timeout.chrono()).max().unwrap_or_default();
-        let Some(before) = Utc::now().checked_sub_signed(longest).and_then(|t| t.checked_sub_signed(REAP_GRACE)) else {
-            continue;
-        };
-        if let Ok(n) = store.reap_abandoned(before).await
-            && n > 0
-        {
-            warn!(runs = n, "runs left unfinished by a stopped process are recorded failed (abandoned)");
-        }
-    }
-}
-
-/// On SQLite only one `warden run` may use a state file (replicas need PostgreSQL): the
-/// file `<state>.lock` beside it is held locked for the life of the process (the system
-/// releases it when the process ends, however it ends).
-fn lock_sqlite_state(config: &Config) -> anyhow::Result<Option<std::fs::File>> {
-    let config::DbUrl::Sqlite(path) = &config.state.url else { return Ok(None) };
-    let mut lock_path = path.clone().into_os_string();
-    lock_path.push(".lock");
-    let lock_path = PathBuf::from(lock_path);
-    if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("cannot open {}", lock_path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {
-            use std::io::{Seek, Write};
-            file.set_len(0)?;
-            file.rewind()?;
-            writeln!(file, "{}", std::process::id())?;
-            Ok(Some(file))
-        }
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
-            anyhow::bail!(
-                "another `warden run` (pid {}) uses the state file {}; on SQLite only one process may run \
-                 (replicas share a PostgreSQL state store: set state.url to postgres://…)",
-                holder.trim(),
-                path.display()
-            )
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(anyhow::Error::new(e).context(format!("cannot lock {}", lock_path.display())))
         }
     }
 }

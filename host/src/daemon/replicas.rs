@@ -14,6 +14,10 @@ use crate::config::Job;
 use crate::schedule::{ScheduleSpec, turn};
 use crate::store::{Replica, StateStore};
 
+/// How often runs a stopped process left `running` are looked for.
+const REAP_EVERY: Duration = Duration::from_secs(60);
+/// How far past the longest job timeout a `running` run must be to count as abandoned.
+const REAP_GRACE: chrono::Duration = chrono::Duration::minutes(5);
 /// How often each replica says it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A replica silent this long is taken to have stopped: its turns pass to the others, its
@@ -394,4 +398,28 @@ async fn peer_get(listen: &str, path: &str, token: &str) -> Option<String> {
         (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_owned())
     };
     tokio::time::timeout(PEER_TIMEOUT, exchange).await.ok().flatten()
+}
+
+/// Every minute, records as failed the runs still `running` well past the longest job
+/// timeout: every run ends within its timeout, so the process running them stopped (a
+/// replica that died, or jobs aborted at shutdown). Not while the spool holds runs, whose
+/// outcomes are on their way.
+pub(super) async fn reap_abandoned_runs(store: StateStore, spool: crate::store::Spool, shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(REAP_EVERY);
+    loop {
+        every.tick().await;
+        let Some(config) = shared.config() else { continue };
+        if !spool.is_empty() {
+            continue;
+        }
+        let longest = config.jobs.iter().map(|j| j.timeout.chrono()).max().unwrap_or_default();
+        let Some(before) = Utc::now().checked_sub_signed(longest).and_then(|t| t.checked_sub_signed(REAP_GRACE)) else {
+            continue;
+        };
+        if let Ok(n) = store.reap_abandoned(before).await
+            && n > 0
+        {
+            warn!(runs = n, "runs left unfinished by a stopped process are recorded failed (abandoned)");
+        }
+    }
 }

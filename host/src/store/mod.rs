@@ -7,6 +7,7 @@
 //! outside this module writes warden's tables.
 
 mod commit;
+mod history;
 mod outbox;
 mod replicas;
 mod silences;
@@ -19,7 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;
 
-use crate::base::{OutboxKind, OutboxState};
+use crate::base::OutboxKind;
 use crate::config::{DbUrl, StateConfig};
 use crate::db::{Pool, PoolSettings, Ts};
 use crate::health::{Snapshot, Status};
@@ -372,95 +373,6 @@ impl StateStore {
                 .map(|_| ())?
         });
         Ok(())
-    }
-
-    /// The newest run of every job that has one.
-    pub async fn last_runs(&self) -> Result<HashMap<String, RunRow>, StoreError> {
-        self.ready().await?;
-        let sql = format!("SELECT {RUN_COLUMNS} FROM job_runs WHERE id IN (SELECT MAX(id) FROM job_runs GROUP BY job)");
-        let rows: Vec<RunRow> =
-            with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).fetch_all(p).await?);
-        Ok(rows.into_iter().map(|r| (r.job.clone(), r)).collect())
-    }
-
-    /// The latest occurrence each job actually ran (skips do not count): the input to catch-up.
-    pub async fn last_ran(&self) -> Result<HashMap<String, DateTime<Utc>>, StoreError> {
-        self.ready().await?;
-        let sql = "SELECT job, MAX(scheduled_at) FROM job_runs WHERE outcome <> 'skipped' GROUP BY job";
-        let rows: Vec<(String, Ts)> = with_pool!(&self.pool, |p| sqlx::query_as(sql).fetch_all(p).await?);
-        Ok(rows.into_iter().map(|(job, ts)| (job, ts.0)).collect())
-    }
-
-    /// A job's runs, newest first, older than `before` (an id) when given.
-    pub async fn runs_page(&self, job: &str, limit: i64, before: Option<i64>) -> Result<Vec<RunRow>, StoreError> {
-        self.ready().await?;
-        let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM job_runs WHERE job = $1 AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
-        );
-        Ok(with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(job)
-            .bind(before)
-            .bind(limit)
-            .fetch_all(p)
-            .await?))
-    }
-
-    /// Stored snapshots with their ids, newest first, within `[from, to]` when given.
-    pub async fn health_page(
-        &self,
-        from: Option<DateTime<Utc>>,
-        to: Option<DateTime<Utc>>,
-        limit: i64,
-        before: Option<i64>,
-    ) -> Result<Vec<(i64, Snapshot)>, StoreError> {
-        self.ready().await?;
-        let sql = "SELECT id, job, checked_at, status, duration_ms, checks FROM health_history \
-                   WHERE ($1 IS NULL OR checked_at >= $1) AND ($2 IS NULL OR checked_at <= $2) AND ($3 IS NULL OR id < $3) \
-                   ORDER BY id DESC LIMIT $4";
-        let rows: Vec<(i64, String, Ts, String, i64, String)> = with_pool!(&self.pool, |p| sqlx::query_as(sql)
-            .bind(from.map(Ts))
-            .bind(to.map(Ts))
-            .bind(before)
-            .bind(limit)
-            .fetch_all(p)
-            .await?);
-        rows.into_iter()
-            .map(|(id, job, checked_at, status, duration_ms, checks)| {
-                let row = HealthRow { job, checked_at, status, duration_ms, checks };
-                Ok((id, snapshot_of(row)?))
-            })
-            .collect()
-    }
-
-    /// Outbox rows, newest first, optionally in one state, older than `before` when given.
-    pub async fn outbox_page(
-        &self,
-        state: Option<OutboxState>,
-        limit: i64,
-        before: Option<i64>,
-    ) -> Result<Vec<OutboxEntry>, StoreError> {
-        self.ready().await?;
-        let sql = "SELECT id, dedup_key, kind, payload, job, policy, state, attempts, next_attempt_at, created_at, \
-                   delivered_at, last_error FROM outbox WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR id < $2) \
-                   ORDER BY id DESC LIMIT $3";
-        let state = state.map(OutboxState::as_str);
-        Ok(with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(state).bind(before).bind(limit).fetch_all(p).await?))
-    }
-
-    /// Snapshot counts per status since `since`: the input to uptime.
-    pub async fn status_counts(&self, since: DateTime<Utc>) -> Result<Vec<(String, i64)>, StoreError> {
-        self.ready().await?;
-        let sql = "SELECT status, COUNT(*) FROM health_history WHERE checked_at >= $1 GROUP BY status";
-        Ok(with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(Ts(since)).fetch_all(p).await?))
-    }
-
-    /// (time, status) of every snapshot since `since`, oldest first: the chart and transitions.
-    pub async fn status_series(&self, since: DateTime<Utc>) -> Result<Vec<(DateTime<Utc>, Status)>, StoreError> {
-        self.ready().await?;
-        let sql = "SELECT checked_at, status FROM health_history WHERE checked_at >= $1 ORDER BY checked_at, id";
-        let rows: Vec<(Ts, String)> =
-            with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(Ts(since)).fetch_all(p).await?);
-        Ok(rows.into_iter().filter_map(|(t, s)| Some((t.0, Status::parse(&s)?))).collect())
     }
 
     /// Jobs an operator paused.
