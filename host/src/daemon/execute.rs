@@ -378,13 +378,11 @@ async fn claim(
         let Ok(attempt) = tokio::time::timeout_at(patience.into(), attempt).await else {
             // Past patience: a store that still answers a ping is busy (a lock, a full pool),
             // and the occurrence is given up; one that does not is unreachable.
-            let (size, idle, max) = ctx.store.pool().stats();
-            let ping = std::time::Duration::from_secs(1);
-            if (size >= max && idle == 0) || tokio::time::timeout(ping, ctx.store.ping()).await.is_ok_and(|ok| ok) {
+            let met = ctx.store.after_timeout(std::time::Duration::from_secs(1)).await;
+            if matches!(met, StoreError::Busy) {
                 warn!(job = %job.name, %scheduled, "state store busy: the claim got no answer in time; the occurrence is not run");
-                return Err(StoreError::Busy);
             }
-            return Err(StoreError::Unreachable);
+            return Err(met);
         };
         match attempt {
             Err(e) if ctx.store.is_busy(&e) && Instant::now() < patience => {

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use crate::admin::Shared;
 use crate::config::Job;
 use crate::schedule::{ScheduleSpec, turn};
-use crate::store::{Replica, StateStore};
+use crate::store::{Replica, StateStore, StoreError};
 
 /// How often runs a stopped process left `running` are looked for.
 const REAP_EVERY: Duration = Duration::from_secs(60);
@@ -104,9 +104,7 @@ pub async fn beat(store: &StateStore, listen: &str, membership: &Membership) -> 
         Err(_) => {
             // No answer in time: busy if the store still answers a ping (or every
             // connection is in use), down if not.
-            let (size, idle, max) = store.pool().stats();
-            let ping = tokio::time::timeout(HEARTBEAT, store.ping()).await.is_ok_and(|ok| ok);
-            if (size >= max && idle == 0) || ping {
+            if matches!(store.after_timeout(HEARTBEAT).await, StoreError::Busy) {
                 warn!("the heartbeat waited on a busy state store; the replicas last seen keep their turns");
                 Beat::Busy
             } else {

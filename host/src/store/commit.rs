@@ -3,10 +3,10 @@
 
 use chrono::Utc;
 
-use super::{DECIDED_KEY, RunCommit, SpoolApply, StateStore, StoreError, decided_mark};
+use super::{DECIDED_KEY, NewOutboxRow, RunCommit, SpoolApply, StateStore, StoreError, decided_mark};
 use crate::base::OutboxState;
 use crate::db::{Pool, Ts};
-use crate::with_pool;
+use crate::health::Snapshot;
 
 impl StateStore {
     /// Writes the run's end, its health snapshot, and every policy's state writes and
@@ -52,13 +52,13 @@ impl StateStore {
             .bind(Ts(Utc::now()))
             .bind(run.outcome.as_str())
             .bind(&run.error)
-            .bind(run.rows_affected.map(|r| i64::try_from(r).unwrap_or(i64::MAX)))
+            .bind(run.rows_affected.map(as_i64))
             .bind(&run.detail)
-            .bind(run.lateness_ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX)))
+            .bind(run.lateness_ms.map(as_i64))
             .bind(snapshot.map(|s| s.job.as_str()))
             .bind(snapshot.map(|s| Ts(s.checked_at)))
             .bind(snapshot.map(|s| s.status.as_str()))
-            .bind(snapshot.map(|s| i64::try_from(s.duration_ms).unwrap_or(i64::MAX)))
+            .bind(snapshot.map(|s| as_i64(s.duration_ms)))
             .bind(checks)
             .bind(&self.replica)
             .bind(&run.job)
@@ -82,180 +82,268 @@ impl StateStore {
         let now = Ts(Utc::now());
         #[cfg(feature = "testing")]
         let fail = self.fail_next_commit.swap(false, std::sync::atomic::Ordering::SeqCst);
-        let mut checks = Vec::with_capacity(runs.len());
-        for run in runs {
-            checks.push(match &run.snapshot {
-                Some(s) => Some(serde_json::to_string(&s.checks).map_err(|e| StoreError::Corrupt(e.to_string()))?),
-                None => None,
-            });
-        }
-        with_pool!(&self.pool, |p| {
-            let mut tx = p.begin().await?;
-            for (i, run) in runs.iter().enumerate() {
-                if let Some(spool) = &spool {
-                    let marked = sqlx::query(
-                        "INSERT INTO spool_applied (id, applied_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
-                    )
-                    .bind(&spool.marks[i])
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                    if marked.rows_affected() == 0 {
-                        continue; // applied by an earlier drain that could not truncate the spool
-                    }
-                }
-                let rows = run.rows_affected.map(|r| i64::try_from(r).unwrap_or(i64::MAX));
-                let lateness = run.lateness_ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
-                let run_id = match run.run_id {
-                    Some(id) => {
-                        let updated = sqlx::query(
-                            "UPDATE job_runs SET finished_at = $2, outcome = $3, error = $4, rows_affected = $5, detail = $6, \
-                             lateness_ms = $7 WHERE id = $1 AND replica = $8",
-                        )
-                        .bind(id)
-                        .bind(now)
-                        .bind(run.outcome.as_str())
-                        .bind(&run.error)
-                        .bind(rows)
-                        .bind(&run.detail)
-                        .bind(lateness)
-                        .bind(&self.replica)
-                        .execute(&mut *tx)
-                        .await?;
-                        if updated.rows_affected() == 0 {
-                            let holder: Option<String> = sqlx::query_scalar("SELECT replica FROM job_runs WHERE id = $1")
-                                .bind(id)
-                                .fetch_optional(&mut *tx)
-                                .await?;
-                            let Some(holder) = holder else {
-                                return Err(StoreError::Corrupt(format!("run {id} of {} is not in job_runs", run.job)));
-                            };
-                            // Taken over: another replica thought this one stopped, recorded
-                            // the run abandoned and ran the occurrence again. Its result stands.
-                            tracing::warn!(job = %run.job, run = id, by = %holder, "the run was taken over by another replica; its result is dropped");
-                            continue;
-                        }
-                        Some(id)
-                    }
-                    // Ran while the store was unreachable: recorded now, unless another
-                    // replica claimed the occurrence meanwhile.
-                    None => sqlx::query_scalar(
-                        "INSERT INTO job_runs (job, scheduled_at, trigger, replica, started_at, finished_at, outcome, error, rows_affected, detail, lateness_ms) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (job, scheduled_at) DO NOTHING RETURNING id",
-                    )
-                    .bind(&run.job)
-                    .bind(Ts(run.scheduled_at))
-                    .bind(&run.trigger)
-                    .bind(&self.replica)
-                    .bind(Ts(run.started_at))
-                    .bind(now)
-                    .bind(run.outcome.as_str())
-                    .bind(&run.error)
-                    .bind(rows)
-                    .bind(&run.detail)
-                    .bind(lateness)
-                    .fetch_optional(&mut *tx)
-                    .await?,
-                };
-                if let (Some(s), Some(checks)) = (&run.snapshot, &checks[i]) {
-                    sqlx::query("INSERT INTO health_history (job, checked_at, status, duration_ms, checks) VALUES ($1, $2, $3, $4, $5)")
-                        .bind(&s.job)
-                        .bind(Ts(s.checked_at))
-                        .bind(s.status.as_str())
-                        .bind(i64::try_from(s.duration_ms).unwrap_or(i64::MAX))
-                        .bind(checks)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                for d in &run.decisions {
-                    // Decisions apply in occurrence order: the mark moves only forward, and
-                    // (for a decision that read it from the store) only from what it read.
-                    let plain = d.state_writes.is_empty() && d.outbox.is_empty();
-                    let occ = if plain { None } else { d.read_mark.as_deref() };
-                    let moved = sqlx::query(
-                        "INSERT INTO policy_state (plugin, job, key, value, updated_at) VALUES ($1, $2, $3, $4, $5) \
-                         ON CONFLICT (plugin, job, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at \
-                         WHERE policy_state.value < excluded.value AND ($6 IS NULL OR policy_state.value = $6)",
-                    )
-                    .bind(&d.policy)
-                    .bind(&run.job)
-                    .bind(DECIDED_KEY)
-                    .bind(decided_mark(run.scheduled_at))
-                    .bind(now)
-                    .bind(occ)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if moved == 0 && !plain {
-                        tracing::warn!(
-                            policy = %d.policy,
-                            job = %run.job,
-                            scheduled = %run.scheduled_at,
-                            "another decision for this job was committed first (a newer occurrence, or one from a state this evaluation had not seen); this one is dropped"
-                        );
+        let mut tx = Tx::begin(&self.pool).await?;
+        for (i, run) in runs.iter().enumerate() {
+            if let Some(spool) = &spool
+                && !tx.mark_applied(&spool.marks[i], now).await?
+            {
+                continue; // applied by an earlier drain that could not truncate the spool
+            }
+            let run_id = match run.run_id {
+                Some(id) => {
+                    if !tx.end_claimed(id, run, now, &self.replica).await? {
                         continue;
                     }
-                    for (key, value) in &d.state_writes {
-                        match value {
-                            Some(v) => {
-                                sqlx::query(
-                                    "INSERT INTO policy_state (plugin, job, key, value, updated_at) VALUES ($1, $2, $3, $4, $5) \
-                                     ON CONFLICT (plugin, job, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                                )
-                                .bind(&d.policy)
-                                .bind(&run.job)
-                                .bind(key)
-                                .bind(v)
-                                .bind(now)
-                                .execute(&mut *tx)
-                                .await?;
-                            }
-                            None => {
-                                sqlx::query("DELETE FROM policy_state WHERE plugin = $1 AND job = $2 AND key = $3")
-                                    .bind(&d.policy)
-                                    .bind(&run.job)
-                                    .bind(key)
-                                    .execute(&mut *tx)
-                                    .await?;
-                            }
-                        }
-                    }
-                    for row in &d.outbox {
-                        let delivered = spool.as_ref().and_then(|s| s.delivered.get(&row.dedup_key)).map(|at| Ts(*at));
-                        let silenced = spool.as_ref().and_then(|s| s.silenced.get(&row.dedup_key));
-                        let state = match (delivered, silenced) {
-                            (Some(_), _) => OutboxState::Delivered,
-                            (None, Some(_)) => OutboxState::Silenced,
-                            (None, None) => OutboxState::Pending,
-                        };
-                        sqlx::query(
-                            "INSERT INTO outbox (dedup_key, kind, payload, job, policy, run_id, state, next_attempt_at, created_at, delivered_at, last_error) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10) \
-                             ON CONFLICT (dedup_key) DO UPDATE SET state = 'delivered', delivered_at = excluded.delivered_at \
-                             WHERE outbox.state = 'pending' AND excluded.state = 'delivered'",
-                        )
-                        .bind(&row.dedup_key)
-                        .bind(row.kind.as_str())
-                        .bind(&row.payload)
-                        .bind(&run.job)
-                        .bind(&d.policy)
-                        .bind(run_id)
-                        .bind(state.as_str())
-                        .bind(now)
-                        .bind(delivered)
-                        .bind(silenced)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
+                    Some(id)
+                }
+                // Ran while the store was unreachable: recorded now, unless another
+                // replica claimed the occurrence meanwhile.
+                None => tx.record_unclaimed(run, now, &self.replica).await?,
+            };
+            if let Some(s) = &run.snapshot {
+                tx.insert_snapshot(s).await?;
+            }
+            for d in &run.decisions {
+                // Decisions apply in occurrence order: the mark moves only forward, and
+                // (for a decision that read it from the store) only from what it read.
+                let plain = d.state_writes.is_empty() && d.outbox.is_empty();
+                let read = if plain { None } else { d.read_mark.as_deref() };
+                let mark = decided_mark(run.scheduled_at);
+                if !tx.write_state(&d.policy, &run.job, DECIDED_KEY, Some(&mark), now, Guard::Forward { read }).await?
+                    && !plain
+                {
+                    tracing::warn!(
+                        policy = %d.policy,
+                        job = %run.job,
+                        scheduled = %run.scheduled_at,
+                        "another decision for this job was committed first (a newer occurrence, or one from a state this evaluation had not seen); this one is dropped"
+                    );
+                    continue;
+                }
+                for (key, value) in &d.state_writes {
+                    tx.write_state(&d.policy, &run.job, key, value.as_deref(), now, Guard::None).await?;
+                }
+                for row in &d.outbox {
+                    let delivered = spool.as_ref().and_then(|s| s.delivered.get(&row.dedup_key)).map(|at| Ts(*at));
+                    let silenced = spool.as_ref().and_then(|s| s.silenced.get(&row.dedup_key)).map(String::as_str);
+                    let at = Placed { job: &run.job, policy: &d.policy, run_id, now };
+                    tx.insert_outbox(row, at, delivered, silenced).await?;
                 }
             }
-            #[cfg(feature = "testing")]
-            if fail {
-                tx.rollback().await?;
-                return Err(StoreError::Injected);
-            }
-            tx.commit().await?;
+        }
+        #[cfg(feature = "testing")]
+        if fail {
+            tx.rollback().await?;
+            return Err(StoreError::Injected);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// One write transaction on either backend; the steps of a commit are its methods, each
+/// one statement written once.
+enum Tx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+macro_rules! on_tx {
+    ($tx:expr, |$t:ident| $body:expr) => {
+        match $tx {
+            Tx::Sqlite($t) => $body,
+            Tx::Postgres($t) => $body,
+        }
+    };
+}
+
+/// How a `policy_state` write is guarded.
+enum Guard<'a> {
+    None,
+    /// A decision mark: only forward, and (given what the evaluation read) only from it.
+    Forward {
+        read: Option<&'a str>,
+    },
+}
+
+/// Where an outbox row comes from.
+struct Placed<'a> {
+    job: &'a str,
+    policy: &'a str,
+    run_id: Option<i64>,
+    now: Ts,
+}
+
+fn as_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl Tx {
+    async fn begin(pool: &Pool) -> Result<Tx, sqlx::Error> {
+        Ok(match pool {
+            Pool::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
+        })
+    }
+
+    async fn commit(self) -> Result<(), sqlx::Error> {
+        on_tx!(self, |t| t.commit().await)
+    }
+
+    #[cfg(feature = "testing")]
+    async fn rollback(self) -> Result<(), sqlx::Error> {
+        on_tx!(self, |t| t.rollback().await)
+    }
+
+    /// Marks a spooled run applied; false when an earlier drain applied it already.
+    async fn mark_applied(&mut self, mark: &str, now: Ts) -> Result<bool, sqlx::Error> {
+        let sql = "INSERT INTO spool_applied (id, applied_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING";
+        let done = on_tx!(self, |t| sqlx::query(sql).bind(mark).bind(now).execute(&mut **t).await?.rows_affected());
+        Ok(done > 0)
+    }
+
+    /// Writes the end of a claimed run; false when the run was taken over (another replica
+    /// thought this one stopped, recorded the run abandoned and ran the occurrence again:
+    /// its result stands). A run missing from `job_runs` is refused.
+    async fn end_claimed(&mut self, id: i64, run: &RunCommit, now: Ts, replica: &str) -> Result<bool, StoreError> {
+        let sql = "UPDATE job_runs SET finished_at = $2, outcome = $3, error = $4, rows_affected = $5, detail = $6, \
+                   lateness_ms = $7 WHERE id = $1 AND replica = $8";
+        let updated = on_tx!(self, |t| sqlx::query(sql)
+            .bind(id)
+            .bind(now)
+            .bind(run.outcome.as_str())
+            .bind(&run.error)
+            .bind(run.rows_affected.map(as_i64))
+            .bind(&run.detail)
+            .bind(run.lateness_ms.map(as_i64))
+            .bind(replica)
+            .execute(&mut **t)
+            .await?
+            .rows_affected());
+        if updated > 0 {
+            return Ok(true);
+        }
+        let holder: Option<String> = on_tx!(self, |t| sqlx::query_scalar("SELECT replica FROM job_runs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut **t)
+            .await?);
+        let Some(holder) = holder else {
+            return Err(StoreError::Corrupt(format!("run {id} of {} is not in job_runs", run.job)));
+        };
+        tracing::warn!(job = %run.job, run = id, by = %holder, "the run was taken over by another replica; its result is dropped");
+        Ok(false)
+    }
+
+    /// Records a run that was never claimed (the store was unreachable): its id, or `None`
+    /// when another replica claimed the occurrence meanwhile.
+    async fn record_unclaimed(&mut self, run: &RunCommit, now: Ts, replica: &str) -> Result<Option<i64>, sqlx::Error> {
+        let sql = "INSERT INTO job_runs (job, scheduled_at, trigger, replica, started_at, finished_at, outcome, error, \
+                   rows_affected, detail, lateness_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                   ON CONFLICT (job, scheduled_at) DO NOTHING RETURNING id";
+        Ok(on_tx!(self, |t| sqlx::query_scalar(sql)
+            .bind(&run.job)
+            .bind(Ts(run.scheduled_at))
+            .bind(&run.trigger)
+            .bind(replica)
+            .bind(Ts(run.started_at))
+            .bind(now)
+            .bind(run.outcome.as_str())
+            .bind(&run.error)
+            .bind(run.rows_affected.map(as_i64))
+            .bind(&run.detail)
+            .bind(run.lateness_ms.map(as_i64))
+            .fetch_optional(&mut **t)
+            .await?))
+    }
+
+    async fn insert_snapshot(&mut self, s: &Snapshot) -> Result<(), StoreError> {
+        let checks = serde_json::to_string(&s.checks).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let sql =
+            "INSERT INTO health_history (job, checked_at, status, duration_ms, checks) VALUES ($1, $2, $3, $4, $5)";
+        on_tx!(self, |t| sqlx::query(sql)
+            .bind(&s.job)
+            .bind(Ts(s.checked_at))
+            .bind(s.status.as_str())
+            .bind(as_i64(s.duration_ms))
+            .bind(&checks)
+            .execute(&mut **t)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+
+    /// Writes (`Some`) or deletes (`None`) one `policy_state` key; false when the guard
+    /// held the write back.
+    async fn write_state(
+        &mut self,
+        policy: &str,
+        job: &str,
+        key: &str,
+        value: Option<&str>,
+        now: Ts,
+        guard: Guard<'_>,
+    ) -> Result<bool, sqlx::Error> {
+        let (sql, read) = match (value, guard) {
+            (None, _) => ("DELETE FROM policy_state WHERE plugin = $1 AND job = $2 AND key = $3", None),
+            (Some(_), Guard::None) => (
+                "INSERT INTO policy_state (plugin, job, key, value, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (plugin, job, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                None,
+            ),
+            (Some(_), Guard::Forward { read }) => (
+                "INSERT INTO policy_state (plugin, job, key, value, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (plugin, job, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at \
+                 WHERE policy_state.value < excluded.value AND ($6 IS NULL OR policy_state.value = $6)",
+                Some(read),
+            ),
+        };
+        let written = on_tx!(self, |t| {
+            let q = sqlx::query(sql).bind(policy).bind(job).bind(key);
+            let q = match value {
+                Some(v) => q.bind(v).bind(now),
+                None => q,
+            };
+            let q = match read {
+                Some(read) => q.bind(read),
+                None => q,
+            };
+            q.execute(&mut **t).await?.rows_affected()
         });
+        Ok(written > 0)
+    }
+
+    /// Inserts an outbox row: pending, or as the spool already delivered or silenced it.
+    /// A pending row already there is marked delivered when the spool delivered it.
+    async fn insert_outbox(
+        &mut self,
+        row: &NewOutboxRow,
+        at: Placed<'_>,
+        delivered: Option<Ts>,
+        silenced: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        let state = match (delivered, silenced) {
+            (Some(_), _) => OutboxState::Delivered,
+            (None, Some(_)) => OutboxState::Silenced,
+            (None, None) => OutboxState::Pending,
+        };
+        let sql = "INSERT INTO outbox (dedup_key, kind, payload, job, policy, run_id, state, next_attempt_at, created_at, \
+                   delivered_at, last_error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10) \
+                   ON CONFLICT (dedup_key) DO UPDATE SET state = 'delivered', delivered_at = excluded.delivered_at \
+                   WHERE outbox.state = 'pending' AND excluded.state = 'delivered'";
+        on_tx!(self, |t| sqlx::query(sql)
+            .bind(&row.dedup_key)
+            .bind(row.kind.as_str())
+            .bind(&row.payload)
+            .bind(at.job)
+            .bind(at.policy)
+            .bind(at.run_id)
+            .bind(state.as_str())
+            .bind(at.now)
+            .bind(delivered)
+            .bind(silenced)
+            .execute(&mut **t)
+            .await?
+            .rows_affected());
         Ok(())
     }
 }
