@@ -8,6 +8,7 @@
 //! writes only what an operator asks for.
 
 mod api;
+mod auth;
 pub mod peer;
 
 pub use api::openapi;

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::Shared;
+use super::auth::{bearer, same_secret};
 use crate::health::Snapshot;
 use crate::store::Spool;
 
@@ -41,14 +42,8 @@ pub type PeerStates = HashMap<String, std::collections::BTreeMap<String, String>
 
 fn authorized(shared: &Shared, request: &Request) -> Result<Arc<PeerView>, StatusCode> {
     let Some(view) = shared.peer() else { return Err(StatusCode::NOT_FOUND) };
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
-        Some(given) if super::api::same_secret(given, &view.token) => Ok(view),
+    match bearer(request) {
+        Some(given) if same_secret(given, &view.token) => Ok(view),
         _ => Err(StatusCode::UNAUTHORIZED),
     }
 }

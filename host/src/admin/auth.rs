@@ -1,0 +1,22 @@
+//! The bearer token both authenticated surfaces take: the admin API (`/admin/`) and the
+//! replicas' peer routes (`/peer/`).
+
+use axum::extract::Request;
+use axum::http::header;
+use sha2::{Digest, Sha256};
+
+/// The token of `Authorization: Bearer <token>`, if the request sends one.
+pub(crate) fn bearer(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Whether two secrets are equal, in time independent of where they differ.
+pub(crate) fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
