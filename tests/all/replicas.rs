@@ -130,8 +130,10 @@ async fn three_replicas_take_turns_agree_share_one_secret_and_take_over_one_kill
     // One answer: every replica's /health shows the fleet's newest snapshot.
     let times: Vec<DateTime<Utc>> = replicas.iter().map(|(_, d)| health_checked_at(d)).collect();
     let spread = *times.iter().max().unwrap() - *times.iter().min().unwrap();
-    // At most one probe apart: the replica that just ran it, the others within a heartbeat.
-    assert!(spread < chrono::Duration::seconds(3), "/health differs by {spread} between replicas: {times:?}");
+    // Within one interval: the replica that just ran a probe shows it, the others show it
+    // from the store within a heartbeat, or still the one before (2 s older, plus how late
+    // each started).
+    assert!(spread <= chrono::Duration::milliseconds(2_500), "/health differs by {spread} between replicas: {times:?}");
 
     // A status change: one admin mail and one notice per subscriber, whichever replica
     // decided; an unsubscribe link from that mail verifies on every replica.
@@ -189,6 +191,81 @@ async fn three_replicas_take_turns_agree_share_one_secret_and_take_over_one_kill
     }
     let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM warden.replicas").fetch_one(&pool).await.unwrap();
     assert_eq!(left, 0, "a clean shutdown leaves the table");
+    pool.close().await;
+    db.drop_db().await;
+}
+
+/// A replica that stopped mid-run (its heartbeat 20 s old, a run still `running`, a mail
+/// leased): the live one records the run abandoned and runs the occurrence again, and the
+/// leased mail goes out at once instead of after the lease.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_replica_s_run_is_run_again_and_its_leases_released() {
+    let db = TestDb::create().await;
+    let smtp = SmtpServer::start();
+    let body = format!(
+        "version = 1\n[state]\nurl = \"{}\"\n[alerts]\nadmin = [\"ops@example.org\"]\nsmtp = \"{}\"\n\
+         [[job]]\nname = \"tick\"\nevery = \"1h\"\ntask = \"pool-stats\"\n",
+        db.url,
+        smtp.url()
+    );
+    let (dir, config) = schedule_dir(&body);
+    let daemon = Daemon::start(dir.path(), &config);
+    let pool = db.pool().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let live: String = loop {
+        if let Some(id) = sqlx::query_scalar("SELECT id FROM warden.replicas").fetch_optional(&pool).await.unwrap() {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "no heartbeat: {}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let scheduled = Utc::now() - chrono::Duration::seconds(3);
+    for (sql, at) in [
+        (
+            "INSERT INTO warden.replicas (id, started_at, heartbeat_at, listen) VALUES ('ghost', $1, $1, '127.0.0.1:1')",
+            Utc::now() - chrono::Duration::seconds(20),
+        ),
+        (
+            "INSERT INTO warden.job_runs (job, scheduled_at, trigger, replica, started_at, outcome) VALUES ('tick', $1, 'schedule', 'ghost', $1, 'running')",
+            scheduled,
+        ),
+        (
+            "INSERT INTO warden.outbox (dedup_key, kind, payload, state, next_attempt_at, created_at, claimed_by) VALUES \
+          ('ghost:mail', 'email', '{\"kind\":\"email-admin\",\"subject\":\"leased by ghost\",\"body\":\"b\"}', 'pending', $1 + interval '1 minute', $1, 'ghost')",
+            Utc::now(),
+        ),
+    ] {
+        sqlx::query(sql).bind(at).execute(&pool).await.unwrap();
+    }
+    let seeded = Instant::now();
+
+    // The lease is released: the mail leaves well before the ghost's 60 s lease ends.
+    let mail = smtp.wait_for(1, Duration::from_secs(30));
+    assert!(mail[0].data.contains("leased by ghost"), "{}", mail[0].data);
+    assert!(seeded.elapsed() < Duration::from_secs(40), "sent only after the lease ran out");
+    // The run is recorded abandoned and run again by the live replica.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let rerun = loop {
+        let row: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT trigger, replica, outcome FROM warden.job_runs WHERE job = 'tick' AND scheduled_at = $1",
+        )
+        .bind(scheduled)
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        match row {
+            Some(row) if row.2 == "ok" => break row,
+            row => assert!(Instant::now() < deadline, "not run again: {row:?}\n{}", daemon.log()),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(rerun, ("takeover".to_owned(), live, "ok".to_owned()));
+    let ghosts: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM warden.replicas WHERE id = 'ghost'").fetch_one(&pool).await.unwrap();
+    assert_eq!(ghosts, 0, "the stopped replica left the live set");
+    let log = daemon.log();
+    assert!(log.contains("their runs are recorded abandoned and run again"), "{log}");
+    assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
     pool.close().await;
     db.drop_db().await;
 }
