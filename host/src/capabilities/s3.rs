@@ -10,8 +10,11 @@ const MAX_LIST: u32 = 1000;
 
 impl Host for PluginCtx {
     async fn head(&mut self, key: String) -> wasmtime::Result<Result<Option<u64>, String>> {
-        let Some(bucket) = self.caps.s3.clone().filter(|_| self.grants.s3_head) else {
-            return Ok(Err("s3:head is not granted to this policy (or no bucket is configured)".into()));
+        if !self.grants.s3_head {
+            return Ok(Err("s3:head is not granted to this policy (add \"s3:head\" to its `grants`)".into()));
+        }
+        let Some(bucket) = self.caps.s3.clone() else {
+            return Ok(Err("no S3 bucket is configured (targets.s3)".into()));
         };
         let call = bucket.client.head_object().bucket(&bucket.bucket).key(&key).send();
         Ok(match tokio::time::timeout(S3_TIMEOUT, call).await {
@@ -23,8 +26,11 @@ impl Host for PluginCtx {
     }
 
     async fn list_objects(&mut self, prefix: String, limit: u32) -> wasmtime::Result<Result<Vec<Object>, String>> {
-        let Some(bucket) = self.caps.s3.clone().filter(|_| self.grants.s3_list) else {
-            return Ok(Err("s3:list is not granted to this policy (or no bucket is configured)".into()));
+        if !self.grants.s3_list {
+            return Ok(Err("s3:list is not granted to this policy (add \"s3:list\" to its `grants`)".into()));
+        }
+        let Some(bucket) = self.caps.s3.clone() else {
+            return Ok(Err("no S3 bucket is configured (targets.s3)".into()));
         };
         let call = bucket
             .client

@@ -15,8 +15,11 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Host for PluginCtx {
     async fn query(&mut self, statement: String) -> wasmtime::Result<Result<Vec<Vec<Cell>>, String>> {
-        let Some(pool) = self.caps.sql.clone().filter(|_| self.grants.sql_read) else {
-            return Ok(Err("sql:read is not granted to this policy".into()));
+        if !self.grants.sql_read {
+            return Ok(Err("sql:read is not granted to this policy (add \"sql:read\" to its `grants`)".into()));
+        }
+        let Some(pool) = self.caps.sql.clone() else {
+            return Ok(Err("no target database to query".into()));
         };
         let cap = self.limits.sql_rows as usize;
         let run = read_only(&pool, &statement, cap);

@@ -29,7 +29,7 @@ impl<'a> Modes<'a> {
         now: DateTime<Utc>,
     ) -> wasmtime::Result<Self> {
         let component = Component::from_file(engine.engine(), &policy.spec.component)?;
-        let linker = engine.linker(policy.spec.grants)?;
+        let linker = engine.linker()?;
         Ok(Modes { engine, policy, component, linker, event: convert::event_to_wit(event, "health-probe", now), now })
     }
 
@@ -77,7 +77,7 @@ pub struct Reused {
 pub async fn call_u32(engine: &PolicyEngine, component: &[u8], name: &str) -> wasmtime::Result<u32> {
     let component = Component::new(engine.engine(), component)?;
     let limits = crate::config::Limits::default();
-    let linker = engine.linker(crate::config::Grants::default())?;
+    let linker = engine.linker()?;
     let ctx = PluginCtx::new(
         Utc::now(),
         BTreeMap::new(),

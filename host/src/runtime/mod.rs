@@ -28,7 +28,7 @@ pub use engine::{Allocation, PolicyEngine};
 pub use policy_set::PolicySet;
 pub use sandbox::{Capabilities, PluginCtx};
 
-use crate::config::{Grants, Limits, PolicySpec};
+use crate::config::{Limits, PolicySpec};
 use crate::tasks::Event;
 use bindings::PolicyPre;
 
@@ -184,7 +184,7 @@ impl PolicyEngine {
             path: path.clone(),
             reason: format!("{e:#}"),
         })?;
-        let linker = self.linker(spec.grants).map_err(|e| LoadError::Link {
+        let linker = self.linker().map_err(|e| LoadError::Link {
             policy: policy.clone(),
             path: path.clone(),
             reason: format!("{e:#}"),
@@ -192,7 +192,7 @@ impl PolicyEngine {
         let pre = linker.instantiate_pre(&component).map_err(|e| LoadError::Link {
             policy: policy.clone(),
             path: path.clone(),
-            reason: explain_link_error(&format!("{e:#}"), spec.grants),
+            reason: explain_link_error(&format!("{e:#}")),
         })?;
         let pre = PolicyPre::new(pre).map_err(|e| LoadError::Link {
             policy: policy.clone(),
@@ -211,23 +211,21 @@ impl PolicyEngine {
         })
     }
 
-    /// The linker for one grant set: WASI (deny by default), the default interfaces, and
-    /// the granted ones. Ungranted interfaces are absent, so importing them fails at load.
-    pub(crate) fn linker(&self, grants: Grants) -> wasmtime::Result<Linker<PluginCtx>> {
+    /// The linker: WASI (deny by default) and every interface of the world. Python and
+    /// JavaScript toolchains import all of them whether used or not, so an ungranted one is
+    /// linked too and each call fails inside the guest with an error naming the grant.
+    pub(crate) fn linker(&self) -> wasmtime::Result<Linker<PluginCtx>> {
         use bindings::warden::policy as wit;
         let mut linker = Linker::new(self.engine());
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         wit::types::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |s| s)?;
         wit::clock::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |s| s)?;
         wit::log::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |s| s)?;
         wit::state::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |s| s)?;
         wit::config::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |s| s)?;
-        if grants.sql_read {
-            wit::sql::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |s| s)?;
-        }
-        if grants.s3_head || grants.s3_list {
-            wit::s3::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |s| s)?;
-        }
+        wit::sql::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |s| s)?;
+        wit::s3::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |s| s)?;
         Ok(linker)
     }
 
@@ -318,15 +316,7 @@ fn classify(error: &wasmtime::Error, store: &wasmtime::Store<PluginCtx>, limits:
     EvalError::Trap(text)
 }
 
-fn explain_link_error(text: &str, grants: Grants) -> String {
-    if text.contains("warden:policy/sql") && !grants.sql_read {
-        return format!("imports `warden:policy/sql`, which is not granted (add \"sql:read\" to `grants`): {text}");
-    }
-    if text.contains("warden:policy/s3") && !(grants.s3_head || grants.s3_list) {
-        return format!(
-            "imports `warden:policy/s3`, which is not granted (add \"s3:head\" or \"s3:list\" to `grants`): {text}"
-        );
-    }
+fn explain_link_error(text: &str) -> String {
     format!("imports something this host does not provide: {text}")
 }
 

@@ -42,6 +42,8 @@ pub struct PluginCtx {
     limiter: MemoryLimiter,
     /// Built on the guest's first WASI call: most policies never make one.
     wasi: Option<Box<Wasi>>,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    deny_http: DenyHttp,
     table: ResourceTable,
 }
 
@@ -90,6 +92,8 @@ impl PluginCtx {
             abuse: None,
             limiter: MemoryLimiter { cap: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX), denied: false },
             wasi: None,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            deny_http: DenyHttp,
             table: ResourceTable::new(),
         }
     }
@@ -127,6 +131,34 @@ impl PluginCtx {
         } else {
             self.logs.push((level.to_owned(), message));
         }
+    }
+}
+
+/// `wasi:http` linked so components that import it (JavaScript's runtime does) load, and
+/// every outgoing request denied, as sockets are.
+struct DenyHttp;
+
+impl wasmtime_wasi_http::WasiHttpHooks for DenyHttp {
+    fn send_request(
+        &mut self,
+        _request: hyper::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    hyper::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                )>,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for PluginCtx {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView { hooks: &mut self.deny_http, table: &mut self.table, ctx: &mut self.http }
     }
 }
 
