@@ -6,36 +6,21 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::policies::{plugins_dir, status_alert_policy};
+use crate::schedule::{DB, SESSIONS, Schedule, job, policy, probe, schedule};
 use crate::support::{Daemon, http, schedule_dir, silent_server, wait_for, warden_with_env};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 
-const SCHEDULE: &str = r#"version = 1
-[[job]]
-name = "probe"
-every = "1s"
-task = "probe"
-checks = [{ name = "db", kind = "db", critical = true }]
+/// A probe every second, a nightly job in Berlin time, and a clock for the tests: while
+/// the probe is paused, the tick's runs show time passing.
+pub fn admin_schedule() -> Schedule {
+    let nightly = "[[job]]\nname = \"nightly\"\ncron = \"0 0 3 * * *\"\ntz = \"Europe/Berlin\"\ntask = \"pool-stats\"";
+    schedule().job(probe("probe", "1s", &[DB])).table(nightly).job(job("tick", "1000ms", "pool-stats"))
+}
 
-[[job]]
-name = "nightly"
-cron = "0 0 3 * * *"
-tz = "Europe/Berlin"
-task = "pool-stats"
-
-# A clock for the tests: while the probe is paused, its runs show time passing.
-[[job]]
-name = "tick"
-every = "1000ms"
-task = "pool-stats"
-"#;
-
-/// `SCHEDULE` with the status-alert policy on the probe.
-pub fn schedule_with_status_alert() -> String {
-    format!(
-        "{SCHEDULE}\n[[policy]]\nname = \"status-alert\"\ncomponent = \"{}\"\non = [\"probe\"]\n",
-        plugins_dir().join("status-alert.wasm").display()
-    )
+/// `admin_schedule` with the status-alert policy on the probe.
+pub fn schedule_with_status_alert() -> Schedule {
+    admin_schedule().table(policy("status-alert", &plugins_dir().join("status-alert.wasm"), &["probe"], ""))
 }
 
 fn json(body: &str) -> serde_json::Value {
@@ -63,7 +48,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 #[test]
 fn every_admin_route_needs_the_token_and_answers_with_it() {
-    let (dir, config) = schedule_dir(SCHEDULE);
+    let (dir, config) = admin_schedule().write();
     let daemon = Daemon::start_with_env(dir.path(), &config, &[("WARDEN_ADMIN_TOKEN", TOKEN)]);
     wait_for(Duration::from_secs(20), "two probes", || {
         let (code, body) =
@@ -125,7 +110,7 @@ fn every_admin_route_needs_the_token_and_answers_with_it() {
 
 #[test]
 fn without_a_token_the_admin_api_is_off() {
-    let (dir, config) = schedule_dir(SCHEDULE);
+    let (dir, config) = admin_schedule().write();
     let daemon = Daemon::start(dir.path(), &config);
     for (method, path) in ROUTES {
         let (code, body) =
@@ -154,7 +139,7 @@ impl Api<'_> {
 
 #[test]
 fn run_now_runs_once_pause_stops_firing_and_survives_a_restart() {
-    let (dir, config) = schedule_dir(SCHEDULE);
+    let (dir, config) = admin_schedule().write();
     let env = [("WARDEN_ADMIN_TOKEN", TOKEN)];
     let daemon = Daemon::start_with_env(dir.path(), &config, &env);
     let api = Api { daemon: &daemon };
@@ -209,7 +194,7 @@ fn run_now_runs_once_pause_stops_firing_and_survives_a_restart() {
 
 #[test]
 fn a_refused_reload_answers_400_with_every_problem_and_the_old_config_keeps_running() {
-    let body = schedule_with_status_alert();
+    let body = schedule_with_status_alert().to_string();
     let (dir, config) = schedule_dir(&body);
     let daemon = Daemon::start_with_env(dir.path(), &config, &[("WARDEN_ADMIN_TOKEN", TOKEN)]);
     let api = Api { daemon: &daemon };
@@ -241,7 +226,7 @@ fn a_refused_reload_answers_400_with_every_problem_and_the_old_config_keeps_runn
         refused["error"]["problems"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
     assert_eq!(problems.len(), 2, "{problems:?}");
     assert!(problems[0].contains("schedules.toml:4:9: job \"probe\".every"), "{problems:?}");
-    assert!(problems[1].contains("schedules.toml:11:6: job \"nightly\".tz"), "{problems:?}");
+    assert!(problems[1].contains("schedules.toml:10:6: job \"nightly\".tz"), "{problems:?}");
     let (_, jobs) = api.call("GET", "/admin/jobs");
     assert_eq!(jobs["items"][0]["schedule"], "every 1s", "the running configuration stays");
     let before = api.newest_run("probe").unwrap_or(0);
@@ -256,22 +241,13 @@ fn a_refused_reload_answers_400_with_every_problem_and_the_old_config_keeps_runn
 #[test]
 fn a_silence_holds_back_an_alert_which_stays_visible_and_the_next_one_after_it_is_sent() {
     let smtp = crate::smtp_server::SmtpServer::start();
-    let policy = status_alert_policy();
-    let body = format!(
-        r#"version = 1
-product = "MNW"
-[alerts]
-admin = ["ops@example.org"]
-smtp = "{}"
-[[job]]
-name = "health-probe"
-every = "1s"
-task = "probe"
-checks = [{{ name = "db", kind = "db", critical = true }}, {{ name = "sessions", kind = "sql", query = "SELECT COUNT(*) FROM session" }}]
-{policy}"#,
-        smtp.url(),
-    );
-    let (dir, config) = schedule_dir(&body);
+    let _policy = status_alert_policy();
+    let body = schedule()
+        .product("MNW")
+        .alerts(&smtp.url(), "")
+        .job(probe("health-probe", "1s", &[DB, SESSIONS]))
+        .table(status_alert_policy());
+    let (dir, config) = body.write();
     let daemon = Daemon::start_with_env(dir.path(), &config, &[("WARDEN_ADMIN_TOKEN", TOKEN)]);
     let api = Api { daemon: &daemon };
     wait_for(Duration::from_secs(20), "operational", || (daemon.get("/health").0 == 200).then_some(()));
@@ -331,7 +307,7 @@ checks = [{{ name = "db", kind = "db", critical = true }}, {{ name = "sessions",
 
 #[test]
 fn the_cli_drives_a_running_instance_through_the_api() {
-    let (dir, config) = schedule_dir(SCHEDULE);
+    let (dir, config) = admin_schedule().write();
     let daemon = Daemon::start_with_env(dir.path(), &config, &[("WARDEN_ADMIN_TOKEN", TOKEN)]);
     let api = Api { daemon: &daemon };
     let url = format!("http://{}", daemon.addr);
@@ -381,12 +357,12 @@ fn the_cli_drives_a_running_instance_through_the_api() {
     assert_eq!(cli(&["silence", "expire", "1"]).0, 1, "already ended");
 
     // A refused reload prints every problem with its place, and exits 1.
-    std::fs::write(&config, SCHEDULE.replace("every = \"1s\"", "every = \"soon\"")).unwrap();
+    std::fs::write(&config, admin_schedule().to_string().replace("every = \"1s\"", "every = \"soon\"")).unwrap();
     let (code, _, err) = cli(&["reload"]);
     assert_eq!(code, 1);
     assert!(err.contains("error: config_refused: "), "{err}");
     assert!(err.contains("schedules.toml:4:9: job \"probe\".every"), "{err}");
-    std::fs::write(&config, SCHEDULE.replace("every = \"1s\"", "every = \"2s\"")).unwrap();
+    std::fs::write(&config, admin_schedule().to_string().replace("every = \"1s\"", "every = \"2s\"")).unwrap();
     assert_eq!(cli(&["reload"]).1.trim(), "reloaded");
     assert_eq!(api.call("GET", "/admin/jobs").1["items"][0]["schedule"], "every 2s");
 
@@ -410,19 +386,9 @@ fn the_cli_drives_a_running_instance_through_the_api() {
 #[test]
 fn a_run_left_running_by_a_killed_process_is_recorded_failed_at_the_next_start() {
     let (hung, _server) = silent_server();
-    let schedule = format!(
-        r#"version = 1
-[targets]
-database = "postgres://postgres@{hung}/app"
-[[job]]
-name = "hang"
-every = "1h"
-timeout = "1h"
-task = "probe"
-checks = [{{ name = "db", kind = "db", critical = true, timeout = "1h" }}]
-"#
-    );
-    let (dir, config) = schedule_dir(&schedule);
+    let hang = probe("hang", "1h", &[r#"{ name = "db", kind = "db", critical = true, timeout = "1h" }"#]);
+    let schedule = schedule().target(&format!("postgres://postgres@{hung}/app"), "").job(hang.with("timeout = \"1h\""));
+    let (dir, config) = schedule.write();
     let env = [("WARDEN_ADMIN_TOKEN", TOKEN)];
     let daemon = Daemon::start_with_env(dir.path(), &config, &env);
     let api = Api { daemon: &daemon };

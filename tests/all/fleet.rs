@@ -8,8 +8,9 @@ use std::time::Duration;
 use mail_parser::MessageParser;
 
 use crate::policies::plugins_dir;
+use crate::schedule::{DB, job, policy, probe, schedule};
 use crate::smtp_server::SmtpServer;
-use crate::support::{Daemon, TestDb, schedule_dir, wait_for, warden};
+use crate::support::{Daemon, TestDb, wait_for, warden};
 
 /// A count from the SQLite state store beside a schedule.
 fn sqlite_count(dir: &Path, sql: &str) -> i64 {
@@ -49,31 +50,15 @@ fn body(data: &str) -> String {
 #[test]
 fn one_policy_on_two_jobs_keeps_each_jobs_state_and_mails_once_naming_the_failing_job() {
     let smtp = SmtpServer::start();
-    let (dir, config) = schedule_dir(&format!(
-        r#"version = 1
-product = "MNW"
-[alerts]
-admin = ["ops@example.org"]
-smtp = "{smtp}"
-[[job]]
-name = "orders-db"
-every = "1s"
-task = "probe"
-checks = [{{ name = "db", kind = "db", critical = true }}]
-[[job]]
-name = "ledger-db"
-every = "1s"
-task = "probe"
-checks = [{{ name = "ledger", kind = "sql", critical = true, query = "SELECT COUNT(*) FROM no_such_ledger" }}]
-[[policy]]
-name = "status-alert"
-component = "{component}"
-on = ["orders-db", "ledger-db"]
-config = {{ cooldown = "1s" }}
-"#,
-        smtp = smtp.url(),
-        component = plugins_dir().join("status-alert.wasm").display(),
-    ));
+    let ledger = r#"{ name = "ledger", kind = "sql", critical = true, query = "SELECT COUNT(*) FROM no_such_ledger" }"#;
+    let component = plugins_dir().join("status-alert.wasm");
+    let (dir, config) = schedule()
+        .product("MNW")
+        .alerts(&smtp.url(), "")
+        .job(probe("orders-db", "1s", &[DB]))
+        .job(probe("ledger-db", "1s", &[ledger]))
+        .table(policy("status-alert", &component, &["orders-db", "ledger-db"], "config = { cooldown = \"1s\" }"))
+        .write();
     let runs = |job: &str| {
         sqlite_count(dir.path(), &format!("SELECT COUNT(*) FROM job_runs WHERE job = '{job}' AND outcome = 'ok'"))
     };
@@ -109,19 +94,10 @@ config = {{ cooldown = "1s" }}
 
 #[test]
 fn every_job_fires_at_its_own_stable_offset_unless_aligned_and_warden_jobs_shows_it() {
-    let (dir, config) = schedule_dir(
-        r#"version = 1
-[[job]]
-name = "spread"
-every = "2s"
-task = "pool-stats"
-[[job]]
-name = "grid"
-every = "2s"
-align = true
-task = "pool-stats"
-"#,
-    );
+    let (dir, config) = schedule()
+        .job(job("spread", "2s", "pool-stats"))
+        .job(job("grid", "2s", "pool-stats").with("align = true"))
+        .write();
     let cfg = config.to_str().unwrap();
     let offset = warden::schedule::offset_for("spread", warden::config::Duration::from_secs(2));
     let shown = format!("offset    {} into each 2s (from the job's name)", warden::schedule::Millis(offset));
@@ -158,30 +134,13 @@ task = "pool-stats"
 fn a_busy_store_is_waited_for_and_an_unreachable_one_still_spooled() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = rt.block_on(TestDb::create());
-    let (dir, config) = schedule_dir(&format!(
-        r#"version = 1
-max_running = 4
-[state]
-url = "{url}"
-pool = 2
-[[job]]
-name = "probe"
-every = "1s"
-task = "probe"
-checks = [{{ name = "db", kind = "db", critical = true }}]
-[[job]]
-name = "probe-2"
-every = "1s"
-task = "probe"
-checks = [{{ name = "db", kind = "db", critical = true }}]
-[[job]]
-name = "probe-3"
-every = "1s"
-task = "probe"
-checks = [{{ name = "db", kind = "db", critical = true }}]
-"#,
-        url = db.url
-    ));
+    let (dir, config) = schedule()
+        .top("max_running = 4")
+        .table(format!("[state]\nurl = \"{}\"\npool = 2", db.url))
+        .job(probe("probe", "1s", &[DB]))
+        .job(probe("probe-2", "1s", &[DB]))
+        .job(probe("probe-3", "1s", &[DB]))
+        .write();
     let daemon = Daemon::start(dir.path(), &config);
     let runs = || pg_count(&db.url, "SELECT COUNT(*) FROM warden.job_runs WHERE outcome = 'ok'");
     wait_for(Duration::from_secs(30), "two runs", || (runs() >= 2).then_some(()));
@@ -233,21 +192,14 @@ checks = [{{ name = "db", kind = "db", critical = true }}]
 /// 500 jobs every 5 s for about 15 s: every occurrence runs (none skipped) and no snapshot
 /// of the healthy target says otherwise. Counting, not timing: the bench times it.
 fn many_jobs(state: &str, target: &str, count: &dyn Fn(&str) -> i64, dir: &Path, config: &Path) {
-    let mut body =
-        format!("version = 1\nmax_running = 8\n[targets]\ndatabase = \"{target}\"\n[state]\nurl = \"{state}\"\n");
-    for i in 0..500 {
-        body.push_str(&format!(
-            "[[job]]\nname = \"probe-{i:03}\"\nevery = \"5s\"\ntask = \"probe\"\n\
-             checks = [{{ name = \"db\", kind = \"db\", critical = true }}]\n"
-        ));
+    let mut body = schedule().top("max_running = 8").target(target, "").state(state);
+    let names: Vec<String> = (0..500).map(|i| format!("probe-{i:03}")).collect();
+    for name in &names {
+        body = body.job(probe(name, "5s", &[DB]));
     }
-    let on: Vec<String> = (0..500).map(|i| format!("\"probe-{i:03}\"")).collect();
-    body.push_str(&format!(
-        "[[policy]]\nname = \"status-alert\"\ncomponent = \"{}\"\non = [{}]\n",
-        plugins_dir().join("status-alert.wasm").display(),
-        on.join(", ")
-    ));
-    std::fs::write(config, body).unwrap();
+    let on: Vec<&str> = names.iter().map(String::as_str).collect();
+    let body = body.table(policy("status-alert", &plugins_dir().join("status-alert.wasm"), &on, ""));
+    std::fs::write(config, body.to_string()).unwrap();
     let daemon = Daemon::start(dir, config);
     wait_for(Duration::from_secs(90), "three rounds of 500", || {
         (count("SELECT COUNT(*) FROM job_runs WHERE outcome = 'ok'") >= 1500).then_some(())
@@ -267,7 +219,7 @@ fn many_jobs(state: &str, target: &str, count: &dyn Fn(&str) -> i64, dir: &Path,
 
 #[test]
 fn five_hundred_jobs_every_five_seconds_on_sqlite_skip_nothing_and_raise_no_false_alarm() {
-    let (dir, config) = schedule_dir("version = 1\n");
+    let (dir, config) = schedule().write();
     let d = dir.path().to_path_buf();
     many_jobs("sqlite://warden-state.db", "sqlite://demo-app.db", &|sql| sqlite_count(&d, sql), dir.path(), &config);
 }
@@ -276,7 +228,7 @@ fn five_hundred_jobs_every_five_seconds_on_sqlite_skip_nothing_and_raise_no_fals
 fn five_hundred_jobs_every_five_seconds_on_postgres_skip_nothing_and_raise_no_false_alarm() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = rt.block_on(TestDb::create());
-    let (dir, config) = schedule_dir("version = 1\n");
+    let (dir, config) = schedule().write();
     let url = db.url.clone();
     let count = |sql: &str| {
         let sql = sql

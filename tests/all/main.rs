@@ -1,6 +1,7 @@
 //! One test binary for every integration test (each extra binary links ~500 MB).
 //! Areas: configuration snapshots, Postgres-backed tasks and store, S3, end to end.
 
+mod schedule;
 mod smtp_server;
 mod support;
 

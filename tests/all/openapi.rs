@@ -8,22 +8,17 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::admin_api::{ROUTES, schedule_with_status_alert};
-use crate::support::{Daemon, TestDb, http, schedule_dir, wait_for};
+use crate::schedule::Schedule;
+use crate::support::{Daemon, TestDb, http, wait_for};
 
 const TOKEN: &str = "fuzz-admin-token-0123456789";
 
 /// The admin API test schedule (a probe, a nightly job, the status-alert policy) with a
 /// maintenance window, so every list has something in it.
-fn schedule() -> String {
-    schedule_with_status_alert()
-        + r#"
-[[maintenance]]
-name = "sunday backups"
-cron = "0 0 2 * * Sun"
-duration = "1h"
-job = "probe"
-comment = "backups slow the database down"
-"#
+fn fuzz_schedule() -> Schedule {
+    let window = "[[maintenance]]\nname = \"sunday backups\"\ncron = \"0 0 2 * * Sun\"\nduration = \"1h\"\n\
+                  job = \"probe\"\ncomment = \"backups slow the database down\"";
+    schedule_with_status_alert().table(window)
 }
 
 fn schemathesis() -> String {
@@ -49,7 +44,7 @@ fn newest_probe_run(daemon: &Daemon) -> i64 {
 
 #[test]
 fn the_document_lists_exactly_the_served_routes_and_survives_schemathesis_on_sqlite() {
-    let (dir, config) = schedule_dir(&schedule());
+    let (dir, config) = fuzz_schedule().write();
     let daemon = Daemon::start_with_env(dir.path(), &config, &[("WARDEN_ADMIN_TOKEN", TOKEN)]);
     wait_for(Duration::from_secs(20), "a probe run", || (newest_probe_run(&daemon) > 0).then_some(()));
 
@@ -161,8 +156,7 @@ fn fuzz(daemon: Daemon, store: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn schemathesis_finds_no_server_error_with_the_state_store_on_postgres() {
     let db = TestDb::create().await;
-    let body = schedule().replacen("version = 1\n", &format!("version = 1\n[state]\nurl = \"{}\"\n", db.url), 1);
-    let (dir, config) = schedule_dir(&body);
+    let (dir, config) = fuzz_schedule().state(&db.url).write();
     let daemon = Daemon::start_with_env(dir.path(), &config, &[("WARDEN_ADMIN_TOKEN", TOKEN)]);
     wait_for(Duration::from_secs(20), "a probe run", || (newest_probe_run(&daemon) > 0).then_some(()));
     tokio::task::block_in_place(|| fuzz(daemon, "postgres"));

@@ -12,12 +12,16 @@ use warden::health::{CheckResult, Snapshot, Status};
 use warden::runtime::{ActionRecord, Capabilities, EvalError, Evaluation, Policy, PolicyEngine, Priority};
 use warden::tasks::{Event, Gauge};
 
+use crate::schedule::{policy, probe, schedule};
+
 /// The `[[policy]]` table of the shipped status-alert on `health-probe`, without cooldown, as
 /// the end-to-end tests configure it.
 pub fn status_alert_policy() -> String {
-    format!(
-        "[[policy]]\nname = \"status-alert\"\ncomponent = \"{}\"\non = [\"health-probe\"]\nconfig = {{ cooldown = \"0s\" }}\n",
-        plugins_dir().join("status-alert.wasm").display()
+    policy(
+        "status-alert",
+        &plugins_dir().join("status-alert.wasm"),
+        &["health-probe"],
+        "config = { cooldown = \"0s\" }",
     )
 }
 
@@ -399,25 +403,13 @@ async fn state_writes_and_actions_commit_together_or_not_at_all() {
 
     let dir = tempfile::tempdir().unwrap();
     let closed = crate::support::free_port();
-    let body = format!(
-        r#"version = 1
-product = "MNW"
-[targets]
-database = "postgres://postgres@127.0.0.1:{closed}/gone"
-[[job]]
-name = "probe"
-every = "30s"
-task = "probe"
-checks = [{{ name = "db", kind = "db", timeout = "2s" }}]
-[[policy]]
-name = "status-alert"
-component = "{}"
-on = ["probe"]
-"#,
-        plugins_dir().join("status-alert.wasm").display()
-    );
+    let body = schedule()
+        .product("MNW")
+        .target(&format!("postgres://postgres@127.0.0.1:{closed}/gone"), "")
+        .job(probe("probe", "30s", &[r#"{ name = "db", kind = "db", timeout = "2s" }"#]))
+        .table(policy("status-alert", &plugins_dir().join("status-alert.wasm"), &["probe"], ""));
     let path = dir.path().join("schedules.toml");
-    std::fs::write(&path, body).unwrap();
+    std::fs::write(&path, body.to_string()).unwrap();
     let cfg = warden::config::load(&path).unwrap();
     let ctx = warden::daemon::open(&cfg).await.unwrap();
     let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm-cache");

@@ -12,6 +12,7 @@ use warden::health::Status;
 use warden::store::{Outcome, StateStore};
 use warden::tasks::Event;
 
+use crate::schedule::{probe, schedule};
 use crate::support::{TestDb, silent_server};
 
 fn config(body: &str) -> Config {
@@ -44,7 +45,7 @@ async fn open(config: &Config) -> RunContext {
 #[tokio::test]
 async fn migrations_create_the_state_tables_in_their_own_schema_and_rerun_cleanly() {
     let db = TestDb::create().await;
-    let cfg = config(&format!("version = 1\n[state]\nurl = \"{}\"\n", db.url));
+    let cfg = config(&schedule().state(&db.url).to_string());
     StateStore::open(&cfg.state).await.unwrap();
     StateStore::open(&cfg.state).await.expect("migrations are idempotent");
     let pool = db.pool().await;
@@ -129,19 +130,8 @@ async fn without_being_asked_warden_never_creates_the_application_tables() {
 }
 
 fn probe_config(state: &str, target: &str, check_timeout: &str) -> Config {
-    config(&format!(
-        r#"version = 1
-[targets]
-database = "{target}"
-[state]
-url = "{state}"
-[[job]]
-name = "probe"
-every = "30s"
-task = "probe"
-checks = [{{ name = "db", kind = "db", timeout = "{check_timeout}" }}]
-"#
-    ))
+    let db = format!(r#"{{ name = "db", kind = "db", timeout = "{check_timeout}" }}"#);
+    config(&schedule().target(target, "").state(state).job(probe("probe", "30s", &[&db])).to_string())
 }
 
 #[tokio::test]
@@ -195,23 +185,9 @@ async fn prune_deletes_exactly_the_old_rows_across_several_batches() {
     .execute(&pool)
     .await
     .unwrap();
-    let cfg = config(&format!(
-        r#"version = 1
-[targets]
-database = "{url}"
-[state]
-url = "{url}"
-[[job]]
-name = "prune-events"
-cron = "0 0 3 * * *"
-task = "prune"
-table = "events"
-column = "created_at"
-older_than = "30d"
-batch_size = 4
-"#,
-        url = db.url
-    ));
+    let prune = "[[job]]\nname = \"prune-events\"\ncron = \"0 0 3 * * *\"\ntask = \"prune\"\ntable = \"events\"\n\
+                 column = \"created_at\"\nolder_than = \"30d\"\nbatch_size = 4";
+    let cfg = config(&schedule().target(&db.url, "").state(&db.url).table(prune).to_string());
     let ctx = open(&cfg).await;
     let report = execute(cfg.job("prune-events").unwrap(), Utc::now(), Trigger::Manual, &ctx).await;
     assert_eq!(report.outcome, Outcome::Ok, "{:?}", report.error);
@@ -327,7 +303,7 @@ async fn two_schedulers_on_one_database_run_each_occurrence_once() {
 #[tokio::test]
 async fn runs_left_running_before_the_cutoff_are_recorded_failed_once() {
     let db = TestDb::create().await;
-    let cfg = config(&format!("version = 1\n[state]\nurl = \"{}\"\n", db.url));
+    let cfg = config(&schedule().state(&db.url).to_string());
     let store = StateStore::open(&cfg.state).await.unwrap();
     let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 3, 0, 0).unwrap();
     let old = store.claim("nightly", t0, "schedule").await.unwrap().unwrap();

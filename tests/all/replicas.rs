@@ -8,39 +8,31 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::policies::status_alert_policy;
+use crate::schedule::{DB, Job, SESSIONS, job, probe, schedule};
 use crate::smtp_server::SmtpServer;
 use crate::support::{Daemon, TestDb, http, schedule_dir};
 
-fn schedule(state: &str, app: &Path, smtp: &str) -> String {
-    format!(
-        r#"version = 1
-product = "MNW"
-[state]
-url = "{state}"
-[targets]
-database = "sqlite://{app}"
-demo_schema = false
-[alerts]
-admin = ["ops@example.org"]
-smtp = "{smtp}"
-public_url = "http://status.example.org"
-backoff = "200ms"
-[alerts.subscribers]
-query = "SELECT id, email FROM users WHERE status_alerts = 1 ORDER BY id"
-opt_out = "UPDATE users SET status_alerts = 0 WHERE id = $1"
-signing_secret_file = ".warden/signing-secret"
-[[job]]
-name = "health-probe"
-every = "2s"
-task = "probe"
-checks = [
-  {{ name = "db", kind = "db", critical = true }},
-  {{ name = "sessions", kind = "sql", query = "SELECT COUNT(*) FROM session" }},
-]
-{policy}"#,
-        app = app.display(),
-        policy = status_alert_policy(),
-    )
+fn replica_schedule(state: &str, app: &Path, smtp: &str) -> String {
+    let alerts = "public_url = \"http://status.example.org\"\nbackoff = \"200ms\"\n[alerts.subscribers]\n\
+                  query = \"SELECT id, email FROM users WHERE status_alerts = 1 ORDER BY id\"\n\
+                  opt_out = \"UPDATE users SET status_alerts = 0 WHERE id = $1\"\n\
+                  signing_secret_file = \".warden/signing-secret\"";
+    schedule()
+        .product("MNW")
+        .state(state)
+        .target(&format!("sqlite://{}", app.display()), "demo_schema = false")
+        .alerts(smtp, alerts)
+        .job(probe("health-probe", "2s", &[DB, SESSIONS]))
+        .table(status_alert_policy())
+        .to_string()
+}
+
+/// Alerts that retry fast, for the outage tests.
+const FAST_RETRY: &str = "backoff = \"200ms\"\nmax_backoff = \"1s\"";
+
+/// The probe of the outage tests: every 2 s, each check under 1 s.
+fn outage_probe(checks: &[&str]) -> Job {
+    probe("health-probe", "2s", checks).with("timeout = \"5s\"")
 }
 
 /// The probe's runs in the store: (scheduled_at, replica, outcome), oldest first.
@@ -82,7 +74,7 @@ async fn three_replicas_take_turns_agree_share_one_secret_and_take_over_one_kill
     // Each replica in its own folder: its own spool and its own (absent) secret file.
     let replicas: Vec<_> = (0..3)
         .map(|_| {
-            let (dir, config) = schedule_dir(&schedule(&db.url, &app, &smtp.url()));
+            let (dir, config) = schedule_dir(&replica_schedule(&db.url, &app, &smtp.url()));
             let daemon = Daemon::start(dir.path(), &config);
             (dir, daemon)
         })
@@ -202,13 +194,7 @@ async fn three_replicas_take_turns_agree_share_one_secret_and_take_over_one_kill
 async fn a_stopped_replica_s_run_is_run_again_and_its_leases_released() {
     let db = TestDb::create().await;
     let smtp = SmtpServer::start();
-    let body = format!(
-        "version = 1\n[state]\nurl = \"{}\"\n[alerts]\nadmin = [\"ops@example.org\"]\nsmtp = \"{}\"\n\
-         [[job]]\nname = \"tick\"\nevery = \"1h\"\ntask = \"pool-stats\"\n",
-        db.url,
-        smtp.url()
-    );
-    let (dir, config) = schedule_dir(&body);
+    let (dir, config) = schedule().state(&db.url).alerts(&smtp.url(), "").job(job("tick", "1h", "pool-stats")).write();
     let daemon = Daemon::start(dir.path(), &config);
     let pool = db.pool().await;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -272,7 +258,7 @@ async fn a_stopped_replica_s_run_is_run_again_and_its_leases_released() {
 
 #[test]
 fn a_second_warden_run_on_one_sqlite_state_is_refused() {
-    let (dir, config) = schedule_dir("version = 1\n[[job]]\nname = \"tick\"\nevery = \"1s\"\ntask = \"pool-stats\"\n");
+    let (dir, config) = schedule().job(job("tick", "1s", "pool-stats")).write();
     let first = Daemon::start(dir.path(), &config);
     let out = std::process::Command::new(crate::support::warden_bin())
         .args(["run", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"])
@@ -363,33 +349,18 @@ async fn through_a_store_outage_three_replicas_send_one_down_and_one_recovered()
     let proxy = crate::support::Proxy::start("127.0.0.1:5432".parse().unwrap());
     let url = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
     let smtp = SmtpServer::start();
-    let body = format!(
-        r#"version = 1
-product = "MNW"
-[targets]
-database = "{url}"
-demo_schema = true
-[state]
-url = "{url}"
-[alerts]
-admin = ["ops@example.org"]
-smtp = "{smtp}"
-backoff = "200ms"
-max_backoff = "1s"
-[alerts.subscribers]
-query = "SELECT id, email FROM users WHERE status_alerts = TRUE ORDER BY id"
-opt_out = "UPDATE users SET status_alerts = false WHERE id = $1::bigint"
-signing_secret_file = ".warden/signing-secret"
-[[job]]
-name = "health-probe"
-every = "2s"
-timeout = "5s"
-task = "probe"
-checks = [{{ name = "db", kind = "db", critical = true, timeout = "1s" }}]
-{policy}"#,
-        smtp = smtp.url(),
-        policy = status_alert_policy(),
-    );
+    let subscribers = "[alerts.subscribers]\nquery = \"SELECT id, email FROM users WHERE status_alerts = TRUE ORDER BY id\"\n\
+                       opt_out = \"UPDATE users SET status_alerts = false WHERE id = $1::bigint\"\n\
+                       signing_secret_file = \".warden/signing-secret\"";
+    let body = schedule()
+        .product("MNW")
+        .target(&url, "demo_schema = true")
+        .state(&url)
+        .alerts(&smtp.url(), FAST_RETRY)
+        .table(subscribers)
+        .job(outage_probe(&[r#"{ name = "db", kind = "db", critical = true, timeout = "1s" }"#]))
+        .table(status_alert_policy())
+        .to_string();
     let replicas: Vec<_> = (0..3)
         .map(|_| {
             let (dir, config) = schedule_dir(&body);
@@ -507,31 +478,18 @@ async fn a_replica_paused_across_a_change_and_resumed_in_an_outage_sends_nothing
     let pool = db.pool().await;
     sqlx::query("CREATE TABLE public.session (id TEXT)").execute(&pool).await.unwrap();
     let smtp = SmtpServer::start();
-    let body = format!(
-        r#"version = 1
-product = "MNW"
-[targets]
-database = "{url}"
-[state]
-url = "{url}"
-[alerts]
-admin = ["ops@example.org"]
-smtp = "{smtp}"
-backoff = "200ms"
-max_backoff = "1s"
-[[job]]
-name = "health-probe"
-every = "2s"
-timeout = "5s"
-task = "probe"
-checks = [
-  {{ name = "db", kind = "db", critical = true, timeout = "1s" }},
-  {{ name = "sessions", kind = "sql", query = "SELECT COUNT(*) FROM public.session", timeout = "1s" }},
-]
-{policy}"#,
-        smtp = smtp.url(),
-        policy = status_alert_policy(),
-    );
+    let checks = [
+        r#"{ name = "db", kind = "db", critical = true, timeout = "1s" }"#,
+        r#"{ name = "sessions", kind = "sql", query = "SELECT COUNT(*) FROM public.session", timeout = "1s" }"#,
+    ];
+    let body = schedule()
+        .product("MNW")
+        .target(&url, "")
+        .state(&url)
+        .alerts(&smtp.url(), FAST_RETRY)
+        .job(outage_probe(&checks))
+        .table(status_alert_policy())
+        .to_string();
     let replicas: Vec<_> = (0..3)
         .map(|_| {
             let (dir, config) = schedule_dir(&body);

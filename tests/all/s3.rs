@@ -7,23 +7,15 @@ use warden::daemon::{Trigger, execute};
 use warden::health::Status;
 use warden::tasks::Event;
 
+use crate::schedule::{probe, schedule};
 use crate::support::S3Server;
 
 fn config(dir: &Path, endpoint: &str, bucket: &str) -> warden::config::Config {
-    let body = format!(
-        r#"version = 1
-[targets]
-s3 = {{ bucket = "{bucket}", endpoint = "{endpoint}", access_key_id = "test", secret_access_key = "test" }}
-[[job]]
-name = "probe"
-every = "30s"
-task = "probe"
-checks = [
-  {{ name = "db", kind = "db" }},
-  {{ name = "s3", kind = "s3", timeout = "3s" }},
-]
-"#
+    let s3 = format!(
+        r#"s3 = {{ bucket = "{bucket}", endpoint = "{endpoint}", access_key_id = "test", secret_access_key = "test" }}"#
     );
+    let checks = [r#"{ name = "db", kind = "db" }"#, r#"{ name = "s3", kind = "s3", timeout = "3s" }"#];
+    let body = schedule().table(format!("[targets]\n{s3}")).job(probe("probe", "30s", &checks)).to_string();
     warden::config::parse(&body, &dir.join("schedules.toml"), &|_| None).unwrap()
 }
 
@@ -71,8 +63,8 @@ async fn a_missing_bucket_fails_the_check() {
 #[tokio::test]
 async fn no_s3_configured_counts_as_ok() {
     let dir = tempfile::tempdir().unwrap();
-    let body = "version = 1\n[[job]]\nname = \"probe\"\nevery = \"30s\"\ntask = \"probe\"\nchecks = [{ name = \"s3\", kind = \"s3\" }]\n";
-    let cfg = warden::config::parse(body, &dir.path().join("schedules.toml"), &|_| None).unwrap();
+    let body = schedule().job(probe("probe", "30s", &[r#"{ name = "s3", kind = "s3" }"#])).to_string();
+    let cfg = warden::config::parse(&body, &dir.path().join("schedules.toml"), &|_| None).unwrap();
     let ctx = warden::daemon::open(&cfg).await.unwrap();
     let (status, s3) = probe_s3(&cfg, &ctx).await;
     assert!(s3.ok && s3.error.is_none());

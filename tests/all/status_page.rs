@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{Daemon, http_get, schedule_dir, wait_for};
+use crate::schedule::{DB, SESSIONS, probe, schedule};
+use crate::support::{Daemon, http_get, wait_for};
 
 fn chromium() -> String {
     let bin = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
@@ -38,24 +39,11 @@ fn headless(profile: &std::path::Path) -> Command {
 
 #[test]
 fn the_status_page_renders_in_headless_chromium_with_status_chart_and_changes() {
-    let (dir, config) = schedule_dir(
-        r#"version = 1
-product = "MNW"
-[[job]]
-name = "health-probe"
-every = "1s"
-task = "probe"
-checks = [{ name = "db", kind = "db", critical = true }, { name = "sessions", kind = "sql", query = "SELECT COUNT(*) FROM session" }]
-
-# A window that is always on: every minute, for a minute.
-[[maintenance]]
-name = "database upgrade"
-cron = "0 * * * * *"
-duration = "1m"
-job = "health-probe"
-comment = "expect short interruptions"
-"#,
-    );
+    // A window that is always on: every minute, for a minute.
+    let window = "[[maintenance]]\nname = \"database upgrade\"\ncron = \"0 * * * * *\"\nduration = \"1m\"\n\
+                  job = \"health-probe\"\ncomment = \"expect short interruptions\"";
+    let (dir, config) =
+        schedule().product("MNW").job(probe("health-probe", "1s", &[DB, SESSIONS])).table(window).write();
     let daemon = Daemon::start(dir.path(), &config);
     wait_for(Duration::from_secs(20), "operational", || (daemon.get("/health").0 == 200).then_some(()));
     daemon.wait_runs("health-probe", 2);
@@ -115,18 +103,10 @@ comment = "expect short interruptions"
 
 #[test]
 fn each_public_route_can_be_turned_off() {
-    let (dir, config) = schedule_dir(
-        r#"version = 1
-[http]
-status_page = false
-metrics = false
-[[job]]
-name = "health-probe"
-every = "1s"
-task = "probe"
-checks = [{ name = "db", kind = "db", critical = true }]
-"#,
-    );
+    let (dir, config) = schedule()
+        .table("[http]\nstatus_page = false\nmetrics = false")
+        .job(probe("health-probe", "1s", &[DB]))
+        .write();
     let daemon = Daemon::start(dir.path(), &config);
     wait_for(Duration::from_secs(20), "a probe", || (daemon.get("/health").0 == 200).then_some(()));
     assert_eq!(daemon.get("/").0, 404);
