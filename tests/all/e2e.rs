@@ -3,23 +3,15 @@
 
 use std::time::Duration;
 
+use crate::schedule::{Schedule, job, policy, probe, schedule};
 use crate::support::{Daemon, schedule_dir, wait_for, warden};
 
-const PROBE_EVERY_SECOND: &str = r#"version = 1
-[[job]]
-name = "probe"
-every = "1s"
-task = "probe"
-checks = [
-  { name = "db", kind = "db", critical = true, timeout = "2s" },
-  { name = "sessions", kind = "sql", query = "SELECT EXISTS(SELECT 1 FROM session)" },
-]
-
-[[job]]
-name = "pool"
-every = "1s"
-task = "pool-stats"
-"#;
+/// A probe and the pool gauge, every second.
+fn probe_every_second() -> Schedule {
+    let db = r#"{ name = "db", kind = "db", critical = true, timeout = "2s" }"#;
+    let sessions = r#"{ name = "sessions", kind = "sql", query = "SELECT EXISTS(SELECT 1 FROM session)" }"#;
+    schedule().job(probe("probe", "1s", &[db, sessions])).job(job("pool", "1s", "pool-stats"))
+}
 
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
@@ -27,7 +19,7 @@ fn json(body: &str) -> serde_json::Value {
 
 #[test]
 fn run_serves_health_and_metrics_and_exits_cleanly_on_sigterm() {
-    let (dir, config) = schedule_dir(PROBE_EVERY_SECOND);
+    let (dir, config) = probe_every_second().write();
     let daemon = Daemon::start(dir.path(), &config);
 
     let health = wait_for(Duration::from_secs(20), "a probe", || {
@@ -71,7 +63,7 @@ fn run_serves_health_and_metrics_and_exits_cleanly_on_sigterm() {
 
 #[test]
 fn health_is_503_before_any_check_and_when_the_status_is_error() {
-    let (dir, config) = schedule_dir("version = 1\n[[job]]\nname = \"pool\"\nevery = \"1h\"\ntask = \"pool-stats\"\n");
+    let (dir, config) = schedule().job(job("pool", "1h", "pool-stats")).write();
     let daemon = Daemon::start(dir.path(), &config);
     let (code, body) = daemon.get("/health");
     assert_eq!(code, 503);
@@ -79,11 +71,10 @@ fn health_is_503_before_any_check_and_when_the_status_is_error() {
     drop(daemon);
 
     let port = crate::support::free_port();
-    let body = format!(
-        "version = 1\n[targets]\ndatabase = \"postgres://postgres@127.0.0.1:{port}/gone\"\n\
-         [[job]]\nname = \"probe\"\nevery = \"1s\"\ntask = \"probe\"\nchecks = [{{ name = \"db\", kind = \"db\", timeout = \"1s\" }}]\n"
-    );
-    std::fs::write(&config, body).unwrap();
+    let gone = format!("postgres://postgres@127.0.0.1:{port}/gone");
+    let body =
+        schedule().target(&gone, "").job(probe("probe", "1s", &[r#"{ name = "db", kind = "db", timeout = "1s" }"#]));
+    std::fs::write(&config, body.to_string()).unwrap();
     let daemon = Daemon::start(dir.path(), &config);
     let health = wait_for(Duration::from_secs(20), "an error status", || {
         let (code, body) = daemon.get("/health");
@@ -122,21 +113,9 @@ fn check_lists_every_problem_with_file_line_and_column() {
 
 #[test]
 fn jobs_lists_schedules_next_fires_and_last_runs() {
-    let (dir, config) = schedule_dir(
-        r#"version = 1
-[[job]]
-name = "nightly"
-cron = "0 0 3 * * *"
-tz = "Europe/Berlin"
-task = "pool-stats"
-
-[[job]]
-name = "often"
-every = "30s"
-task = "pool-stats"
-enabled = false
-"#,
-    );
+    let nightly = "[[job]]\nname = \"nightly\"\ncron = \"0 0 3 * * *\"\ntz = \"Europe/Berlin\"\ntask = \"pool-stats\"";
+    let (dir, config) =
+        schedule().table(nightly).job(job("often", "30s", "pool-stats").with("enabled = false")).write();
     let cfg = config.to_str().unwrap();
     let (code, stdout, stderr) = warden(dir.path(), &["jobs", "--config", cfg]);
     assert_eq!(code, 0, "{stderr}");
@@ -158,9 +137,8 @@ enabled = false
 
 #[test]
 fn trigger_exits_non_zero_when_the_job_fails() {
-    let (dir, config) = schedule_dir(
-        "version = 1\n[[job]]\nname = \"broken\"\nevery = \"1h\"\ntask = \"sql\"\nstatement = \"DELETE FROM no_such_table\"\n",
-    );
+    let (dir, config) =
+        schedule().job(job("broken", "1h", "sql").with(r#"statement = "DELETE FROM no_such_table""#)).write();
     let cfg = config.to_str().unwrap();
     let (code, stdout, _) = warden(dir.path(), &["trigger", "broken", "--config", cfg]);
     assert_eq!(code, 1, "{stdout}");
@@ -172,12 +150,12 @@ fn trigger_exits_non_zero_when_the_job_fails() {
 
 #[test]
 fn a_changed_schedule_is_reloaded_and_a_broken_one_refused() {
-    let (dir, config) = schedule_dir(PROBE_EVERY_SECOND);
+    let (dir, config) = probe_every_second().write();
     let daemon = Daemon::start(dir.path(), &config);
     wait_for(Duration::from_secs(20), "the first probe", || (daemon.get("/health").0 == 200).then_some(()));
 
     // A valid edit: a new job appears and runs without a restart.
-    let added = format!("{PROBE_EVERY_SECOND}\n[[job]]\nname = \"added\"\nevery = \"1s\"\ntask = \"pool-stats\"\n");
+    let added = probe_every_second().job(job("added", "1s", "pool-stats")).to_string();
     std::fs::write(&config, &added).unwrap();
     wait_for(Duration::from_secs(20), "the added job to run", || {
         daemon.get("/metrics").1.contains("warden_job_runs_total{job=\"added\",outcome=\"ok\"}").then_some(())
@@ -193,8 +171,8 @@ fn a_changed_schedule_is_reloaded_and_a_broken_one_refused() {
         daemon.log().contains("configuration refused").then_some(())
     });
     let log = daemon.log();
-    assert!(log.contains("schedules.toml:13:9: job \"pool\".every: invalid duration `1 s`"), "{log}");
-    assert!(log.contains("schedules.toml:18:9: job \"added\".every: invalid duration `1 s`"), "{log}");
+    assert!(log.contains("schedules.toml:9:9: job \"pool\".every: invalid duration `1 s`"), "{log}");
+    assert!(log.contains("schedules.toml:13:9: job \"added\".every: invalid duration `1 s`"), "{log}");
     let runs = |body: &str| -> u64 {
         body.lines()
             .find(|l| l.starts_with("warden_job_runs_total{job=\"added\",outcome=\"ok\"}"))
@@ -208,7 +186,7 @@ fn a_changed_schedule_is_reloaded_and_a_broken_one_refused() {
     assert!(daemon.get("/metrics").1.contains("warden_config_reloads_total{result=\"refused\"}"));
 
     // SIGHUP reloads too: a fixed file is taken.
-    std::fs::write(&config, PROBE_EVERY_SECOND).unwrap();
+    std::fs::write(&config, probe_every_second().to_string()).unwrap();
     daemon.signal("HUP");
     wait_for(Duration::from_secs(20), "a reload", || {
         daemon.log().matches("configuration reloaded").count().ge(&2).then_some(())
@@ -218,9 +196,9 @@ fn a_changed_schedule_is_reloaded_and_a_broken_one_refused() {
 
 #[test]
 fn a_daily_job_missed_while_down_runs_once_at_start_up() {
-    let (dir, config) = schedule_dir(
-        "version = 1\n[[job]]\nname = \"daily\"\ncron = \"0 15 3 * * *\"\ntask = \"prune\"\ndb = \"state\"\ntable = \"health_history\"\ncolumn = \"checked_at\"\nolder_than = \"30d\"\n",
-    );
+    let daily = "[[job]]\nname = \"daily\"\ncron = \"0 15 3 * * *\"\ntask = \"prune\"\ndb = \"state\"\n\
+                 table = \"health_history\"\ncolumn = \"checked_at\"\nolder_than = \"30d\"";
+    let (dir, config) = schedule().table(daily).write();
     let cfg = config.to_str().unwrap();
     let runs = |dir: &std::path::Path| {
         let (_, stdout, _) = warden(dir, &["jobs", "--config", cfg]);
@@ -249,9 +227,8 @@ fn health_keeps_answering_and_probing_while_the_state_store_is_unreachable() {
     let upstream: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
     let proxy = crate::support::Proxy::start(upstream);
     let state_url = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
-    let (dir, config) = schedule_dir(&format!(
-        "version = 1\n[state]\nurl = \"{state_url}\"\n[[job]]\nname = \"probe\"\nevery = \"1s\"\ntask = \"probe\"\nchecks = [{{ name = \"db\", kind = \"db\" }}]\n"
-    ));
+    let (dir, config) =
+        schedule().state(&state_url).job(probe("probe", "1s", &[r#"{ name = "db", kind = "db" }"#])).write();
     let daemon = Daemon::start(dir.path(), &config);
     let checked_at = |d: &Daemon| {
         let (code, body) = d.get("/health");
@@ -299,9 +276,8 @@ fn counter(metrics: &str, prefix: &str) -> u64 {
 #[test]
 fn a_plugin_is_hot_swapped_while_probes_run_and_no_evaluation_is_lost() {
     let plugins = crate::policies::plugins_dir();
-    let (dir, config) = schedule_dir(&format!(
-        "{PROBE_EVERY_SECOND}\n[[policy]]\nname = \"echo\"\ncomponent = \"policy.wasm\"\non = [\"probe\"]\nconfig = {{ mode = \"ok\" }}\n"
-    ));
+    let echo = "[[policy]]\nname = \"echo\"\ncomponent = \"policy.wasm\"\non = [\"probe\"]\nconfig = { mode = \"ok\" }";
+    let (dir, config) = probe_every_second().table(echo).write();
     let component = dir.path().join("policy.wasm");
     std::fs::copy(plugins.join("bad-guest.wasm"), &component).unwrap();
     let daemon = Daemon::start(dir.path(), &config);
@@ -334,8 +310,7 @@ fn a_plugin_is_hot_swapped_while_probes_run_and_no_evaluation_is_lost() {
     // Every probe run was evaluated: none lost across the swaps. The probe is taken out of
     // the schedule first, so no run sits between its evaluation and its commit when the
     // two counters are read (a lost evaluation could hide behind one in flight).
-    let only_pool = "version = 1\n[[job]]\nname = \"pool\"\nevery = \"1s\"\ntask = \"pool-stats\"\n";
-    std::fs::write(&config, only_pool).unwrap();
+    std::fs::write(&config, schedule().job(job("pool", "1s", "pool-stats")).to_string()).unwrap();
     wait_for(Duration::from_secs(20), "the probe out of the schedule", || {
         daemon.log().contains("configuration reloaded jobs=1 policies=0").then_some(())
     });
@@ -347,39 +322,137 @@ fn a_plugin_is_hot_swapped_while_probes_run_and_no_evaluation_is_lost() {
     assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
 }
 
+/// `component` with a custom section naming `tag`: the same code under bytes no compile
+/// cache has seen.
+fn unseen(component: &[u8], tag: &str) -> Vec<u8> {
+    let mut payload = vec![tag.len() as u8];
+    payload.extend_from_slice(tag.as_bytes());
+    payload.extend_from_slice(&rand_bytes());
+    let mut out = component.to_vec();
+    out.push(0); // a custom section
+    out.push(payload.len() as u8);
+    out.extend(payload);
+    out
+}
+
+fn rand_bytes() -> [u8; 16] {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    nanos.to_le_bytes()
+}
+
+#[test]
+fn a_reload_compiling_new_components_leaves_every_probe_on_time() {
+    let plugins = crate::policies::plugins_dir();
+    let (dir, config) = probe_every_second().write();
+    let daemon = Daemon::start(dir.path(), &config);
+    daemon.wait_runs("probe", 2);
+
+    // Two components never compiled here: the reload compiles them (seconds in a debug
+    // build) while the probe keeps its schedule.
+    let guest = std::fs::read(plugins.join("wasi-guest.wasm")).unwrap();
+    let mut next = probe_every_second();
+    for name in ["big-0", "big-1"] {
+        let file = dir.path().join(format!("{name}.wasm"));
+        std::fs::write(&file, unseen(&guest, name)).unwrap();
+        next = next.table(policy(name, &file, &["probe"], ""));
+    }
+    let asked = chrono::Utc::now();
+    std::fs::write(&config, next.to_string()).unwrap();
+    wait_for(Duration::from_secs(120), "the reload", || {
+        daemon.log().contains("configuration reloaded jobs=2 policies=2").then_some(())
+    });
+    daemon.wait_runs("probe", 2);
+    assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
+
+    let db = dir.path().join("warden-state.db");
+    let runs: Vec<(chrono::DateTime<chrono::Utc>, Option<i64>)> =
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+            sqlx::query_as(
+                "SELECT scheduled_at, lateness_ms FROM job_runs WHERE job = 'probe' AND trigger = 'schedule' \
+                 ORDER BY scheduled_at",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        });
+    let around: Vec<_> = runs.iter().filter(|(at, _)| *at >= asked - chrono::Duration::seconds(2)).collect();
+    assert!(around.len() >= 4, "{runs:?}");
+    for pair in around.windows(2) {
+        assert_eq!((pair[1].0 - pair[0].0).num_milliseconds(), 1000, "an occurrence is missing: {around:?}");
+    }
+    let late = around.iter().filter_map(|(_, l)| *l).max().unwrap();
+    assert!(late < 1000, "a probe {late} ms late during the reload: {around:?}\n{}", dir.path().display());
+}
+
+#[test]
+fn a_start_with_cold_components_runs_the_probe_on_time_and_every_event_reaches_the_policies() {
+    let plugins = crate::policies::plugins_dir();
+    let guest = std::fs::read(plugins.join("wasi-guest.wasm")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut body = probe_every_second();
+    for name in ["cold-0", "cold-1"] {
+        let file = dir.path().join(format!("{name}.wasm"));
+        std::fs::write(&file, unseen(&guest, name)).unwrap();
+        body = body.table(policy(name, &file, &["probe"], ""));
+    }
+    let config = dir.path().join("schedules.toml");
+    std::fs::write(&config, body.to_string()).unwrap();
+    let started = chrono::Utc::now();
+    let daemon = Daemon::start(dir.path(), &config);
+    wait_for(Duration::from_secs(120), "the policies", || daemon.log().contains("policies ready").then_some(()));
+    let log = daemon.log();
+    let ready = log.lines().find(|l| l.contains("policies ready")).unwrap();
+    assert!(!ready.contains("waiting=0"), "no run waited for the policies, so this shows nothing: {ready}");
+    daemon.wait_runs("probe", 2);
+
+    // Every probe run was evaluated by both, the ones before the policies were ready too.
+    std::fs::write(&config, schedule().job(job("pool", "1s", "pool-stats")).to_string()).unwrap();
+    wait_for(Duration::from_secs(20), "the probe out of the schedule", || {
+        daemon.log().contains("configuration reloaded jobs=1 policies=0").then_some(())
+    });
+    daemon.wait_runs("pool", 2);
+    let m = daemon.get("/metrics").1;
+    let runs = counter(&m, "warden_job_runs_total{job=\"probe\",outcome=\"ok\"}");
+    for name in ["cold-0", "cold-1"] {
+        let evals = counter(&m, &format!("warden_policy_evaluations_total{{policy=\"{name}\",outcome=\"ok\"}}"));
+        assert_eq!(evals, runs, "{name}: an evaluation for every probe run");
+    }
+    assert!(!daemon.log().contains("this one is dropped"), "decided out of order:\n{}", daemon.log());
+    assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
+
+    // The probe kept its schedule from the start: the first within a second or two, none missing.
+    let db = dir.path().join("warden-state.db");
+    let runs: Vec<(chrono::DateTime<chrono::Utc>, Option<i64>)> =
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+            sqlx::query_as(
+                "SELECT scheduled_at, lateness_ms FROM job_runs WHERE job = 'probe' AND trigger = 'schedule' \
+                 ORDER BY scheduled_at",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        });
+    assert!((runs[0].0 - started).num_milliseconds() < 3000, "first probe at {} for a start at {started}", runs[0].0);
+    for pair in runs.windows(2) {
+        assert_eq!((pair[1].0 - pair[0].0).num_milliseconds(), 1000, "an occurrence is missing: {runs:?}");
+    }
+    let late = runs.iter().filter_map(|(_, l)| *l).max().unwrap();
+    assert!(late < 1000, "a probe {late} ms late: {runs:?}");
+}
+
 #[test]
 fn check_loads_every_plugin_reads_the_smtp_ca_and_names_the_bad_ones() {
     let plugins = crate::policies::plugins_dir();
-    let (dir, config) = schedule_dir(&format!(
-        r#"version = 1
-[[job]]
-name = "probe"
-every = "30s"
-task = "probe"
-checks = [{{ name = "db", kind = "db" }}]
-
-[[policy]]
-name = "good"
-component = "{good}"
-on = ["probe"]
-
-[[policy]]
-name = "sneaky"
-component = "{sql}"
-on = ["probe"]
-
-[[policy]]
-name = "missing"
-component = "nowhere.wasm"
-on = ["probe"]
-
-[alerts]
-smtp = "smtp://mail.example.org:587?tls=required"
-smtp_ca = "no-such-ca.pem"
-"#,
-        good = plugins.join("status-alert.wasm").display(),
-        sql = plugins.join("sql-guest.wasm").display(),
-    ));
+    let policy = |name: &str, component: &std::path::Path| policy(name, component, &["probe"], "");
+    let (dir, config) = schedule()
+        .job(probe("probe", "30s", &[r#"{ name = "db", kind = "db" }"#]))
+        .table(policy("good", &plugins.join("status-alert.wasm")))
+        .table(policy("sneaky", &plugins.join("sql-guest.wasm")))
+        .table(policy("missing", std::path::Path::new("nowhere.wasm")))
+        .table("[alerts]\nsmtp = \"smtp://mail.example.org:587?tls=required\"\nsmtp_ca = \"no-such-ca.pem\"")
+        .write();
     let (code, stdout, stderr) = warden(dir.path(), &["check", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 1, "{stdout}{stderr}");
     // A policy importing `sql` without the grant loads: its calls fail inside the guest.

@@ -2,12 +2,14 @@
 //! event to the policies listening to the job, and commit the run, the snapshot, the
 //! policies' state writes and their outbox rows in one transaction.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use tracing::{error, info, warn};
 
 use super::RunContext;
+use super::deferred::Listeners;
 use crate::config::Job;
 use crate::metrics;
 use crate::runtime::PolicySet;
@@ -57,6 +59,9 @@ pub struct RunReport {
     pub spooled: bool,
     /// Whether it left alerts for the dispatcher (in the outbox or the spool).
     pub queued_alerts: bool,
+    /// The task ended before the policies were loaded: its event waits for them (and the
+    /// run is recorded once they decided).
+    pub deferred: bool,
 }
 
 /// Runs an occurrence without policies.
@@ -115,6 +120,37 @@ pub async fn execute_claimed(
 const BUSY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[allow(clippy::too_many_arguments)]
+/// The daemon's runs: as `execute_queued` (or `execute_claimed` with `at.claimed`), with
+/// the policies still loading at start-up; the event then waits for them in order.
+pub(super) async fn execute_listened(
+    job: &Arc<Job>,
+    at: Occurrence,
+    ctx: &RunContext,
+    listeners: &Listeners,
+    observe: &(dyn Fn(&Event) + Send + Sync),
+) -> RunReport {
+    let deferred = match listeners {
+        Listeners::Ready(set) => {
+            return run(job, at.scheduled, at.trigger, ctx, Some(set), observe, at.claimed, at.lateness).await;
+        }
+        Listeners::Waiting(deferred) => deferred,
+    };
+    // The state read with the claim would be stale by the time the policies decide.
+    let ran = match start(job, at, ctx, false, observe).await {
+        Ok(ran) => ran,
+        Err(report) => return report,
+    };
+    match deferred.idle_set() {
+        Some(set) => finish(job, ran, ctx, Some(&set)).await,
+        None => {
+            let report = RunReport { deferred: true, ..ran.report.clone() };
+            deferred.push(job.clone(), ran, ctx.clone());
+            report
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run(
     job: &Job,
     scheduled: DateTime<Utc>,
@@ -125,6 +161,57 @@ async fn run(
     claimed: Option<i64>,
     lateness: Option<std::time::Duration>,
 ) -> RunReport {
+    // With policies listening, the claim also reads their state for this job (one round
+    // trip on Postgres).
+    let wants_state = policies.is_some_and(|set| set.for_job(&job.name).next().is_some());
+    let at = Occurrence { scheduled, trigger, claimed, lateness };
+    match start(job, at, ctx, wants_state, observe).await {
+        Ok(ran) => finish(job, ran, ctx, policies).await,
+        Err(report) => report,
+    }
+}
+
+/// Which occurrence a run is, and how it came to run.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Occurrence {
+    pub scheduled: DateTime<Utc>,
+    pub trigger: Trigger,
+    /// Claimed by the caller already (a run-now).
+    pub claimed: Option<i64>,
+    /// How long it waited for a slot after it was due.
+    pub lateness: Option<std::time::Duration>,
+}
+
+/// A run whose task has ended, before its policies decide and it is recorded.
+pub(super) struct Ran {
+    report: RunReport,
+    event: Event,
+    at: Occurrence,
+    started: Instant,
+    started_at: DateTime<Utc>,
+    /// The claim reached the store (and the spool moved in): the run commits there.
+    store_up: bool,
+    /// The policies' state read with the claim, when it is still current.
+    claimed_states: Option<JobStates>,
+}
+
+impl Ran {
+    /// Its policies' state is read again when they decide (they decide later than the claim).
+    pub(super) fn forget_claimed_state(&mut self) {
+        self.claimed_states = None;
+    }
+}
+
+/// Claims the occurrence and runs the task under its timeout; `Err` is a run that ended
+/// there (claimed elsewhere, or given up).
+pub(super) async fn start(
+    job: &Job,
+    at: Occurrence,
+    ctx: &RunContext,
+    wants_state: bool,
+    observe: &(dyn Fn(&Event) + Send + Sync),
+) -> Result<Ran, RunReport> {
+    let Occurrence { scheduled, trigger, claimed, lateness } = at;
     let started = Instant::now();
     let started_at = Utc::now();
     let mut report = RunReport {
@@ -141,13 +228,11 @@ async fn run(
         committed: false,
         spooled: false,
         queued_alerts: false,
+        deferred: false,
     };
     if let Some(late) = lateness {
         metrics::record_lateness(&job.name, late.as_secs_f64());
     }
-    // With policies listening, the claim also reads their state for this job (one round
-    // trip on Postgres).
-    let wants_state = policies.is_some_and(|set| set.for_job(&job.name).next().is_some());
     let claim = match claimed {
         Some(id) => Ok(Some((id, None))),
         None => claim(job, scheduled, trigger, wants_state, ctx).await,
@@ -162,7 +247,7 @@ async fn run(
             info!(job = %job.name, %scheduled, "occurrence already claimed by another process");
             report.detail = Some("claimed by another process".into());
             report.claimed_elsewhere = true;
-            return report;
+            return Err(report);
         }
         Err(e) if ctx.store.is_unreachable(&e) => {
             // With replicas, one of them runs and sends through the outage.
@@ -171,7 +256,7 @@ async fn run(
             {
                 info!(job = %job.name, %scheduled, "state store unreachable; another replica leads through the outage, so this one does not run the occurrence");
                 report.detail = Some("held: another replica leads through the store outage".into());
-                return report;
+                return Err(report);
             }
             warn!(job = %job.name, error = %e, "state store unreachable; running the job unclaimed")
         }
@@ -181,7 +266,7 @@ async fn run(
             error!(job = %job.name, %scheduled, error = %e, "could not claim the occurrence; it is not run");
             metrics::record_run(&job.name, "unclaimed", 0.0);
             report.error = Some(format!("could not claim the occurrence: {e}"));
-            return report;
+            return Err(report);
         }
     }
     // While anything waits in the spool, the store is behind it: drain first, or keep
@@ -232,6 +317,14 @@ async fn run(
         Event::RunFinished(_) => {}
     }
 
+    Ok(Ran { report, event, at, started, started_at, store_up, claimed_states })
+}
+
+/// The policies listening to the job decide on the run's event, and the run, its snapshot
+/// and their decisions are committed in one transaction (or spooled).
+pub(super) async fn finish(job: &Job, ran: Ran, ctx: &RunContext, policies: Option<&PolicySet>) -> RunReport {
+    let Ran { mut report, event, at, started, started_at, mut store_up, mut claimed_states } = ran;
+    let Occurrence { scheduled, trigger, lateness, .. } = at;
     let mut decisions = Vec::new();
     if let Some(set) = policies {
         let listening: Vec<_> = set.for_job(&job.name).collect();

@@ -1,9 +1,11 @@
 //! `warden run`: the long-running process. Owns the scheduler, spawns job runs, serves
 //! HTTP, reloads the configuration, and shuts down cleanly on SIGTERM or Ctrl-C.
 
+mod deferred;
 mod execute;
 mod file_watch;
 mod lock;
+mod reload;
 mod replicas;
 
 use std::collections::HashMap;
@@ -22,6 +24,8 @@ use tracing::{error, info, warn};
 pub use crate::runtime::PolicySet;
 pub use execute::{RunReport, Trigger, execute, execute_claimed, execute_observed, execute_queued};
 
+use execute::{Occurrence, execute_listened};
+
 use crate::admin::{self, Command, CommandError, Shared};
 use crate::config::{self, Config, Job};
 use crate::delivery::{Channels, Dispatcher};
@@ -34,6 +38,8 @@ use crate::tasks::{Event, TaskContext};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The loop wakes at least this often, so a wall-clock jump is noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// How long a changed schedule file settles before it is read (editors write in steps).
+const RELOAD_SETTLE: Duration = Duration::from_millis(200);
 /// How often histogram samples are folded into their buckets.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
@@ -71,18 +77,13 @@ pub fn warden_dir(config: &Config) -> PathBuf {
     std::path::absolute(&base).unwrap_or(base).join(".warden")
 }
 
-/// What a valid reload swaps in, built before anything running is touched.
-struct Prepared {
-    config: Config,
-    policies: PolicySet,
-    /// The new targets, when `[targets]` changed.
-    targets: Option<Targets>,
-    channels: Channels,
-}
-
 struct Daemon {
     path: PathBuf,
     policies: Arc<PolicySet>,
+    /// The policies loading at start-up, off the loop.
+    initial: Option<tokio::task::JoinHandle<Result<PolicySet, Vec<crate::runtime::LoadError>>>>,
+    /// Runs waiting for the policies loading at start-up; `None` once none waits.
+    deferred: Option<Arc<deferred::Deferred>>,
     /// The configuration running, the same one the admin API reads.
     config: Arc<Config>,
     jobs: HashMap<String, Arc<Job>>,
@@ -100,6 +101,10 @@ struct Daemon {
     slots: Arc<tokio::sync::Semaphore>,
     /// The replicas sharing the store (only this one on SQLite), to know whose turn it is.
     membership: Arc<replicas::Membership>,
+    /// The reload being built off the loop, and the one asked for meanwhile.
+    reloads: reload::Reloads,
+    /// When to read a changed file: editors write in several steps, so it settles first.
+    reload_at: Option<tokio::time::Instant>,
 }
 
 /// Runs until SIGTERM or Ctrl-C. `admin_token` guards `/admin/`; without one those routes
@@ -120,14 +125,13 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
         })
     };
     let ctx = open(&config).await?;
+    // Compiling the policies may take a minute (a cold cache, a big component): they load
+    // off the loop while the jobs start on time, and the runs' events wait for them.
     let engine = Arc::new(policy_engine(&config)?);
-    let policies = PolicySet::load(engine, &config, None).map_err(|errors| {
-        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("cannot load the policies:\n{}", lines.join("\n"))
-    })?;
-    for p in &policies.policies {
-        info!(policy = %p.name(), hash = %&p.hash[..12], on = ?p.spec.on, "policy loaded");
-    }
+    let initial = {
+        let (engine, config) = (engine.clone(), config.clone());
+        tokio::task::spawn_blocking(move || PolicySet::load(engine, &config, None))
+    };
     let latest = ctx.store.latest_health().await.unwrap_or_else(|e| {
         warn!(error = %e, "could not read the last health snapshot");
         None
@@ -211,7 +215,9 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
 
     let mut daemon = Daemon {
         path: path.to_path_buf(),
-        policies: Arc::new(policies),
+        policies: Arc::new(PolicySet::empty(engine)),
+        initial: Some(initial),
+        deferred: Some(deferred::Deferred::start(wake.clone())),
         jobs: HashMap::new(),
         ctx,
         scheduler: Scheduler::new(rand::random()).with_burst_limit(config.max_running.max(16)),
@@ -223,6 +229,8 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
         wake,
         slots: Arc::new(tokio::sync::Semaphore::new(config.max_running)),
         membership,
+        reloads: reload::Reloads::new(),
+        reload_at: None,
     };
     info!(
         config = %path.display(),
@@ -240,7 +248,7 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
         daemon.shared.clone(),
     ));
 
-    daemon.serve(&mut reload_rx, &mut commands, &mut grabs).await?;
+    let served = daemon.serve(&mut reload_rx, &mut commands, &mut grabs).await;
     daemon.drain_runs().await;
     reaper.abort();
     if let Some(task) = keep_alive {
@@ -259,6 +267,7 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     }
     let _ = stop_http.send(());
     server.await??;
+    served?;
     info!("warden stopped");
     Ok(())
 }
@@ -289,6 +298,9 @@ impl Daemon {
                 Some(done) = self.running.join_next() => {
                     match done {
                         Ok((job, queued_alerts)) => {
+                            if self.deferred.as_ref().is_some_and(|d| d.idle_set().is_some()) {
+                                self.deferred = None;
+                            }
                             // It queued alerts: the dispatcher looks at once (and only then:
                             // 333 runs a second would otherwise poll the outbox 333 times).
                             if queued_alerts {
@@ -300,10 +312,17 @@ impl Daemon {
                     }
                 }
                 Some(()) = reload_rx.recv() => {
-                    // Editors write in several steps: let the file settle, then read it once.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    while reload_rx.try_recv().is_ok() {}
-                    let _ = self.reload().await;
+                    // Let the file settle, then read it once; the loop goes on meanwhile.
+                    self.reload_at = Some(tokio::time::Instant::now() + RELOAD_SETTLE);
+                }
+                _ = sleep_until(self.reload_at), if self.reload_at.is_some() => {
+                    self.reload_at = None;
+                    self.request_reload(None);
+                }
+                Some(built) = self.reloads.built.recv() => self.finish_reload(built).await,
+                loaded = deferred::join(&mut self.initial), if self.initial.is_some() => {
+                    self.initial = None;
+                    self.policies_loaded(loaded)?;
                 }
                 Some(command) = commands.recv() => self.command(command).await,
                 Some((job, scheduled)) = grabs.recv() => self.grab(&job, scheduled),
@@ -316,6 +335,7 @@ impl Daemon {
     /// At shutdown: runs in flight get `SHUTDOWN_GRACE` to finish, then are stopped (and
     /// recorded abandoned at the next start).
     async fn drain_runs(&mut self) {
+        self.drain_deferred().await;
         if self.running.is_empty() {
             return;
         }
@@ -326,6 +346,14 @@ impl Daemon {
             warn!(running = self.running.len(), "jobs still running at shutdown were stopped");
             self.running.abort_all();
         }
+    }
+}
+
+/// Sleeps until `at`; never wakes without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -427,7 +455,7 @@ impl Daemon {
     fn spawn_run(&mut self, job: Arc<Job>, scheduled: DateTime<Utc>, fire_at: DateTime<Utc>, trigger: Trigger) {
         let ctx = self.ctx.clone();
         let shared = self.shared.clone();
-        let policies = self.policies.clone();
+        let listeners = self.listeners();
         let slots = self.slots.clone();
         self.running.spawn(async move {
             // Bounded work: wait for a slot; the wait is lateness, not the task's time.
@@ -438,81 +466,10 @@ impl Daemon {
                     shared.set_latest(snapshot.clone());
                 }
             };
-            let report = execute_queued(&job, scheduled, trigger, &ctx, Some(&policies), &observe, lateness).await;
+            let at = Occurrence { scheduled, trigger, claimed: None, lateness: Some(lateness) };
+            let report = execute_listened(&job, at, &ctx, &listeners, &observe).await;
             (job.name.clone(), report.queued_alerts)
         });
-    }
-
-    /// Reads the file again; a valid one is swapped in, an invalid one is refused and the
-    /// running configuration stays. Runs in flight finish with the job they started with.
-    async fn reload(&mut self) -> Result<(), Vec<String>> {
-        let text = std::fs::read_to_string(&self.path).ok();
-        if text.is_some() && text == self.loaded_text && !self.components_changed() {
-            info!("configuration unchanged");
-            return Ok(());
-        }
-        let next = match self.prepare().await {
-            Ok(next) => next,
-            Err(problems) => {
-                crate::metrics::record_reload(false);
-                error!(
-                    problems = problems.len(),
-                    "configuration refused; the running one stays:\n{}",
-                    problems.join("\n")
-                );
-                return Err(problems);
-            }
-        };
-        // Everything was built: from here on the new configuration is swapped in whole.
-        crate::metrics::record_reload(true);
-        if next.config.state != self.config.state {
-            warn!("`state.url` changes take effect at the next restart; the running store stays");
-        }
-        if let Some(targets) = next.targets {
-            self.ctx.targets = targets;
-        }
-        let channels = Arc::new(next.channels);
-        self.shared.set_channels(channels.clone());
-        info!(mail = %channels.describe(), "alert delivery reconfigured");
-        self.channels.send_replace(channels);
-        for p in &next.policies.policies {
-            if !self.policies.policies.iter().any(|old| Arc::ptr_eq(old, p)) {
-                info!(policy = %p.name(), hash = %&p.hash[..12], "policy loaded");
-            }
-        }
-        // Runs in flight keep the set they started with.
-        self.policies = Arc::new(next.policies);
-        let new = Arc::new(next.config);
-        info!(jobs = new.jobs.len(), policies = new.policies.len(), "configuration reloaded");
-        self.shared.set_config(new.clone());
-        self.loaded_text = text;
-        self.load_jobs(&new).await;
-        self.config = new;
-        self.shared.set_policies(self.policies.clone());
-        Ok(())
-    }
-
-    /// Builds everything a reload swaps in (the configuration, its policies, the targets if
-    /// they changed, the delivery channels) without touching what runs; any problem refuses
-    /// the whole reload.
-    async fn prepare(&self) -> Result<Prepared, Vec<String>> {
-        let lines = |errors: &[_]| errors.iter().map(ToString::to_string).collect::<Vec<String>>();
-        let config = config::load(&self.path).map_err(|errors| lines(&errors.0))?;
-        let policies = PolicySet::load(self.policies.engine.clone(), &config, Some(&self.policies))
-            .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<String>>())?;
-        let targets = if config.targets != self.config.targets {
-            Some(Targets::open(&config.targets).await.map_err(|e| vec![format!("{e:#}")])?)
-        } else {
-            None
-        };
-        // Always rebuilt: cheap, and it carries the maintenance windows too.
-        let for_channels = targets.clone().unwrap_or_else(|| self.ctx.targets.clone());
-        let secret = crate::delivery::unsubscribe::shared_secret(&config, &self.ctx.store)
-            .await
-            .map_err(|e| vec![format!("{e:#}")])?;
-        let channels =
-            Channels::with_secret(&config, for_channels, secret.as_deref()).map_err(|e| vec![format!("{e:#}")])?;
-        Ok(Prepared { config, policies, targets, channels })
     }
 
     /// Carries out what the admin API asked.
@@ -537,9 +494,7 @@ impl Daemon {
                 };
                 let _ = reply.send(result);
             }
-            Command::Reload { reply } => {
-                let _ = reply.send(self.reload().await);
-            }
+            Command::Reload { reply } => self.request_reload(Some(reply)),
         }
     }
 
@@ -562,14 +517,15 @@ impl Daemon {
                 return Err(CommandError::Unavailable(e.to_string()));
             }
         };
-        let (ctx, shared, policies) = (self.ctx.clone(), self.shared.clone(), self.policies.clone());
+        let (ctx, shared, listeners) = (self.ctx.clone(), self.shared.clone(), self.listeners());
         self.running.spawn(async move {
             let observe = move |event: &Event| {
                 if let Event::Snapshot(snapshot) = event {
                     shared.set_latest(snapshot.clone());
                 }
             };
-            let report = execute_claimed(&job, scheduled, id, &ctx, Some(&policies), &observe).await;
+            let at = Occurrence { scheduled, trigger: Trigger::Manual, claimed: Some(id), lateness: None };
+            let report = execute_listened(&job, at, &ctx, &listeners, &observe).await;
             (job.name.clone(), report.queued_alerts)
         });
         Ok(id)
