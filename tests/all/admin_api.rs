@@ -250,7 +250,7 @@ fn a_silence_holds_back_an_alert_which_stays_visible_and_the_next_one_after_it_i
     let (dir, config) = body.write();
     let daemon = Daemon::start_with_env(dir.path(), &config, &[("WARDEN_ADMIN_TOKEN", TOKEN)]);
     let api = Api { daemon: &daemon };
-    wait_for(Duration::from_secs(20), "operational", || (daemon.get("/health").0 == 200).then_some(()));
+    daemon.wait_operational(Duration::from_secs(20));
 
     let bearer = format!("Bearer {TOKEN}");
     let post = |path: &str, body: &str| {

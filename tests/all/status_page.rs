@@ -45,7 +45,7 @@ fn the_status_page_renders_in_headless_chromium_with_status_chart_and_changes() 
     let (dir, config) =
         schedule().product("MNW").job(probe("health-probe", "1s", &[DB, SESSIONS])).table(window).write();
     let daemon = Daemon::start(dir.path(), &config);
-    wait_for(Duration::from_secs(20), "operational", || (daemon.get("/health").0 == 200).then_some(()));
+    daemon.wait_operational(Duration::from_secs(20));
     daemon.wait_runs("health-probe", 2);
     // A transition to show: the sessions check fails, the status degrades.
     let app = dir.path().join("demo-app.db");

@@ -193,6 +193,14 @@ impl Daemon {
         http_get(self.addr, path).unwrap()
     }
 
+    /// Waits until `/health` says operational (a degraded status answers 200 too).
+    pub fn wait_operational(&self, within: Duration) {
+        wait_for(within, "an operational status", || {
+            let (code, body) = self.get("/health");
+            (code == 200 && body.contains("\"status\":\"operational\"")).then_some(())
+        });
+    }
+
     /// Finished runs of `job` so far, every outcome, from `/metrics`.
     pub fn runs(&self, job: &str) -> u64 {
         let (_, body) = self.get("/metrics");

@@ -31,7 +31,7 @@ async fn the_database_down_and_back_sends_the_down_mail_then_the_recovery_and_no
     let smtp = SmtpServer::start();
     let (dir, config) = schedule_dir(&probe_schedule(&target, "sqlite://state.db", &smtp.url(), ""));
     let daemon = Daemon::start(dir.path(), &config);
-    wait_for(Duration::from_secs(20), "operational", || (daemon.get("/health").0 == 200).then_some(()));
+    daemon.wait_operational(Duration::from_secs(20));
     daemon.wait_runs("health-probe", 2);
     assert_eq!(smtp.count(), 0, "the first operational status is not told");
 
@@ -68,7 +68,7 @@ async fn with_the_state_store_on_the_database_that_goes_down_the_alert_still_goe
     let smtp = SmtpServer::start();
     let (dir, config) = schedule_dir(&probe_schedule(&url, &url, &smtp.url(), ""));
     let daemon = Daemon::start(dir.path(), &config);
-    wait_for(Duration::from_secs(20), "operational", || (daemon.get("/health").0 == 200).then_some(()));
+    daemon.wait_operational(Duration::from_secs(20));
     daemon.wait_runs("health-probe", 2);
 
     proxy.cut();
@@ -118,7 +118,7 @@ async fn a_silence_holds_back_the_alert_even_from_the_spool_and_across_a_restart
     let (dir, config) = schedule_dir(&probe_schedule(&url, &url, &smtp.url(), ""));
     let env = [("WARDEN_ADMIN_TOKEN", TOKEN)];
     let daemon = Daemon::start_with_env(dir.path(), &config, &env);
-    wait_for(Duration::from_secs(20), "operational", || (daemon.get("/health").0 == 200).then_some(()));
+    daemon.wait_operational(Duration::from_secs(20));
 
     // The operator silences the probe for a database upgrade: the very database that holds
     // warden's state goes down.
