@@ -215,7 +215,7 @@ fn in_the_daemon(plugins: &std::path::Path, runs: usize) -> Vec<Duration> {
     let samples = rt.block_on(async {
         let config = warden::config::load(&path).unwrap();
         let ctx = warden::daemon::open(&config).await.unwrap();
-        let engine = std::sync::Arc::new(warden::daemon::policy_engine(&config).unwrap());
+        let engine = std::sync::Arc::new(warden::daemon::policy_engine(Some(&config)).unwrap());
         let set = warden::daemon::PolicySet::load(engine, &config, None).unwrap();
         let job = config.job("probe").unwrap().clone();
         let start = Utc::now();

@@ -40,8 +40,7 @@ pub fn plugins_dir() -> PathBuf {
 pub fn engine() -> &'static PolicyEngine {
     static ENGINE: OnceLock<PolicyEngine> = OnceLock::new();
     // Compiled components are cached on disk, as in production, so reruns load in milliseconds.
-    let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm-cache");
-    ENGINE.get_or_init(|| PolicyEngine::new(Some(&cache)).unwrap())
+    ENGINE.get_or_init(|| PolicyEngine::new(Some(&crate::support::shared_cache())).unwrap())
 }
 
 pub fn spec(name: &str, file: &str, config: &[(&str, &str)]) -> PolicySpec {
@@ -412,7 +411,7 @@ async fn state_writes_and_actions_commit_together_or_not_at_all() {
     std::fs::write(&path, body.to_string()).unwrap();
     let cfg = warden::config::load(&path).unwrap();
     let ctx = warden::daemon::open(&cfg).await.unwrap();
-    let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm-cache");
+    let cache = crate::support::shared_cache();
     let set = PolicySet::load(Arc::new(PolicyEngine::new(Some(&cache)).unwrap()), &cfg, None).unwrap();
     let job = cfg.job("probe").unwrap();
 

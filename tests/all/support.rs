@@ -133,6 +133,12 @@ pub fn warden_bin() -> &'static str {
 }
 
 /// Runs a warden subcommand to completion: (exit code, stdout, stderr).
+/// The compiled-component cache every test shares (`WARDEN_CACHE_DIR` for the binary, the
+/// in-process engine's too): each component compiles once per machine, not once per test.
+pub fn shared_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm-cache")
+}
+
 pub fn warden(dir: &Path, args: &[&str]) -> (i32, String, String) {
     warden_with_env(dir, args, &[])
 }
@@ -144,6 +150,7 @@ pub fn warden_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32,
         .current_dir(dir)
         .env("WARDEN_LOG", "warn")
         .env("NO_COLOR", "1")
+        .env("WARDEN_CACHE_DIR", shared_cache())
         .env_remove("WARDEN_ADMIN_TOKEN")
         .env_remove("WARDEN_URL")
         .envs(env.iter().copied())
@@ -178,6 +185,7 @@ impl Daemon {
             .current_dir(dir)
             .env("WARDEN_LOG", "info")
             .env("NO_COLOR", "1")
+            .env("WARDEN_CACHE_DIR", shared_cache())
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

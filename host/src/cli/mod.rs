@@ -3,6 +3,7 @@
 
 mod plugin;
 mod remote;
+mod scaffold;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -169,12 +170,16 @@ pub enum OutboxCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
-    /// Scaffold a policy crate that builds and passes its own test.
+    /// Scaffold a policy that builds and passes its own test.
     New {
         name: String,
-        /// Where the crate goes.
+        /// Where it goes.
         #[arg(long, default_value = "plugins")]
         dir: PathBuf,
+        /// Its language: a Rust crate, or Python (componentize-py) or JavaScript
+        /// (componentize-js) with the world in `wit/`.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: scaffold::Lang,
         /// The warden-policy SDK, relative to the new crate or absolute.
         #[arg(long, default_value = "../sdk")]
         sdk: PathBuf,
@@ -198,6 +203,19 @@ pub enum PluginCommand {
         /// The evaluation's clock (RFC 3339); default now.
         #[arg(long)]
         now: Option<DateTime<Utc>>,
+        /// Grant a capability for this evaluation (`sql:read`, `s3:head`, `s3:list`),
+        /// reaching the schedule's targets (the defaults without one). Repeatable.
+        #[arg(long = "grant", value_name = "GRANT")]
+        grants: Vec<String>,
+        /// A config value for the policy, `KEY=VALUE` (over the schedule's). Repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Print an example event as `warden plugin test --event` takes it (and as policies
+    /// receive it): `snapshot` (a probe), `gauges` (pool-stats, storage) or `run-finished`.
+    Event {
+        #[arg(default_value = "snapshot")]
+        kind: String,
     },
 }
 
@@ -252,17 +270,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         };
     }
     match cli.command {
-        Command::Plugin(PluginCommand::New { name, dir, sdk, standalone }) => {
-            plugin::new(&name, &dir, &sdk, standalone)
+        Command::Plugin(PluginCommand::New { name, dir, lang, sdk, standalone }) => {
+            scaffold::new(&name, &dir, lang, &sdk, standalone)
         }
-        Command::Plugin(PluginCommand::Test { plugin, event, state, job, now }) => {
+        Command::Plugin(PluginCommand::Event { kind }) => plugin::example_event(&kind),
+        Command::Plugin(PluginCommand::Test { plugin, event, state, job, now, grants, set }) => {
             // A bare component file needs no schedule; a policy name does.
             let config = if cli.config.exists() {
                 Some(load(&cli.config).map_err(|_| anyhow::anyhow!("the schedule is invalid"))?)
             } else {
                 None
             };
-            plugin::test(config.as_ref(), &plugin, &event, state.as_deref(), job.as_deref(), now).await
+            let options = plugin::TestOptions { state: state.as_deref(), job: job.as_deref(), now, grants, set };
+            plugin::test(config.as_ref(), &plugin, &event, options).await
         }
         Command::Pause { job, remote } => remote.remote()?.pause(&job, true).await,
         Command::Resume { job, remote } => remote.remote()?.pause(&job, false).await,
@@ -372,7 +392,7 @@ async fn outbox(config: &Config, command: Option<OutboxCommand>) -> anyhow::Resu
 /// configuration names (the SMTP CA), so a bad component, a missing import or an unreadable
 /// certificate is found now, not at 3 a.m.
 fn check_build(path: &Path, config: &Config) -> anyhow::Result<ExitCode> {
-    let engine = crate::daemon::policy_engine(config)?;
+    let engine = crate::daemon::policy_engine(Some(config))?;
     let mut problems = 0;
     for spec in &config.policies {
         if let Err(e) = engine.load(spec) {

@@ -12,16 +12,27 @@ use crate::config::{Config, Grants, Limits, PolicySpec};
 use crate::runtime::Capabilities;
 use crate::tasks::Event;
 
+/// How `warden plugin test` evaluates.
+pub struct TestOptions<'a> {
+    /// The policy's state before, a JSON object of strings.
+    pub state: Option<&'a Path>,
+    pub job: Option<&'a str>,
+    pub now: Option<DateTime<Utc>>,
+    /// Grants added for this evaluation, by name.
+    pub grants: Vec<String>,
+    /// Config values over the policy's, `KEY=VALUE`.
+    pub set: Vec<String>,
+}
+
 /// `warden plugin test`: prints the actions, state writes and logs as JSON.
 pub async fn test(
     config: Option<&Config>,
     plugin: &str,
     event_file: &Path,
-    state_file: Option<&Path>,
-    job: Option<&str>,
-    now: Option<DateTime<Utc>>,
+    options: TestOptions<'_>,
 ) -> anyhow::Result<ExitCode> {
-    let spec = match config.and_then(|c| c.policies.iter().find(|p| p.name == plugin)) {
+    let TestOptions { state: state_file, job, now, grants, set } = options;
+    let mut spec = match config.and_then(|c| c.policies.iter().find(|p| p.name == plugin)) {
         Some(spec) => spec.clone(),
         None => {
             let path = PathBuf::from(plugin);
@@ -42,6 +53,14 @@ pub async fn test(
             }
         }
     };
+    for name in &grants {
+        spec.grants.grant(name).map_err(|e| anyhow::anyhow!("--grant: {e}"))?;
+    }
+    for pair in &set {
+        let Some((key, value)) = pair.split_once('=') else { bail!("--set `{pair}`: expected KEY=VALUE") };
+        spec.config.retain(|(k, _)| k != key);
+        spec.config.push((key.to_owned(), value.to_owned()));
+    }
     let text = std::fs::read_to_string(event_file).with_context(|| format!("cannot read {}", event_file.display()))?;
     let event: Event = serde_json::from_str(&text).with_context(|| {
         format!(
@@ -57,17 +76,24 @@ pub async fn test(
         }
         None => BTreeMap::new(),
     };
-    let engine = match config {
-        Some(c) => crate::daemon::policy_engine(c)?,
-        None => crate::runtime::PolicyEngine::new(None).map_err(|e| anyhow::anyhow!("{e:#}"))?,
-    };
+    let engine = crate::daemon::policy_engine(config)?;
     let policy = engine.load(&spec)?;
-    let caps = match config {
-        Some(c) if spec.grants != Grants::default() => {
-            let targets = crate::targets::Targets::open(&c.targets).await?;
-            Capabilities { sql: spec.grants.sql_read.then(|| targets.db.clone()), s3: targets.s3.clone() }
-        }
-        _ => Capabilities::default(),
+    let caps = if spec.grants == Grants::default() {
+        Capabilities::default()
+    } else {
+        // Granted: the schedule's targets, or the defaults `warden run` would use without one.
+        let defaults;
+        let config = match config {
+            Some(c) => c,
+            None => {
+                let env = |k: &str| std::env::var(k).ok();
+                defaults = crate::config::parse("version = 1\n", Path::new("schedules.toml"), &env)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                &defaults
+            }
+        };
+        let targets = crate::targets::Targets::open(&config.targets).await?;
+        Capabilities { sql: spec.grants.sql_read.then(|| targets.db.clone()), s3: targets.s3.clone() }
     };
     let job = job.map(str::to_owned).or_else(|| spec.on.first().cloned()).unwrap_or_else(|| "test".into());
     let result = engine.evaluate(&policy, &job, &event, state, now.unwrap_or_else(Utc::now), caps).await;
@@ -91,96 +117,39 @@ pub async fn test(
     }
 }
 
-/// `warden plugin new`: a policy crate that builds and passes its own test.
-pub fn new(name: &str, dir: &Path, sdk: &Path, standalone: bool) -> anyhow::Result<ExitCode> {
-    let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if !valid {
-        bail!("invalid plugin name `{name}`: use lowercase letters, digits and `-`, starting with a letter");
-    }
-    let root = dir.join(name);
-    if root.exists() {
-        bail!("{} already exists", root.display());
-    }
-    std::fs::create_dir_all(root.join("src"))?;
-    let workspace = if standalone { "\n[workspace]\n" } else { "" };
-    std::fs::write(
-        root.join("Cargo.toml"),
-        format!(
-            r#"[package]
-name = "{name}"
-version = "0.1.0"
-edition = "2024"
-publish = false
-
-[lib]
-crate-type = ["cdylib", "rlib"]
-
-[dependencies]
-warden-policy = {{ path = "{sdk}" }}
-{workspace}"#,
-            sdk = sdk.display()
-        ),
-    )?;
-    std::fs::write(root.join("src/lib.rs"), SCAFFOLD.replace("{name}", name))?;
-    println!("created {}", root.display());
-    println!("next:");
-    println!("  cargo test --manifest-path {}/Cargo.toml        # the decision logic, natively", root.display());
-    println!("  scripts/build-plugins.sh                         # the component, into plugins/{name}.wasm");
-    println!("  warden plugin test plugins/{name}.wasm --event event.json");
-    println!("then add a [[policy]] with component = \"plugins/{name}.wasm\" to schedules.toml");
+/// `warden plugin event`: an example event of `kind`, as JSON.
+pub fn example_event(kind: &str) -> anyhow::Result<ExitCode> {
+    use crate::health::{CheckResult, Snapshot, Status};
+    let check = |name: &str, kind: &str, critical: bool, ok: bool, error: Option<&str>| CheckResult {
+        name: name.into(),
+        kind: kind.into(),
+        critical,
+        ok,
+        error: error.map(str::to_owned),
+        duration_ms: 3,
+    };
+    let event = match kind {
+        "snapshot" => Event::Snapshot(Snapshot {
+            job: "health-probe".into(),
+            status: Status::Degraded,
+            checked_at: "2026-11-29T12:00:00Z".parse()?,
+            duration_ms: 9,
+            checks: vec![
+                check("db", "db", true, true, None),
+                check("sessions", "sql", false, false, Some("no such table: session")),
+            ],
+        }),
+        "gauges" => Event::Gauges {
+            gauges: [("db_pool_size", 5.0), ("db_pool_idle", 3.0), ("db_pool_active", 2.0), ("db_pool_max", 5.0)]
+                .into_iter()
+                .map(|(name, value)| crate::tasks::Gauge { name: name.into(), labels: Vec::new(), value })
+                .collect(),
+        },
+        "run-finished" => {
+            Event::RunFinished(crate::tasks::RunResult { outcome: "ok".into(), rows_affected: Some(120), error: None })
+        }
+        other => bail!("unknown event kind `{other}`: expected snapshot, gauges or run-finished"),
+    };
+    println!("{}", serde_json::to_string_pretty(&event)?);
     Ok(ExitCode::SUCCESS)
 }
-
-const SCAFFOLD: &str = r#"//! `{name}`: a warden policy. It decides; the host acts.
-//!
-//! Keep the decision in `decide` (plain Rust, tested natively); `evaluate` only wires it to
-//! the host's clock, config and state.
-
-use warden_policy::{Action, Event, Guest, HostState, Level, LogEntry, Snapshot, State, Status, clock, host_config};
-
-/// Logs every status change it sees; config `greeting` prefixes the line.
-pub fn decide(greeting: &str, snap: &Snapshot, _now_ms: i64, state: &mut impl State) -> Vec<Action> {
-    let previous = state.get("last").and_then(|s| Status::parse(&s));
-    state.set("last", snap.status.name().to_owned());
-    match previous {
-        Some(p) if p != snap.status => vec![Action::Log(LogEntry {
-            level: Level::Info,
-            message: format!("{greeting}: {} -> {}", p.name(), snap.status.name()),
-        })],
-        _ => Vec::new(),
-    }
-}
-
-struct Policy;
-
-impl Guest for Policy {
-    fn evaluate(event: Event) -> Result<Vec<Action>, String> {
-        let Event::Snapshot(snap) = event else { return Ok(Vec::new()) };
-        let greeting = host_config().text("greeting", "{name}");
-        Ok(decide(&greeting, &snap, clock::now_ms(), &mut HostState))
-    }
-}
-
-warden_policy::export!(Policy);
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use super::*;
-
-    fn snap(status: Status) -> Snapshot {
-        Snapshot { job: "probe".into(), status, checked_at_ms: 0, duration_ms: 1, checks: vec![] }
-    }
-
-    #[test]
-    fn logs_a_change_once() {
-        let mut state = BTreeMap::new();
-        assert!(decide("hi", &snap(Status::Operational), 0, &mut state).is_empty());
-        let actions = decide("hi", &snap(Status::Error), 1, &mut state);
-        assert!(matches!(&actions[..], [Action::Log(l)] if l.message == "hi: operational -> error"));
-        assert!(decide("hi", &snap(Status::Error), 2, &mut state).is_empty());
-    }
-}
-"#;

@@ -89,6 +89,22 @@ pub struct Grants {
     pub s3_list: bool,
 }
 
+impl Grants {
+    /// Every grant by name, as written in `grants = [...]`.
+    pub const NAMES: [&str; 3] = ["sql:read", "s3:head", "s3:list"];
+
+    /// Adds the grant named `name`.
+    pub fn grant(&mut self, name: &str) -> Result<(), String> {
+        match name {
+            "sql:read" => self.sql_read = true,
+            "s3:head" => self.s3_head = true,
+            "s3:list" => self.s3_list = true,
+            other => return Err(format!("unknown grant `{other}`, expected one of: {}", Self::NAMES.join(", "))),
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub memory_bytes: u64,

@@ -127,7 +127,7 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     let ctx = open(&config).await?;
     // Compiling the policies may take a minute (a cold cache, a big component): they load
     // off the loop while the jobs start on time, and the runs' events wait for them.
-    let engine = Arc::new(policy_engine(&config)?);
+    let engine = Arc::new(policy_engine(Some(&config))?);
     let initial = {
         let (engine, config) = (engine.clone(), config.clone());
         tokio::task::spawn_blocking(move || PolicySet::load(engine, &config, None))
@@ -357,11 +357,27 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// The policy engine, caching compiled components beside the state.
-pub fn policy_engine(config: &Config) -> anyhow::Result<crate::runtime::PolicyEngine> {
-    let cache = warden_dir(config).join("cache");
-    crate::runtime::PolicyEngine::new(Some(&cache))
+/// The policy engine, caching compiled components in `cache_dir`.
+pub fn policy_engine(config: Option<&Config>) -> anyhow::Result<crate::runtime::PolicyEngine> {
+    crate::runtime::PolicyEngine::new(Some(&cache_dir(config)))
         .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e:#}"))
+}
+
+/// Where compiled components are kept: `WARDEN_CACHE_DIR` when set (one cache for several
+/// schedules), else `.warden/cache` beside the schedule, else (a bare component under
+/// `warden plugin test`) the user's cache folder.
+pub fn cache_dir(config: Option<&Config>) -> PathBuf {
+    if let Some(dir) = std::env::var_os("WARDEN_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(config) = config {
+        return warden_dir(config).join("cache");
+    }
+    let user = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    user.join("warden")
 }
 
 fn component_paths(config: &Config) -> Vec<PathBuf> {

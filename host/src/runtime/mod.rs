@@ -45,6 +45,12 @@ pub enum LoadError {
     NotComponent { policy: String, path: PathBuf, reason: String },
     #[error("policy \"{policy}\": {path}: {reason}")]
     Link { policy: String, path: PathBuf, reason: String },
+    #[error(
+        "policy \"{policy}\": {path} starts with {} of memory, more than its cap of {} (raise `limits.memory`)",
+        mib(*initial),
+        mib(*cap)
+    )]
+    Memory { policy: String, path: PathBuf, initial: u64, cap: u64 },
 }
 
 /// Why one evaluation failed. The host records it and goes on.
@@ -178,6 +184,11 @@ impl PolicyEngine {
         if bytes.get(4..8) != Some(&[0x0d, 0x00, 0x01, 0x00]) {
             let reason = "it is a core wasm module; make a component of it (wasm-tools component new, or build with wasm-component-ld)".to_owned();
             return Err(LoadError::NotComponent { policy, path, reason });
+        }
+        if let Some(initial) = largest_initial_memory(&bytes)
+            && initial > spec.limits.memory_bytes
+        {
+            return Err(LoadError::Memory { policy, path, initial, cap: spec.limits.memory_bytes });
         }
         let component = Component::new(self.engine(), &bytes).map_err(|e| LoadError::NotComponent {
             policy: policy.clone(),
@@ -314,6 +325,27 @@ fn classify(error: &wasmtime::Error, store: &wasmtime::Store<PluginCtx>, limits:
         return EvalError::Trap(reason.to_owned());
     }
     EvalError::Trap(text)
+}
+
+/// Bytes in MiB, as `limits.memory` is written.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
+}
+
+/// The initial size in bytes of the largest memory a component's core modules define (the
+/// memory cap applies to each memory): `None` if it cannot be read, and compiling says why.
+fn largest_initial_memory(bytes: &[u8]) -> Option<u64> {
+    let mut largest = 0u64;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        if let wasmparser::Payload::MemorySection(memories) = payload.ok()? {
+            for memory in memories {
+                let memory = memory.ok()?;
+                let page = 1u64 << memory.page_size_log2.unwrap_or(16);
+                largest = largest.max(memory.initial.saturating_mul(page));
+            }
+        }
+    }
+    Some(largest)
 }
 
 fn explain_link_error(text: &str) -> String {

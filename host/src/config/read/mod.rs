@@ -367,14 +367,8 @@ fn read_policy(
     let mut grants = Grants::default();
     if let Some(items) = t.strings(ctx, "grants") {
         for g in items {
-            match g.value.as_str() {
-                "sql:read" => grants.sql_read = true,
-                "s3:head" => grants.s3_head = true,
-                "s3:list" => grants.s3_list = true,
-                other => {
-                    let msg = format!("unknown grant `{other}`, expected one of: sql:read, s3:head, s3:list");
-                    ctx.diag.error(g.span, t.field("grants"), msg);
-                }
+            if let Err(msg) = grants.grant(&g.value) {
+                ctx.diag.error(g.span, t.field("grants"), msg);
             }
         }
     }
