@@ -4,7 +4,8 @@
 //! Store per evaluation from the pre-instantiated component), Spin-style (link and
 //! instantiate per call) on our pooling engine and on an on-demand engine (each instance
 //! mapped and unmapped by the OS), one reused instance (no isolation: the floor), and the
-//! same decision natively. Then cold and warm start-up with the compiled-artifact cache.
+//! same decision natively; the same kind of policy built in Python and in JavaScript (when
+//! WARDEN_TEST_PLUGINS holds them). Then cold and warm start-up with the artifact cache.
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does a short smoke run.
 
 use std::collections::BTreeMap;
@@ -172,7 +173,12 @@ fn main() {
         name: "in the daemon: interleaved with real runs, cold",
         samples: in_the_daemon(&plugins, n / 10),
     });
+    let guests = rt.block_on(guest_rows(&plugins, n / 10, &event, now, full));
+    rows.extend(guests.rows);
     report(&mut rows);
+    for (name, cold_ms, warm_ms, bytes) in guests.start_up {
+        println!("{:<44} {:>10.0} ms cold, {:.1} ms warm ({:.1} MB)", name, cold_ms, warm_ms, bytes as f64 / 1e6);
+    }
 
     // Start-up: compile vs load from the on-disk artifact cache.
     let cold_dir = tempfile_dir();
@@ -196,6 +202,81 @@ fn main() {
     );
     let _ = std::fs::remove_dir_all(cache);
     let _ = std::fs::remove_dir_all(cold_dir);
+}
+
+/// The Python and JavaScript builds of `status-mail` (scripts/build-plugins.sh --tests puts
+/// them in WARDEN_TEST_PLUGINS): a fresh sandbox per evaluation, like ours for Rust, on a
+/// snapshot that changes nothing; and their start-up, cold and from the artifact cache.
+struct Guests {
+    rows: Vec<Row>,
+    start_up: Vec<(&'static str, f64, f64, u64)>,
+}
+
+async fn guest_rows(
+    plugins: &std::path::Path,
+    n: usize,
+    event: &Event,
+    now: chrono::DateTime<Utc>,
+    full: bool,
+) -> Guests {
+    let mut out = Guests { rows: Vec::new(), start_up: Vec::new() };
+    let builds = [
+        ("status-mail-py.wasm", "Python (componentize-py): fresh sandbox", "Python start-up"),
+        ("status-mail-js.wasm", "JavaScript (componentize-js): fresh sandbox", "JavaScript start-up"),
+    ];
+    for (file, row, start) in builds {
+        let component = plugins.join(file);
+        if !component.exists() {
+            println!("{file}: not built (scripts/build-plugins.sh --tests --out DIR; WARDEN_TEST_PLUGINS=DIR)");
+            continue;
+        }
+        let spec = PolicySpec {
+            name: "status-mail".into(),
+            component: component.clone(),
+            on: vec!["health-probe".into()],
+            config: vec![("product".into(), "MNW".into())],
+            grants: Grants::default(),
+            limits: Limits { deadline: warden::config::Duration::try_from("5s").unwrap(), ..Limits::default() },
+            quarantine_after: u32::MAX,
+            enabled: true,
+        };
+        // Cold: a cache of its own, so this compiles; warm: the same cache again. The smoke
+        // run (in the test command) reads the tests' shared cache instead of compiling.
+        let dir = if full {
+            tempfile_dir()
+        } else {
+            std::env::var_os("WARDEN_CACHE_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm-cache"))
+        };
+        let t = Instant::now();
+        let engine = PolicyEngine::new(Some(&dir)).unwrap();
+        engine.load(&spec).unwrap();
+        let cold_ms = t.elapsed().as_secs_f64() * 1e3;
+        drop(engine);
+        let t = Instant::now();
+        let engine = PolicyEngine::new(Some(&dir)).unwrap();
+        let policy = engine.load(&spec).unwrap();
+        let warm_ms = t.elapsed().as_secs_f64() * 1e3;
+        out.start_up.push((start, cold_ms, warm_ms, std::fs::metadata(&component).unwrap().len()));
+        let state: BTreeMap<String, String> = [("last_status".to_owned(), "operational".to_owned())].into();
+        engine.evaluate(&policy, "health-probe", event, state.clone(), now, Capabilities::default()).await.unwrap();
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            let e = engine
+                .evaluate(&policy, "health-probe", event, state.clone(), now, Capabilities::default())
+                .await
+                .unwrap();
+            samples.push(t.elapsed());
+            assert!(e.actions.is_empty());
+        }
+        out.rows.push(Row { name: row, samples });
+        if full {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    out
 }
 
 /// Evaluations as the daemon makes them: each one inside a real run of a probe job (the

@@ -39,9 +39,13 @@ fn plugin_test_runs_one_evaluation_and_prints_actions_and_state() {
 }
 
 #[test]
-fn plugin_new_scaffolds_a_crate_that_builds_and_passes_its_test() {
+fn plugin_new_scaffolds_a_crate_that_builds_against_a_copy_of_the_sdk_and_passes_its_test() {
     let dir = tempfile::tempdir().unwrap();
-    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk").canonicalize().unwrap();
+    // A copy of the SDK outside this workspace, as an author outside the repository has it.
+    let sdk = dir.path().join("sdk");
+    let repo_sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk");
+    let copied = std::process::Command::new("cp").arg("-rL").arg(&repo_sdk).arg(&sdk).status().unwrap();
+    assert!(copied.success());
     let (code, stdout, stderr) = warden(
         dir.path(),
         &["plugin", "new", "my-policy", "--dir", ".", "--sdk", sdk.to_str().unwrap(), "--standalone"],

@@ -10,6 +10,9 @@ use wasmtime::{Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationSt
 
 use crate::config::MAX_POLICY_MEMORY;
 
+/// Bytes of each memory slot kept resident between instances (the default memory cap).
+const KEEP_RESIDENT: usize = 16 << 20;
+
 /// How often the epoch advances; deadlines are rounded up to it.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 /// Concurrent evaluations the pool holds; more wait for a slot... or fail, so keep it ample.
@@ -61,7 +64,10 @@ impl PolicyEngine {
                 .total_tables(POOL_INSTANCES * 4)
                 .total_stacks(POOL_INSTANCES)
                 .max_memory_size(MAX_POLICY_MEMORY as usize)
-                .linear_memory_keep_resident(1 << 20)
+                // Sized to the default memory cap: a Python or JavaScript guest dirties
+                // megabytes per evaluation, and pages kept resident are reset in place
+                // (only the dirty ones, with pagemap_scan) instead of faulted in again.
+                .linear_memory_keep_resident(KEEP_RESIDENT)
                 .table_keep_resident(64 << 10)
                 .async_stack_keep_resident(128 << 10)
                 .pagemap_scan(Enabled::Auto);

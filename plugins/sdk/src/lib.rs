@@ -9,7 +9,7 @@
 pub mod bindings {
     wit_bindgen::generate!({
         world: "policy",
-        path: "../../wit",
+        path: "wit",
         pub_export_macro: true,
         default_bindings_module: "warden_policy::bindings",
         generate_all,
