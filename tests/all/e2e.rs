@@ -322,6 +322,30 @@ fn a_plugin_is_hot_swapped_while_probes_run_and_no_evaluation_is_lost() {
     assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
 }
 
+/// The scheduled runs of `probe` in the SQLite store in `dir`: (scheduled_at, lateness_ms).
+fn probe_runs(dir: &std::path::Path) -> Vec<(chrono::DateTime<chrono::Utc>, Option<i64>)> {
+    let db = dir.join("warden-state.db");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+        sqlx::query_as(
+            "SELECT scheduled_at, lateness_ms FROM job_runs WHERE job = 'probe' AND trigger = 'schedule' \
+             ORDER BY scheduled_at",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    })
+}
+
+/// A run every second, none missing, none a second late.
+fn assert_every_second_on_time(runs: &[(chrono::DateTime<chrono::Utc>, Option<i64>)]) {
+    for pair in runs.windows(2) {
+        assert_eq!((pair[1].0 - pair[0].0).num_milliseconds(), 1000, "an occurrence is missing: {runs:?}");
+    }
+    let late = runs.iter().filter_map(|(_, l)| *l).max().unwrap();
+    assert!(late < 1000, "a probe {late} ms late: {runs:?}");
+}
+
 /// `component` with a custom section naming `tag`: the same code under bytes no compile
 /// cache has seen.
 fn unseen(component: &[u8], tag: &str) -> Vec<u8> {
@@ -363,25 +387,10 @@ fn a_reload_compiling_a_python_policy_leaves_every_probe_on_time() {
     assert!(evals >= 1, "the Python policy evaluates the probe:\n{}", daemon.log());
     assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
 
-    let db = dir.path().join("warden-state.db");
-    let runs: Vec<(chrono::DateTime<chrono::Utc>, Option<i64>)> =
-        tokio::runtime::Runtime::new().unwrap().block_on(async {
-            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
-            sqlx::query_as(
-                "SELECT scheduled_at, lateness_ms FROM job_runs WHERE job = 'probe' AND trigger = 'schedule' \
-                 ORDER BY scheduled_at",
-            )
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-        });
-    let around: Vec<_> = runs.iter().filter(|(at, _)| *at >= asked - chrono::Duration::seconds(2)).collect();
-    assert!(around.len() >= 4, "{runs:?}");
-    for pair in around.windows(2) {
-        assert_eq!((pair[1].0 - pair[0].0).num_milliseconds(), 1000, "an occurrence is missing: {around:?}");
-    }
-    let late = around.iter().filter_map(|(_, l)| *l).max().unwrap();
-    assert!(late < 1000, "a probe {late} ms late during the reload: {around:?}\n{}", dir.path().display());
+    let runs = probe_runs(dir.path());
+    let around: Vec<_> = runs.into_iter().filter(|(at, _)| *at >= asked - chrono::Duration::seconds(2)).collect();
+    assert!(around.len() >= 4, "{around:?}");
+    assert_every_second_on_time(&around);
 }
 
 #[test]
@@ -421,24 +430,9 @@ fn a_start_with_cold_components_runs_the_probe_on_time_and_every_event_reaches_t
     assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
 
     // The probe kept its schedule from the start: the first within a second or two, none missing.
-    let db = dir.path().join("warden-state.db");
-    let runs: Vec<(chrono::DateTime<chrono::Utc>, Option<i64>)> =
-        tokio::runtime::Runtime::new().unwrap().block_on(async {
-            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
-            sqlx::query_as(
-                "SELECT scheduled_at, lateness_ms FROM job_runs WHERE job = 'probe' AND trigger = 'schedule' \
-                 ORDER BY scheduled_at",
-            )
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-        });
+    let runs = probe_runs(dir.path());
     assert!((runs[0].0 - started).num_milliseconds() < 3000, "first probe at {} for a start at {started}", runs[0].0);
-    for pair in runs.windows(2) {
-        assert_eq!((pair[1].0 - pair[0].0).num_milliseconds(), 1000, "an occurrence is missing: {runs:?}");
-    }
-    let late = runs.iter().filter_map(|(_, l)| *l).max().unwrap();
-    assert!(late < 1000, "a probe {late} ms late: {runs:?}");
+    assert_every_second_on_time(&runs);
 }
 
 #[test]
