@@ -221,10 +221,20 @@ async fn guest_rows(
 ) -> Guests {
     let mut out = Guests { rows: Vec::new(), start_up: Vec::new() };
     let builds = [
-        ("status-mail-py.wasm", "Python (componentize-py): fresh sandbox", "Python start-up"),
-        ("status-mail-js.wasm", "JavaScript (componentize-js): fresh sandbox", "JavaScript start-up"),
+        (
+            "status-mail-py.wasm",
+            "Python (componentize-py): fresh sandbox",
+            "Python: reused instance (floor)",
+            "Python start-up",
+        ),
+        (
+            "status-mail-js.wasm",
+            "JavaScript (componentize-js): fresh sandbox",
+            "JavaScript: reused instance (floor)",
+            "JavaScript start-up",
+        ),
     ];
-    for (file, row, start) in builds {
+    for (file, row, floor, start) in builds {
         let component = plugins.join(file);
         if !component.exists() {
             println!("{file}: not built (scripts/build-plugins.sh --tests --out DIR; WARDEN_TEST_PLUGINS=DIR)");
@@ -272,6 +282,16 @@ async fn guest_rows(
             assert!(e.actions.is_empty());
         }
         out.rows.push(Row { name: row, samples });
+        // The same calls into one instance: what the guest's own code costs.
+        let modes = Modes::new(&engine, &policy, event, now).unwrap();
+        let mut reused = modes.reused().await.unwrap();
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            modes.call_reused(&mut reused).await.unwrap();
+            samples.push(t.elapsed());
+        }
+        out.rows.push(Row { name: floor, samples });
         if full {
             let _ = std::fs::remove_dir_all(dir);
         }

@@ -1,7 +1,7 @@
 //! End to end: the `warden` binary cargo built for these tests, driven over HTTP,
 //! signals and the command line.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::schedule::{Schedule, job, policy, probe, schedule};
 use crate::support::{Daemon, schedule_dir, wait_for, warden};
@@ -288,9 +288,11 @@ fn a_plugin_is_hot_swapped_while_probes_run_and_no_evaluation_is_lost() {
     // Swap in another component: it is compiled, pre-instantiated and swapped without a restart.
     std::fs::copy(plugins.join("status-alert.wasm"), dir.path().join("next.wasm")).unwrap();
     std::fs::rename(dir.path().join("next.wasm"), &component).unwrap();
-    wait_for(Duration::from_secs(20), "the new version to load", || {
-        (daemon.log().matches("policy loaded policy=echo").count() >= 2).then_some(())
-    });
+    let swapped = Instant::now();
+    while daemon.log().matches("policy loaded policy=echo").count() < 2 {
+        assert!(swapped.elapsed() < Duration::from_secs(60), "the new version did not load:\n{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let after_swap = counter(&daemon.get("/metrics").1, evals);
     wait_for(Duration::from_secs(20), "evaluations on the new version", || {
         (counter(&daemon.get("/metrics").1, evals) >= after_swap + 2).then_some(())
@@ -319,6 +321,29 @@ fn a_plugin_is_hot_swapped_while_probes_run_and_no_evaluation_is_lost() {
     let (e, r) = (counter(&m, evals), counter(&m, runs));
     assert!(r > 4, "{r} probe runs");
     assert_eq!(e, r, "an evaluation for every probe run");
+    assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
+}
+
+#[test]
+fn a_component_added_by_a_reload_is_watched_and_swapped_when_it_changes() {
+    let plugins = crate::policies::plugins_dir();
+    let (dir, config) = probe_every_second().write();
+    let daemon = Daemon::start(dir.path(), &config);
+    daemon.wait_runs("probe", 1);
+    let component = dir.path().join("late.wasm");
+    std::fs::copy(plugins.join("bad-guest.wasm"), &component).unwrap();
+    let late = policy("late", &component, &["probe"], "config = { mode = \"ok\" }");
+    std::fs::write(&config, probe_every_second().table(late).to_string()).unwrap();
+    let loaded = |n: usize| {
+        wait_for(Duration::from_secs(30), "the component to load", || {
+            (daemon.log().matches("policy loaded policy=late").count() >= n).then_some(())
+        })
+    };
+    loaded(1);
+    // Saving the component alone (the schedule unchanged) swaps the new version in.
+    std::fs::copy(plugins.join("status-alert.wasm"), dir.path().join("next.wasm")).unwrap();
+    std::fs::rename(dir.path().join("next.wasm"), &component).unwrap();
+    loaded(2);
     assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
 }
 

@@ -105,6 +105,9 @@ struct Daemon {
     reloads: reload::Reloads,
     /// When to read a changed file: editors write in several steps, so it settles first.
     reload_at: Option<tokio::time::Instant>,
+    /// The watches on the schedule and the components it names (renewed when they change).
+    watchers: Vec<notify::PollWatcher>,
+    reload_tx: mpsc::UnboundedSender<()>,
 }
 
 /// Runs until SIGTERM or Ctrl-C. `admin_token` guards `/admin/`; without one those routes
@@ -179,8 +182,8 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
     let (command_tx, mut commands) = mpsc::unbounded_channel();
     shared.set_commands(command_tx);
-    let _watcher = file_watch::watch_files(path, &component_paths(&config), reload_tx.clone());
-    file_watch::watch_sighup(reload_tx);
+    let watchers = file_watch::watch_files(path, &component_paths(&config), reload_tx.clone());
+    file_watch::watch_sighup(reload_tx.clone());
 
     // Replicas on one PostgreSQL store take turns; the first heartbeat comes before the
     // first occurrence, so this replica knows who else is live.
@@ -231,6 +234,8 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
         membership,
         reloads: reload::Reloads::new(),
         reload_at: None,
+        watchers,
+        reload_tx,
     };
     info!(
         config = %path.display(),
@@ -380,7 +385,7 @@ pub fn cache_dir(config: Option<&Config>) -> PathBuf {
     user.join("warden")
 }
 
-fn component_paths(config: &Config) -> Vec<PathBuf> {
+pub(super) fn component_paths(config: &Config) -> Vec<PathBuf> {
     config.policies.iter().map(|p| p.component.clone()).collect()
 }
 

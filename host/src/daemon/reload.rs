@@ -166,6 +166,11 @@ impl Daemon {
         let new = Arc::new(next.config);
         info!(jobs = new.jobs.len(), policies = new.policies.len(), "configuration reloaded");
         self.shared.set_config(new.clone());
+        // A component added (or moved) by this reload is watched from now on.
+        let components = super::component_paths(&new);
+        if components != super::component_paths(&self.config) {
+            self.watchers = super::file_watch::watch_files(&self.path, &components, self.reload_tx.clone());
+        }
         self.loaded_text = next.text;
         self.load_jobs(&new).await;
         self.config = new;
