@@ -45,18 +45,17 @@ impl Deferred {
         let outstanding = Arc::new(AtomicUsize::new(0));
         let left = outstanding.clone();
         tokio::spawn(async move {
-            let set = loop {
-                if let Some(set) = set.borrow_and_update().clone() {
-                    break set;
-                }
+            while set.borrow_and_update().is_none() {
                 if set.changed().await.is_err() {
                     return;
                 }
-            };
+            }
             while let Some(Waiting { job, mut ran, ctx }) = waiting.recv().await {
+                // The set current now (a reload may have swapped one in since).
+                let Some(current) = set.borrow().clone() else { return };
                 // Decided later than it was claimed: the policies' state is read afresh.
                 ran.forget_claimed_state();
-                let report = finish(&job, ran, &ctx, Some(&set)).await;
+                let report = finish(&job, ran, &ctx, Some(&current)).await;
                 if report.queued_alerts {
                     wake.notify_waiters();
                 }
@@ -66,7 +65,8 @@ impl Deferred {
         Arc::new(Deferred { ready, queue, outstanding })
     }
 
-    /// The policies are loaded: the queue is decided, in order.
+    /// The policies are loaded (or a reload swapped others in): the queue is decided, in
+    /// order, with the set given last.
     pub fn set_ready(&self, set: Arc<PolicySet>) {
         self.ready.send_replace(Some(set));
     }

@@ -161,8 +161,10 @@ impl Daemon {
             }
         }
         self.policies = Arc::new(next.policies);
-        // Runs decide with the new set from here on.
-        self.deferred = None;
+        // Runs still waiting from the start-up are decided with the new set, still in order.
+        if let Some(waiting) = &self.deferred {
+            waiting.set_ready(self.policies.clone());
+        }
         let new = Arc::new(next.config);
         info!(jobs = new.jobs.len(), policies = new.policies.len(), "configuration reloaded");
         self.shared.set_config(new.clone());
