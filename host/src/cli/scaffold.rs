@@ -95,9 +95,16 @@ warden-policy = {{ path = "{sdk}" }}
     println!("created {}", root.display());
     println!("next:");
     println!("  cargo test --manifest-path {}/Cargo.toml        # the decision logic, natively", root.display());
-    println!("  scripts/build-plugins.sh                         # the component, into plugins/{name}.wasm");
-    println!("  warden plugin test plugins/{name}.wasm --event event.json");
-    println!("then add a [[policy]] with component = \"plugins/{name}.wasm\" to schedules.toml");
+    let wasm = if standalone {
+        let file = name.replace('-', "_");
+        println!("  cargo build --release --target wasm32-wasip2 --manifest-path {}/Cargo.toml", root.display());
+        format!("{}/target/wasm32-wasip2/release/{file}.wasm", root.display())
+    } else {
+        println!("  scripts/build-plugins.sh                         # the component, into plugins/{name}.wasm");
+        format!("plugins/{name}.wasm")
+    };
+    println!("  warden plugin event > event.json && warden plugin test {wasm} --event event.json");
+    println!("then add a [[policy]] with component = \"{wasm}\" to schedules.toml");
     Ok(ExitCode::SUCCESS)
 }
 
