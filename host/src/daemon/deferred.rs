@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{info, warn};
 
-use super::execute::{Ran, finish};
+use super::execute::{Occurrence, Ran, RunReport, execute_at, finish, start};
 use super::{Daemon, RunContext, SHUTDOWN_GRACE};
 use crate::config::Job;
 use crate::runtime::PolicySet;
+use crate::tasks::Event;
 
 /// The policies a run hands its event to.
 #[derive(Clone)]
@@ -89,6 +90,36 @@ impl Deferred {
     /// Runs waiting for the policies.
     pub fn waiting(&self) -> usize {
         self.outstanding.load(Ordering::SeqCst)
+    }
+}
+
+/// The daemon's runs: as `execute_queued` (or `execute_claimed` with `at.claimed`), with
+/// the policies still loading at start-up; the event then waits for them in order.
+pub(super) async fn execute_listened(
+    job: &Arc<Job>,
+    at: Occurrence,
+    ctx: &RunContext,
+    listeners: &Listeners,
+    observe: &(dyn Fn(&Event) + Send + Sync),
+) -> RunReport {
+    let deferred = match listeners {
+        Listeners::Ready(set) => {
+            return execute_at(job, at, ctx, set, observe).await;
+        }
+        Listeners::Waiting(deferred) => deferred,
+    };
+    // The state read with the claim would be stale by the time the policies decide.
+    let ran = match start(job, at, ctx, false, observe).await {
+        Ok(ran) => ran,
+        Err(report) => return report,
+    };
+    match deferred.idle_set() {
+        Some(set) => finish(job, ran, ctx, Some(&set)).await,
+        None => {
+            let report = RunReport { deferred: true, ..ran.report.clone() };
+            deferred.push(job.clone(), ran, ctx.clone());
+            report
+        }
     }
 }
 

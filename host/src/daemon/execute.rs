@@ -2,14 +2,12 @@
 //! event to the policies listening to the job, and commit the run, the snapshot, the
 //! policies' state writes and their outbox rows in one transaction.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use tracing::{error, info, warn};
 
 use super::RunContext;
-use super::deferred::Listeners;
 use crate::config::Job;
 use crate::metrics;
 use crate::runtime::PolicySet;
@@ -120,34 +118,15 @@ pub async fn execute_claimed(
 const BUSY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[allow(clippy::too_many_arguments)]
-/// The daemon's runs: as `execute_queued` (or `execute_claimed` with `at.claimed`), with
-/// the policies still loading at start-up; the event then waits for them in order.
-pub(super) async fn execute_listened(
-    job: &Arc<Job>,
+/// An occurrence as the daemon runs it, with the policies loaded.
+pub(super) async fn execute_at(
+    job: &Job,
     at: Occurrence,
     ctx: &RunContext,
-    listeners: &Listeners,
+    policies: &PolicySet,
     observe: &(dyn Fn(&Event) + Send + Sync),
 ) -> RunReport {
-    let deferred = match listeners {
-        Listeners::Ready(set) => {
-            return run(job, at.scheduled, at.trigger, ctx, Some(set), observe, at.claimed, at.lateness).await;
-        }
-        Listeners::Waiting(deferred) => deferred,
-    };
-    // The state read with the claim would be stale by the time the policies decide.
-    let ran = match start(job, at, ctx, false, observe).await {
-        Ok(ran) => ran,
-        Err(report) => return report,
-    };
-    match deferred.idle_set() {
-        Some(set) => finish(job, ran, ctx, Some(&set)).await,
-        None => {
-            let report = RunReport { deferred: true, ..ran.report.clone() };
-            deferred.push(job.clone(), ran, ctx.clone());
-            report
-        }
-    }
+    run(job, at.scheduled, at.trigger, ctx, Some(policies), observe, at.claimed, at.lateness).await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -184,7 +163,7 @@ pub(super) struct Occurrence {
 
 /// A run whose task has ended, before its policies decide and it is recorded.
 pub(super) struct Ran {
-    report: RunReport,
+    pub(super) report: RunReport,
     event: Event,
     at: Occurrence,
     started: Instant,

@@ -24,7 +24,8 @@ use tracing::{error, info, warn};
 pub use crate::runtime::PolicySet;
 pub use execute::{RunReport, Trigger, execute, execute_claimed, execute_observed, execute_queued};
 
-use execute::{Occurrence, execute_listened};
+use deferred::execute_listened;
+use execute::Occurrence;
 
 use crate::admin::{self, Command, CommandError, Shared};
 use crate::config::{self, Config, Job};
