@@ -286,8 +286,13 @@ fn a_plugin_is_hot_swapped_while_probes_run_and_no_evaluation_is_lost() {
     wait_for(Duration::from_secs(20), "evaluations", || (counter(&daemon.get("/metrics").1, evals) >= 2).then_some(()));
 
     // Swap in another component: it is compiled, pre-instantiated and swapped without a restart.
-    std::fs::copy(plugins.join("status-alert.wasm"), dir.path().join("next.wasm")).unwrap();
-    std::fs::rename(dir.path().join("next.wasm"), &component).unwrap();
+    // With the old file's time, as when both are written within one second (file times
+    // have whole seconds on some filesystems): the rename is still seen.
+    let next = dir.path().join("next.wasm");
+    std::fs::copy(plugins.join("status-alert.wasm"), &next).unwrap();
+    let written = std::fs::metadata(&component).unwrap().modified().unwrap();
+    std::fs::File::options().write(true).open(&next).unwrap().set_modified(written).unwrap();
+    std::fs::rename(&next, &component).unwrap();
     let swapped = Instant::now();
     while daemon.log().matches("policy loaded policy=echo").count() < 2 {
         assert!(swapped.elapsed() < Duration::from_secs(60), "the new version did not load:\n{}", daemon.log());

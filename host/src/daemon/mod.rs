@@ -107,7 +107,8 @@ struct Daemon {
     /// When to read a changed file: editors write in several steps, so it settles first.
     reload_at: Option<tokio::time::Instant>,
     /// The watches on the schedule and the components it names (renewed when they change).
-    watchers: Vec<notify::PollWatcher>,
+    _config_watch: Option<notify::PollWatcher>,
+    components_watch: file_watch::ComponentWatch,
     reload_tx: mpsc::UnboundedSender<()>,
 }
 
@@ -183,7 +184,8 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
     let (command_tx, mut commands) = mpsc::unbounded_channel();
     shared.set_commands(command_tx);
-    let watchers = file_watch::watch_files(path, &component_paths(&config), reload_tx.clone());
+    let config_watch = file_watch::watch_config(path, reload_tx.clone());
+    let components_watch = file_watch::watch_components(&component_paths(&config), reload_tx.clone());
     file_watch::watch_sighup(reload_tx.clone());
 
     // Replicas on one PostgreSQL store take turns; the first heartbeat comes before the
@@ -235,7 +237,8 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
         membership,
         reloads: reload::Reloads::new(),
         reload_at: None,
-        watchers,
+        _config_watch: config_watch,
+        components_watch,
         reload_tx,
     };
     info!(

@@ -171,7 +171,7 @@ impl Daemon {
         // A component added (or moved) by this reload is watched from now on.
         let components = super::component_paths(&new);
         if components != super::component_paths(&self.config) {
-            self.watchers = super::file_watch::watch_files(&self.path, &components, self.reload_tx.clone());
+            self.components_watch = super::file_watch::watch_components(&components, self.reload_tx.clone());
         }
         self.loaded_text = next.text;
         self.load_jobs(&new).await;
