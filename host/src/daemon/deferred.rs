@@ -93,8 +93,9 @@ impl Deferred {
     }
 }
 
-/// The daemon's runs: as `execute_queued` (or `execute_claimed` with `at.claimed`), with
-/// the policies still loading at start-up; the event then waits for them in order.
+/// The daemon's runs (a run-now comes already claimed, `at.claimed`; a scheduled one records
+/// how long it waited for a slot, `at.lateness`); with the policies still loading at
+/// start-up, the event waits for them in order.
 pub(super) async fn execute_listened(
     job: &Arc<Job>,
     at: Occurrence,
@@ -157,9 +158,7 @@ impl Daemon {
         if let Some(deferred) = &self.deferred {
             deferred.set_ready(set);
         }
-        if let Some(again) = self.reloads_asked_meanwhile() {
-            self.request_reloads(again);
-        }
+        self.start_reloads_asked_meanwhile();
         Ok(())
     }
 }

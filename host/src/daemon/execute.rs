@@ -82,35 +82,8 @@ pub async fn execute_observed(
     policies: Option<&PolicySet>,
     observe: &(dyn Fn(&Event) + Send + Sync),
 ) -> RunReport {
-    run(job, scheduled, trigger, ctx, policies, observe, None, None).await
-}
-
-/// As `execute_observed`, for a run that waited `lateness` in the daemon's queue after it
-/// was due: recorded with the run (`job_runs.lateness_ms`) and as a metric, never as part
-/// of what the task measured.
-pub async fn execute_queued(
-    job: &Job,
-    scheduled: DateTime<Utc>,
-    trigger: Trigger,
-    ctx: &RunContext,
-    policies: Option<&PolicySet>,
-    observe: &(dyn Fn(&Event) + Send + Sync),
-    lateness: std::time::Duration,
-) -> RunReport {
-    run(job, scheduled, trigger, ctx, policies, observe, None, Some(lateness)).await
-}
-
-/// As `execute_observed`, for an occurrence the caller already claimed as `run_id` (a
-/// run-now from the admin API answers with the id before the run ends).
-pub async fn execute_claimed(
-    job: &Job,
-    scheduled: DateTime<Utc>,
-    run_id: i64,
-    ctx: &RunContext,
-    policies: Option<&PolicySet>,
-    observe: &(dyn Fn(&Event) + Send + Sync),
-) -> RunReport {
-    run(job, scheduled, Trigger::Manual, ctx, policies, observe, Some(run_id), None).await
+    let at = Occurrence { scheduled, trigger, claimed: None, lateness: None };
+    run(job, at, ctx, policies, observe).await
 }
 
 /// How long a claim waits out a busy store (every connection in use) before the
@@ -126,24 +99,19 @@ pub(super) async fn execute_at(
     policies: &PolicySet,
     observe: &(dyn Fn(&Event) + Send + Sync),
 ) -> RunReport {
-    run(job, at.scheduled, at.trigger, ctx, Some(policies), observe, at.claimed, at.lateness).await
+    run(job, at, ctx, Some(policies), observe).await
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run(
     job: &Job,
-    scheduled: DateTime<Utc>,
-    trigger: Trigger,
+    at: Occurrence,
     ctx: &RunContext,
     policies: Option<&PolicySet>,
     observe: &(dyn Fn(&Event) + Send + Sync),
-    claimed: Option<i64>,
-    lateness: Option<std::time::Duration>,
 ) -> RunReport {
     // With policies listening, the claim also reads their state for this job (one round
     // trip on Postgres).
     let wants_state = policies.is_some_and(|set| set.for_job(&job.name).next().is_some());
-    let at = Occurrence { scheduled, trigger, claimed, lateness };
     match start(job, at, ctx, wants_state, observe).await {
         Ok(ran) => finish(job, ran, ctx, policies).await,
         Err(report) => report,

@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 pub use crate::runtime::PolicySet;
-pub use execute::{RunReport, Trigger, execute, execute_claimed, execute_observed, execute_queued};
+pub use execute::{RunReport, Trigger, execute, execute_observed};
 
 use deferred::execute_listened;
 use execute::Occurrence;

@@ -80,14 +80,11 @@ impl Daemon {
         self.start_reload(reply.into_iter().collect());
     }
 
-    /// Reloads asked for while the start-up load ran.
-    pub(super) fn reloads_asked_meanwhile(&mut self) -> Option<Vec<Reply>> {
-        self.reloads.again.take()
-    }
-
-    /// Starts the reload those asked for.
-    pub(super) fn request_reloads(&mut self, replies: Vec<Reply>) {
-        self.start_reload(replies);
+    /// Starts the reload asked for while the start-up load ran, if any.
+    pub(super) fn start_reloads_asked_meanwhile(&mut self) {
+        if let Some(again) = self.reloads.again.take() {
+            self.start_reload(again);
+        }
     }
 
     fn start_reload(&mut self, replies: Vec<Reply>) {
@@ -136,9 +133,7 @@ impl Daemon {
         for reply in replies {
             let _ = reply.send(result.clone());
         }
-        if let Some(again) = self.reloads.again.take() {
-            self.start_reload(again);
-        }
+        self.start_reloads_asked_meanwhile();
     }
 
     /// Everything was built: the new configuration is swapped in whole. Runs in flight
