@@ -463,6 +463,15 @@ async fn through_a_store_outage_three_replicas_send_one_down_and_one_recovered()
     let mails: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM warden.outbox WHERE kind = 'email'").fetch_one(&pool).await.unwrap();
     assert_eq!(mails, 2, "the outbox holds the two mails once each");
+    // The ticket's key is the occurrence's (policy, job, status, scheduled time): one row.
+    let keys: Vec<String> =
+        sqlx::query_scalar("SELECT dedup_key FROM warden.outbox WHERE kind = 'ticket'").fetch_all(&pool).await.unwrap();
+    assert_eq!(keys.len(), 1, "one ticket row: {keys:?}");
+    let occurrence: i64 = keys[0].rsplit(':').next().unwrap().parse().unwrap();
+    assert!(
+        runs(&pool).await.iter().any(|(at, _, _)| at.timestamp_millis() == occurrence),
+        "keyed by an occurrence's scheduled time, not the wall clock: {keys:?}"
+    );
     for (_, d) in replicas {
         assert_eq!(d.terminate(Duration::from_secs(15)), Some(0));
     }

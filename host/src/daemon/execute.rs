@@ -308,7 +308,9 @@ pub(super) async fn finish(job: &Job, ran: Ran, ctx: &RunContext, policies: Opti
                 sql: policy.spec.grants.sql_read.then(|| ctx.targets.db.clone()),
                 s3: ctx.targets.s3.clone(),
             };
-            let result = set.engine.evaluate(policy, &job.name, &event, state, Utc::now(), caps).await;
+            // The clock is the occurrence's: every replica deciding on it sees the same time,
+            // so what a policy derives from it (a ticket's dedup key) is the same too.
+            let result = set.engine.evaluate(policy, &job.name, &event, state, scheduled, caps).await;
             match &result {
                 Ok(evaluation) => {
                     metrics::record_evaluation(&name, "ok", evaluation.micros as f64 / 1e6);

@@ -108,7 +108,7 @@ pub fn decide(rules: &Rules, snap: &Snapshot, now_ms: i64, state: &mut impl Stat
                 title: with_job(rules, snap, format!("{} {what}: status {}", rules.product, new.name())),
                 body: body(snap, last),
                 priority,
-                dedup_key: format!("{}:{}", new.name(), snap.checked_at_ms),
+                dedup_key: format!("{}:{now_ms}", new.name()),
             }));
         }
         if cooldown_over(&|k| state.get_i64(k)) {

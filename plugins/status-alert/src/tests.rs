@@ -125,3 +125,21 @@ fn config_defaults_and_errors() {
     let bad = Config(|k: &str| (k == "failure_threshold").then(|| "0".to_owned()));
     assert!(Rules::from_config(&bad).unwrap_err().contains("failure_threshold"));
 }
+
+#[test]
+fn a_ticket_s_key_comes_from_the_evaluation_s_clock_not_the_snapshot_s() {
+    // Two replicas running one occurrence take their snapshots milliseconds apart; the host
+    // gives both the occurrence as the clock, so both decide on the same ticket.
+    let key = |checked_at: i64| {
+        let mut state = BTreeMap::from([(LAST.to_owned(), "operational".to_owned())]);
+        decide(&rules(), &snap(Status::Error, checked_at), 10 * MIN, &mut state)
+            .into_iter()
+            .find_map(|a| match a {
+                Action::OpenTicket(t) => Some(t.dedup_key),
+                _ => None,
+            })
+            .expect("a ticket")
+    };
+    assert_eq!(key(10 * MIN + 3), key(10 * MIN + 41));
+    assert_eq!(key(0), format!("error:{}", 10 * MIN));
+}
