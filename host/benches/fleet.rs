@@ -215,7 +215,10 @@ fn run(s: &Scenario) -> Row {
         }
     }
     let startup = started.elapsed();
-    std::thread::sleep(Duration::from_secs(if full() { 5 } else { 2 }));
+    // A full run warms up for one whole period, so every job has run once and its policy
+    // state exists: the window measures the steady state (the first round writes each
+    // job's state; from then on a run that changes nothing writes only its own rows).
+    std::thread::sleep(Duration::from_secs(if full() { s.period_secs.max(3) + 2 } else { 2 }));
     let window = Duration::from_secs(
         std::env::var("FLEET_WINDOW").ok().and_then(|w| w.parse().ok()).unwrap_or(if s.period_secs <= 30 {
             70

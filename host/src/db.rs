@@ -43,6 +43,9 @@ pub struct PoolSettings {
     pub lazy: bool,
 }
 
+/// A pooled Postgres connection idle longer than this is pinged before it is handed out.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(10);
+
 impl Pool {
     pub async fn open(url: &DbUrl, settings: PoolSettings, pg_schema: Option<&str>) -> Result<Self, sqlx::Error> {
         match url {
@@ -59,9 +62,12 @@ impl Pool {
                     // commits. FULL would sync on every commit: 10,000 runs a round.
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(5));
+                // A file does not hang up: no ping before each hand-out (a round trip to the
+                // connection's thread, as many as the statement itself).
                 let pool = SqlitePoolOptions::new()
                     .max_connections(settings.max_connections)
-                    .acquire_timeout(settings.acquire_timeout);
+                    .acquire_timeout(settings.acquire_timeout)
+                    .test_before_acquire(false);
                 let pool =
                     if settings.lazy { pool.connect_lazy_with(options) } else { pool.connect_with(options).await? };
                 Ok(Pool::Sqlite(pool))
@@ -71,9 +77,19 @@ impl Pool {
                 if let Some(schema) = pg_schema {
                     options = options.options([("search_path", schema)]);
                 }
+                // A connection is pinged when it goes back to the pool; one handed out again
+                // soon after needs no second ping (a round trip per statement), one idle for
+                // a while does (the server may have closed it meanwhile).
                 let pool = PgPoolOptions::new()
                     .max_connections(settings.max_connections)
-                    .acquire_timeout(settings.acquire_timeout);
+                    .acquire_timeout(settings.acquire_timeout)
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            // A failed ping: the pool drops it and hands out another.
+                            Ok(meta.idle_for <= PING_IDLE_AFTER || sqlx::Connection::ping(conn).await.is_ok())
+                        })
+                    });
                 let pool =
                     if settings.lazy { pool.connect_lazy_with(options) } else { pool.connect_with(options).await? };
                 Ok(Pool::Postgres(pool))

@@ -447,6 +447,68 @@ async fn state_writes_and_actions_commit_together_or_not_at_all() {
     assert_eq!(ctx.store.count_health().await.unwrap(), 2);
 }
 
+/// SQLite commits a run that decided nothing new as one command (BEGIN IMMEDIATE to COMMIT)
+/// on its writer connection: a statement failing halfway leaves nothing of the run, and the
+/// connection is not left inside the transaction for the next claim and commit.
+#[tokio::test]
+async fn a_sqlite_commit_failing_halfway_leaves_nothing_and_the_next_one_lands() {
+    use warden::store::{Decision, RunCommit};
+
+    let dir = tempfile::tempdir().unwrap();
+    let body = schedule().job(probe("probe", "30s", &[r#"{ name = "db", kind = "db", timeout = "2s" }"#]));
+    let path = dir.path().join("schedules.toml");
+    std::fs::write(&path, body.to_string()).unwrap();
+    let cfg = warden::config::load(&path).unwrap();
+    let ctx = warden::daemon::open(&cfg).await.unwrap();
+    let outside =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("warden-state.db").display())).await.unwrap();
+    let run = |id: i64, minutes: i64| {
+        let Event::Snapshot(mut snap) = snapshot(Status::Operational, minutes) else { unreachable!() };
+        snap.job = "probe".into();
+        let decided = Decision {
+            policy: "status-alert".into(),
+            state_writes: Default::default(),
+            outbox: vec![],
+            read_mark: Some(String::new()),
+        };
+        RunCommit {
+            run_id: Some(id),
+            scheduled_at: at(minutes),
+            snapshot: Some(snap),
+            ..RunCommit::ok("probe", vec![decided])
+        }
+    };
+    let outcome = |id: i64| {
+        let outside = outside.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT outcome FROM job_runs WHERE id = $1")
+                .bind(id)
+                .fetch_one(&outside)
+                .await
+                .unwrap()
+        }
+    };
+
+    // The snapshot's table is gone when the run commits: its end and its mark go too.
+    let first = ctx.store.claim("probe", at(0), "schedule").await.unwrap().unwrap();
+    sqlx::query("ALTER TABLE health_history RENAME TO health_away").execute(&outside).await.unwrap();
+    let err = ctx.store.commit(&run(first, 0)).await.unwrap_err();
+    assert!(err.to_string().contains("health_history"), "{err}");
+    assert_eq!(outcome(first).await, "running", "the run's end rolled back");
+    let marks: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM policy_state").fetch_one(&outside).await.unwrap();
+    assert_eq!(marks, 0, "the decision mark rolled back");
+
+    // Back in place: the next occurrence claims and commits on the same writer, and another
+    // connection sees it (a connection left inside the failed transaction would hold it).
+    sqlx::query("ALTER TABLE health_away RENAME TO health_history").execute(&outside).await.unwrap();
+    let second = ctx.store.claim("probe", at(1), "schedule").await.unwrap().unwrap();
+    ctx.store.commit(&run(second, 1)).await.unwrap();
+    assert_eq!(outcome(second).await, "ok");
+    assert_eq!(ctx.store.count_health().await.unwrap(), 1);
+    let states = ctx.store.claim_with_state("probe", at(2), "schedule").await.unwrap().unwrap().1;
+    assert_eq!(states["status-alert"]["warden:decided"], warden::store::decided_mark(at(1)));
+}
+
 #[tokio::test]
 async fn a_wasi_guest_loads_and_every_reach_outside_is_denied() {
     // Built the ordinary way for WASI (wasm32-wasip1 std + the component adapter).

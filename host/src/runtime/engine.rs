@@ -14,7 +14,7 @@ use crate::config::MAX_POLICY_MEMORY;
 const KEEP_RESIDENT: usize = 16 << 20;
 
 /// How often the epoch advances; deadlines are rounded up to it.
-pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Concurrent evaluations the pool holds; more wait for a slot... or fail, so keep it ample.
 const POOL_INSTANCES: u32 = 64;
 /// Guard pages after each linear memory; bounds checks are explicit beyond it.

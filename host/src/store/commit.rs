@@ -19,9 +19,12 @@ impl StateStore {
         let plain = run.decisions.iter().all(|d| d.state_writes.is_empty() && d.outbox.is_empty());
         if !injected
             && plain
-            && let (Pool::Postgres(p), Some(id)) = (&self.pool, run.run_id)
+            && let Some(id) = run.run_id
         {
-            return self.commit_plain(p, id, run).await;
+            return match &self.pool {
+                Pool::Postgres(p) => self.commit_plain(p, id, run).await,
+                Pool::Sqlite(_) => self.commit_plain_sqlite(id, run).await,
+            };
         }
         self.write_runs(std::slice::from_ref(run), None).await
     }
@@ -70,6 +73,58 @@ impl StateStore {
         Ok(())
     }
 
+    /// The same on SQLite, which has no writing CTE: the statements between `BEGIN
+    /// IMMEDIATE` and `COMMIT` sent as ONE command on the writer connection (one wake-up of
+    /// its thread, where a transaction through the pool takes a dozen).
+    async fn commit_plain_sqlite(&self, id: i64, run: &RunCommit) -> Result<(), StoreError> {
+        self.ready().await?;
+        let checks = match &run.snapshot {
+            Some(s) => Some(serde_json::to_string(&s.checks).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+            None => None,
+        };
+        let policies: Vec<&str> = run.decisions.iter().map(|d| d.policy.as_str()).collect();
+        let policies = serde_json::to_string(&policies).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // A run taken over meanwhile (its row is another replica's) writes nothing more.
+        let sql = "BEGIN IMMEDIATE; \
+                   UPDATE job_runs SET finished_at = $2, outcome = $3, error = $4, rows_affected = $5, detail = $6, \
+                   lateness_ms = $7 WHERE id = $1 AND replica = $13; \
+                   INSERT INTO policy_state (plugin, job, key, value, updated_at) \
+                   SELECT p.value, $14, $15, $16, $2 FROM json_each($17) AS p \
+                   WHERE EXISTS (SELECT 1 FROM job_runs WHERE id = $1 AND replica = $13) \
+                   ON CONFLICT (plugin, job, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at \
+                   WHERE policy_state.value < excluded.value; \
+                   INSERT INTO health_history (job, checked_at, status, duration_ms, checks) \
+                   SELECT $8, $9, $10, $11, $12 WHERE $12 IS NOT NULL \
+                   AND EXISTS (SELECT 1 FROM job_runs WHERE id = $1 AND replica = $13); \
+                   COMMIT";
+        let snapshot = run.snapshot.as_ref();
+        let query = sqlx::query(sql)
+            .bind(id)
+            .bind(Ts(Utc::now()))
+            .bind(run.outcome.as_str())
+            .bind(&run.error)
+            .bind(run.rows_affected.map(as_i64))
+            .bind(&run.detail)
+            .bind(run.lateness_ms.map(as_i64))
+            .bind(snapshot.map(|s| s.job.as_str()))
+            .bind(snapshot.map(|s| Ts(s.checked_at)))
+            .bind(snapshot.map(|s| s.status.as_str()))
+            .bind(snapshot.map(|s| as_i64(s.duration_ms)))
+            .bind(checks)
+            .bind(&self.replica)
+            .bind(&run.job)
+            .bind(DECIDED_KEY)
+            .bind(decided_mark(run.scheduled_at))
+            .bind(policies);
+        let Some((mut turn, options)) = self.sqlite_turn().await else { unreachable!("a SQLite store has a writer") };
+        let done = match turn.conn(&options).await {
+            Ok(conn) => query.execute(conn).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        turn.end(done.is_err()).await;
+        Ok(done?)
+    }
+
     /// Moves spooled runs into the store in ONE transaction. Each run's mark makes a replay
     /// of the same spool a no-op; rows already delivered from the spool land as delivered.
     pub async fn apply_spool(&self, runs: &[RunCommit], apply: SpoolApply<'_>) -> Result<(), StoreError> {
@@ -78,11 +133,59 @@ impl StateStore {
 
     async fn write_runs(&self, runs: &[RunCommit], spool: Option<SpoolApply<'_>>) -> Result<(), StoreError> {
         self.ready().await?;
-        let _turn = self.write_turn().await;
-        let now = Ts(Utc::now());
         #[cfg(feature = "testing")]
         let fail = self.fail_next_commit.swap(false, std::sync::atomic::Ordering::SeqCst);
-        let mut tx = Tx::begin(&self.pool).await?;
+        #[cfg(not(feature = "testing"))]
+        let fail = false;
+        // SQLite writes on its writer connection, in this process's turn.
+        if let Some((mut turn, options)) = self.sqlite_turn().await {
+            let done = match turn.conn(&options).await {
+                Ok(conn) => match sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+                    Ok(_) => self.write_and_end(Tx::Sqlite(conn), runs, spool, fail).await,
+                    Err(e) => Err(e.into()),
+                },
+                Err(e) => Err(e.into()),
+            };
+            turn.end(done.is_err()).await;
+            return done;
+        }
+        let Pool::Postgres(p) = &self.pool else { unreachable!("a SQLite store has a writer") };
+        self.write_and_end(Tx::Postgres(p.begin().await?), runs, spool, fail).await
+    }
+
+    /// Writes the runs in `tx` and commits it, or rolls it back on the first failure (or the
+    /// failure a test injected).
+    async fn write_and_end(
+        &self,
+        mut tx: Tx<'_>,
+        runs: &[RunCommit],
+        spool: Option<SpoolApply<'_>>,
+        fail: bool,
+    ) -> Result<(), StoreError> {
+        // (On SQLite the turn also rolls back a transaction a failed COMMIT left open.)
+        match self.write_each(&mut tx, runs, spool).await {
+            Ok(()) if !fail => Ok(tx.commit().await?),
+            Ok(()) => {
+                tx.rollback().await?;
+                #[cfg(feature = "testing")]
+                return Err(StoreError::Injected);
+                #[cfg(not(feature = "testing"))]
+                unreachable!("only a test injects a failure")
+            }
+            Err(e) => {
+                tx.rollback().await?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn write_each(
+        &self,
+        tx: &mut Tx<'_>,
+        runs: &[RunCommit],
+        spool: Option<SpoolApply<'_>>,
+    ) -> Result<(), StoreError> {
+        let now = Ts(Utc::now());
         for (i, run) in runs.iter().enumerate() {
             if let Some(spool) = &spool
                 && !tx.mark_applied(&spool.marks[i], now).await?
@@ -131,20 +234,15 @@ impl StateStore {
                 }
             }
         }
-        #[cfg(feature = "testing")]
-        if fail {
-            tx.rollback().await?;
-            return Err(StoreError::Injected);
-        }
-        tx.commit().await?;
         Ok(())
     }
 }
 
 /// One write transaction on either backend; the steps of a commit are its methods, each
 /// one statement written once.
-enum Tx {
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+enum Tx<'c> {
+    /// The writer connection, inside `BEGIN IMMEDIATE`.
+    Sqlite(&'c mut sqlx::SqliteConnection),
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
 
@@ -178,21 +276,19 @@ fn as_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-impl Tx {
-    async fn begin(pool: &Pool) -> Result<Tx, sqlx::Error> {
-        Ok(match pool {
-            Pool::Sqlite(p) => Tx::Sqlite(p.begin().await?),
-            Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
-        })
-    }
-
+impl Tx<'_> {
     async fn commit(self) -> Result<(), sqlx::Error> {
-        on_tx!(self, |t| t.commit().await)
+        match self {
+            Tx::Sqlite(conn) => sqlx::query("COMMIT").execute(conn).await.map(|_| ()),
+            Tx::Postgres(t) => t.commit().await,
+        }
     }
 
-    #[cfg(feature = "testing")]
     async fn rollback(self) -> Result<(), sqlx::Error> {
-        on_tx!(self, |t| t.rollback().await)
+        match self {
+            Tx::Sqlite(conn) => sqlx::query("ROLLBACK").execute(conn).await.map(|_| ()),
+            Tx::Postgres(t) => t.rollback().await,
+        }
     }
 
     /// Marks a spooled run applied; false when an earlier drain applied it already.

@@ -12,6 +12,7 @@ mod outbox;
 mod replicas;
 mod silences;
 mod spool;
+mod writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -114,9 +115,9 @@ pub struct StateStore {
     /// is prepared on first contact.
     ready: Arc<tokio::sync::OnceCell<()>>,
     url: String,
-    /// SQLite has one writer at a time: warden's own writes take turns here instead of
-    /// meeting in SQLite's busy handler (which sleeps, and makes runs late). `None` on Postgres.
-    write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// SQLite has one writer at a time: warden's own writes take turns here (and the hot
+    /// ones use the connection it keeps). `None` on Postgres.
+    write_gate: Option<Arc<writer::WriteGate>>,
     /// Test hook: the next `commit` fails after writing everything, before COMMIT.
     #[cfg(feature = "testing")]
     fail_next_commit: Arc<std::sync::atomic::AtomicBool>,
@@ -283,10 +284,18 @@ impl StateStore {
     }
 
     /// Waits for this process's turn to write (SQLite); nothing to wait for on Postgres.
-    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, writer::Writer>> {
         match &self.write_gate {
             Some(gate) => Some(gate.lock().await),
             None => None,
+        }
+    }
+
+    /// SQLite: the turn to write and the options its connection opens with.
+    pub(super) async fn sqlite_turn(&self) -> Option<(writer::Turn<'_>, Arc<sqlx::sqlite::SqliteConnectOptions>)> {
+        match (&self.pool, &self.write_gate) {
+            (Pool::Sqlite(p), Some(gate)) => Some((writer::Turn::take(gate).await, p.connect_options())),
+            _ => None,
         }
     }
 
@@ -302,20 +311,33 @@ impl StateStore {
     /// process (or an earlier run of this one) already claimed it.
     pub async fn claim(&self, job: &str, scheduled: DateTime<Utc>, trigger: &str) -> Result<Option<i64>, StoreError> {
         self.ready().await?;
-        let _turn = self.write_turn().await;
         let sql = format!("{CLAIM} RETURNING id");
         let now = Ts(Utc::now());
-        let id: Option<i64> = with_pool!(&self.pool, |p| {
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+        if let Some((mut turn, options)) = self.sqlite_turn().await {
+            let q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(job)
                 .bind(Ts(scheduled))
                 .bind(trigger)
                 .bind(&self.replica)
                 .bind(now)
-                .bind(ABANDONED)
-                .fetch_optional(p)
-                .await?
-        });
+                .bind(ABANDONED);
+            let id = match turn.conn(&options).await {
+                Ok(conn) => q.fetch_optional(conn).await,
+                Err(e) => Err(e),
+            };
+            turn.end(id.is_err()).await;
+            return Ok(id?);
+        }
+        let Pool::Postgres(p) = &self.pool else { unreachable!("SQLite claims on its writer") };
+        let id: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(job)
+            .bind(Ts(scheduled))
+            .bind(trigger)
+            .bind(&self.replica)
+            .bind(now)
+            .bind(ABANDONED)
+            .fetch_optional(p)
+            .await?;
         Ok(id)
     }
 
@@ -328,11 +350,36 @@ impl StateStore {
         scheduled: DateTime<Utc>,
         trigger: &str,
     ) -> Result<Option<(i64, JobStates)>, StoreError> {
-        let Pool::Postgres(p) = &self.pool else {
-            let Some(id) = self.claim(job, scheduled, trigger).await? else { return Ok(None) };
-            return Ok(Some((id, self.job_states(job).await?)));
-        };
         self.ready().await?;
+        if let Some((mut turn, options)) = self.sqlite_turn().await {
+            // SQLite has no writing CTE, but RETURNING may hold a subquery: the claim and the
+            // state in one statement all the same, the state as a JSON array of triples.
+            let sql = format!(
+                "{CLAIM} RETURNING id, (SELECT json_group_array(json_array(plugin, key, value)) \
+                 FROM policy_state WHERE job = $1)"
+            );
+            let q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(job)
+                .bind(Ts(scheduled))
+                .bind(trigger)
+                .bind(&self.replica)
+                .bind(Ts(Utc::now()))
+                .bind(ABANDONED);
+            let row: Result<Option<(i64, String)>, _> = match turn.conn(&options).await {
+                Ok(conn) => q.fetch_optional(conn).await,
+                Err(e) => Err(e),
+            };
+            turn.end(row.is_err()).await;
+            let Some((id, triples)) = row? else { return Ok(None) };
+            let triples: Vec<(String, String, String)> =
+                serde_json::from_str(&triples).map_err(|e| StoreError::Corrupt(format!("policy_state: {e}")))?;
+            let mut states = JobStates::new();
+            for (policy, key, value) in triples {
+                states.entry(policy).or_default().insert(key, value);
+            }
+            return Ok(Some((id, states)));
+        }
+        let Pool::Postgres(p) = &self.pool else { unreachable!("SQLite claims on its writer") };
         let sql = format!(
             "WITH c AS ({CLAIM} RETURNING id) SELECT c.id, s.plugin, s.key, s.value FROM c LEFT JOIN policy_state s ON s.job = $1"
         );
