@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs (when absent) and starts what the test suite talks to: PostgreSQL, an
-# S3-compatible server (moto), schemathesis for the API fuzz, and Debian's Chromium for the status-page test. Idempotent: safe to run again and again.
+# S3-compatible server (moto), schemathesis for the API fuzz, Debian's Chromium for the status-page test and promtool (prometheus) for the metrics and alerting rules. Idempotent: safe to run again and again.
 # Prints `export` lines for the test environment on stdout; progress goes to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,3 +65,12 @@ if [ ! -x "$CHROMIUM" ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
 fi
 echo "export CHROMIUM='$CHROMIUM'"
+
+# --- promtool (Debian's prometheus), for /metrics and the alerting rules in deploy/ --------
+PROMTOOL=${PROMTOOL:-/usr/bin/promtool}
+if [ ! -x "$PROMTOOL" ]; then
+  log "installing prometheus for promtool (apt-get)"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || true
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >&2
+fi
+echo "export PROMTOOL='$PROMTOOL'"

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 eval "$(scripts/test-services.sh)"
-export WARDEN_TEST_PG MOTO_SERVER SCHEMATHESIS CHROMIUM
+export WARDEN_TEST_PG MOTO_SERVER SCHEMATHESIS CHROMIUM PROMTOOL
 
 # Rebuild every plugin and the purpose-built test guests from source (installing the wasm
 # toolchain if absent); the suite tests what was just built, not the committed components.

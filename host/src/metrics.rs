@@ -44,6 +44,16 @@ pub const JOB_LATENESS: Metric = m(
     Kind::Histogram,
     "How long due runs waited for a slot (max_running) before they started.",
 );
+pub const JOB_LAST_RUN: Metric = m(
+    "warden_job_last_run_timestamp_seconds",
+    Kind::Gauge,
+    "When each job's last run ended, in seconds since the Unix epoch.",
+);
+pub const JOB_PERIOD: Metric = m(
+    "warden_job_period_seconds",
+    Kind::Gauge,
+    "Each scheduled job's period (for a cron job, the gap between its next two fire times).",
+);
 pub const STATUS: Metric = m("warden_status", Kind::Gauge, "A probe job's status: 0 operational, 1 degraded, 2 error.");
 pub const CHECK_UP: Metric = m("warden_check_up", Kind::Gauge, "Whether a probe's check passed (1) or failed (0).");
 pub const CHECK_DURATION: Metric =
@@ -94,6 +104,8 @@ pub const METRICS: &[Metric] = &[
     JOB_RUNS,
     JOB_DURATION,
     JOB_LATENESS,
+    JOB_LAST_RUN,
+    JOB_PERIOD,
     STATUS,
     CHECK_UP,
     CHECK_DURATION,
@@ -154,7 +166,14 @@ pub fn record_run(job: &str, outcome: &str, seconds: f64) {
     counter!(JOB_RUNS.name, "job" => job.to_owned(), "outcome" => outcome.to_owned()).increment(1);
     if outcome != "skipped" {
         histogram!(JOB_DURATION.name, "job" => job.to_owned()).record(seconds);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        gauge!(JOB_LAST_RUN.name, "job" => job.to_owned()).set(now.as_secs_f64());
     }
+}
+
+/// A scheduled job's period, for "no run for three periods" alerts.
+pub fn record_job_period(job: &str, period: std::time::Duration) {
+    gauge!(JOB_PERIOD.name, "job" => job.to_owned()).set(period.as_secs_f64());
 }
 
 pub fn record_snapshot(snapshot: &Snapshot) {
@@ -176,6 +195,7 @@ pub fn record_lateness(_job: &str, seconds: f64) {
 
 pub fn record_gauges(gauges: &[Gauge]) {
     for g in gauges {
+        describe_gauge!(format!("warden_{}", g.name), "A column of a sql-gauge job's query, one series per row.");
         let labels: Vec<metrics::Label> =
             g.labels.iter().map(|(k, v)| metrics::Label::new(k.clone(), v.clone())).collect();
         gauge!(format!("warden_{}", g.name), labels).set(g.value);

@@ -8,6 +8,7 @@ mod support;
 pub mod admin_api;
 mod config_ui;
 mod delivery;
+mod deploy;
 mod e2e;
 mod fleet;
 mod guests;

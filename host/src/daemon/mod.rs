@@ -424,6 +424,11 @@ impl Daemon {
             }
         }
         self.jobs = config.jobs.iter().map(|j| (j.name.clone(), Arc::clone(j))).collect();
+        for job in config.jobs.iter().filter(|j| j.enabled) {
+            if let Some(period) = job.schedule.period(Utc::now()) {
+                crate::metrics::record_job_period(&job.name, period);
+            }
+        }
         let specs =
             config.jobs.iter().map(|j| (j.name.clone(), j.schedule.clone(), j.enabled && !paused.contains(&j.name)));
         for fire in self.scheduler.load(specs, Utc::now(), &last_ran) {

@@ -123,6 +123,18 @@ impl ScheduleSpec {
         }
     }
 
+    /// How often it fires: an `every` job's period; for a cron job, the gap between its next
+    /// two times after `now` (`None` when it fires fewer than twice more).
+    pub fn period(&self, now: DateTime<Utc>) -> Option<std::time::Duration> {
+        match self {
+            Self::Every { period, .. } => Some(period.std()),
+            Self::Cron { .. } => match self.upcoming(now, 2)[..] {
+                [a, b] => (b - a).to_std().ok(),
+                _ => None,
+            },
+        }
+    }
+
     /// The next `n` scheduled times after `after`.
     pub fn upcoming(&self, after: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
         let mut out = Vec::with_capacity(n);

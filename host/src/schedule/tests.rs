@@ -318,3 +318,13 @@ fn replicas_take_turns_at_each_jobs_occurrences() {
     }
     assert!(per.iter().all(|&n| n > 70), "{per:?}");
 }
+
+#[test]
+fn a_job_s_period_is_its_every_or_the_gap_between_its_next_cron_times() {
+    let now = t("2026-05-01T12:00:00Z");
+    assert_eq!(every("30s").period(now), Some(std::time::Duration::from_secs(30)));
+    assert_eq!(cron("0 15 3 * * *", Tz::UTC).period(now), Some(std::time::Duration::from_secs(86_400)));
+    assert_eq!(cron("*/5 * * * *", Tz::UTC).period(now), Some(std::time::Duration::from_secs(300)));
+    // A cron line that fires once more (one year only) has no period.
+    assert_eq!(cron("0 0 0 1 1 * 2027", Tz::UTC).period(now), None);
+}
