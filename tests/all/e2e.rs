@@ -191,6 +191,19 @@ fn a_changed_schedule_is_reloaded_and_a_broken_one_refused() {
     wait_for(Duration::from_secs(20), "a reload", || {
         daemon.log().matches("configuration reloaded").count().ge(&2).then_some(())
     });
+
+    // SIGHUP with nothing changed (file and components as loaded, which is found out off
+    // the loop): answered as unchanged, nothing rebuilt.
+    std::thread::sleep(Duration::from_millis(500));
+    let (reloaded, unchanged) = {
+        let log = daemon.log();
+        (log.matches("configuration reloaded").count(), log.matches("configuration unchanged").count())
+    };
+    daemon.signal("HUP");
+    wait_for(Duration::from_secs(20), "the unchanged answer", || {
+        (daemon.log().matches("configuration unchanged").count() > unchanged).then_some(())
+    });
+    assert_eq!(daemon.log().matches("configuration reloaded").count(), reloaded, "{}", daemon.log());
     assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
 }
 

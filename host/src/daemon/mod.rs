@@ -394,14 +394,6 @@ pub(super) fn component_paths(config: &Config) -> Vec<PathBuf> {
 }
 
 impl Daemon {
-    /// Whether a loaded component's file changed on disk since it was loaded.
-    fn components_changed(&self) -> bool {
-        self.policies
-            .policies
-            .iter()
-            .any(|p| crate::runtime::file_sha256(&p.spec.component).as_deref() != Some(&p.hash))
-    }
-
     async fn load_jobs(&mut self, config: &Config) {
         let last_ran = self.ctx.store.last_ran().await.unwrap_or_else(|e| {
             warn!(error = %e, "could not read past runs; catch-up assumes none");
