@@ -291,6 +291,41 @@ fn decided(id: i64, at: DateTime<Utc>, status: &str, mail: bool, read_mark: &str
     RunCommit { run_id: Some(id), scheduled_at: at, ..RunCommit::ok("probe", vec![decision]) }
 }
 
+/// Runs holding every connection of the store's pool do not stop the heartbeat (it has a
+/// connection of its own), so a busy replica never looks stopped to the others.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_heartbeat_is_recorded_while_runs_hold_every_connection() {
+    use warden::config::{DbUrl, StateConfig};
+    use warden::db::Pool;
+    use warden::store::StateStore;
+    let db = TestDb::create().await;
+    let store = StateStore::open(&StateConfig { url: DbUrl::Postgres(db.url.clone()), pool: 2 }).await.unwrap();
+    let Pool::Postgres(pool) = store.pool() else { unreachable!() };
+    let held = [pool.begin().await.unwrap(), pool.begin().await.unwrap()];
+
+    // A claim has no connection to run on...
+    let claim = tokio::time::timeout(Duration::from_secs(1), store.claim("probe", Utc::now(), "schedule")).await;
+    assert!(claim.is_err(), "the pool is full, so the claim waits: {claim:?}");
+    // ...while the heartbeat is recorded at once, and so is a takeover round.
+    let beat = tokio::time::timeout(Duration::from_secs(2), store.heartbeat("127.0.0.1:1", Duration::from_secs(10)))
+        .await
+        .expect("the heartbeat did not wait for the pool")
+        .unwrap();
+    assert_eq!(beat.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [store.replica()]);
+    tokio::time::timeout(Duration::from_secs(2), store.take_over_stopped(Duration::from_secs(10)))
+        .await
+        .expect("the takeover round did not wait for the pool")
+        .unwrap();
+    let admin = db.pool().await;
+    let recorded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM warden.replicas WHERE listen = '127.0.0.1:1'")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 1);
+    drop(held);
+    db.drop_db().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn decisions_apply_in_occurrence_order_and_never_from_a_state_passed_by() {
     use warden::config::{DbUrl, StateConfig};

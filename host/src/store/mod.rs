@@ -118,6 +118,9 @@ pub struct StateStore {
     /// SQLite has one writer at a time: warden's own writes take turns here (and the hot
     /// ones use the connection it keeps). `None` on Postgres.
     write_gate: Option<Arc<writer::WriteGate>>,
+    /// Postgres: a connection of its own for the heartbeat and takeovers, so runs holding
+    /// every connection of `pool` never make this replica look stopped to the others.
+    beat_pool: Option<sqlx::PgPool>,
     /// Test hook: the next `commit` fails after writing everything, before COMMIT.
     #[cfg(feature = "testing")]
     fail_next_commit: Arc<std::sync::atomic::AtomicBool>,
@@ -243,12 +246,22 @@ impl StateStore {
             Err(source) => return Err(StoreError::Open { url, source }),
         };
         let is_sqlite = pool.is_sqlite();
+        let beat_pool = match &pool {
+            Pool::Postgres(p) => Some(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(3))
+                    .connect_lazy_with((*p.connect_options()).clone()),
+            ),
+            Pool::Sqlite(_) => None,
+        };
         let replica = format!("{}-{}-{:04x}", hostname(), std::process::id(), rand::random::<u16>());
         let store = Self {
             pool,
             replica,
             ready: Default::default(),
             write_gate: is_sqlite.then(Default::default),
+            beat_pool,
             url,
             #[cfg(feature = "testing")]
             fail_next_commit: Default::default(),
@@ -301,6 +314,14 @@ impl StateStore {
 
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// Where heartbeats and takeovers go: a pool of their own on Postgres.
+    fn beat_pool(&self) -> Pool {
+        match &self.beat_pool {
+            Some(p) => Pool::Postgres(p.clone()),
+            None => self.pool.clone(),
+        }
     }
 
     pub fn replica(&self) -> &str {

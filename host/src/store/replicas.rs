@@ -38,7 +38,7 @@ impl StateStore {
         let now = Utc::now();
         let cutoff = now - chrono::Duration::from_std(live_for).unwrap_or_default();
         let _turn = self.write_turn().await;
-        let rows: Vec<(String, String, Ts)> = with_pool!(&self.pool, |p| {
+        let rows: Vec<(String, String, Ts)> = with_pool!(&self.beat_pool(), |p| {
             sqlx::query(
                 "INSERT INTO replicas (id, started_at, heartbeat_at, listen) VALUES ($1, $2, $2, $3) \
                  ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, listen = excluded.listen",
@@ -71,7 +71,7 @@ impl StateStore {
         let cutoff = now - chrono::Duration::from_std(live_for).unwrap_or_default();
         let _turn = self.write_turn().await;
         let mut takeover = Takeover::default();
-        with_pool!(&self.pool, |p| {
+        with_pool!(&self.beat_pool(), |p| {
             let mut tx = p.begin().await?;
             let gone: Vec<String> = sqlx::query_scalar("DELETE FROM replicas WHERE heartbeat_at < $1 RETURNING id")
                 .bind(Ts(cutoff))
