@@ -14,6 +14,17 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// A webhook URL for logs and messages: scheme, host and port only. A webhook's path or
+/// query is often its secret (Slack, Teams and Discord put the token there).
+pub fn redact_webhook(url: &str) -> String {
+    let Some(scheme) = url.find("://") else { return "***".to_owned() };
+    let rest = &url[scheme + 3..];
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    let hidden = if rest.len() > authority.len() { "/***" } else { "" };
+    format!("{}{host}{hidden}", &url[..scheme + 3])
+}
+
 /// Writes a file whole or not at all.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
@@ -29,6 +40,15 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_webhook_url_keeps_only_its_host() {
+        let slack = "https://hooks.slack.com/services/T000/B000/XXXXSECRET";
+        assert_eq!(super::redact_webhook(slack), "https://hooks.slack.com/***");
+        assert_eq!(super::redact_webhook("http://me:pw@127.0.0.1:8080/t?key=s"), "http://127.0.0.1:8080/***");
+        assert_eq!(super::redact_webhook("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
+        assert_eq!(super::redact_webhook("not a url"), "***");
+    }
+
     #[test]
     fn redact_hides_the_password_and_keeps_the_user() {
         assert_eq!(super::redact("smtps://me:secret@mail.example.org:465"), "smtps://me:***@mail.example.org:465");

@@ -256,8 +256,9 @@ impl Dispatcher {
                 let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
                 self.store.defer(row.id, e, next).await
             }
-            Err(Failure::Retry(e)) if attempts < channels.max_attempts => {
-                let delay = channels.backoff_after(attempts);
+            Err(failure @ (Failure::Retry(_) | Failure::Throttled(..))) if attempts < channels.max_attempts => {
+                let delay = channels.backoff_after(attempts).max(failure.retry_after());
+                let e = &failure.to_string();
                 crate::metrics::record_delivery(row.kind, "retried");
                 warn!(kind = %row.kind, key = %row.dedup_key, attempts, retry_in = ?delay, error = %e, "delivery failed; will retry");
                 let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
@@ -309,7 +310,8 @@ impl Dispatcher {
                     let attempts = retry.get(&key).map_or(0, |(n, _)| *n) + 1;
                     crate::metrics::record_delivery(row.kind, "retried");
                     warn!(kind = %row.kind, key = %key, attempts, error = %failure, "delivery from the spool failed; will retry");
-                    retry.insert(key, (attempts, Instant::now() + channels.backoff_after(attempts)));
+                    let delay = channels.backoff_after(attempts).max(failure.retry_after());
+                    retry.insert(key, (attempts, Instant::now() + delay));
                 }
             }
         }

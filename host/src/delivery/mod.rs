@@ -59,12 +59,43 @@ pub enum Failure {
     /// list): tried again later without spending an attempt, so an outage of any length
     /// does not fail the notice about it.
     Unavailable(String),
+    /// The receiver asked to be left alone for a while (429 or 503 with `Retry-After`):
+    /// retried like `Retry`, but no sooner than it said.
+    Throttled(String, Duration),
+}
+
+impl Failure {
+    /// The least wait before the next attempt the receiver asked for.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            Failure::Throttled(_, after) => *after,
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// The most a `Retry-After` holds a row back.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// A `Retry-After` value: seconds, or an HTTP date; capped at `MAX_RETRY_AFTER`.
+pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = value.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+            (at.with_timezone(&chrono::Utc) - now).to_std().unwrap_or_default()
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Retry(e) | Failure::Permanent(e) | Failure::Unavailable(e) => f.write_str(e),
+            Failure::Retry(e) | Failure::Permanent(e) | Failure::Unavailable(e) | Failure::Throttled(e, _) => {
+                f.write_str(e)
+            }
         }
     }
 }
@@ -293,4 +324,21 @@ pub async fn opt_out(channels: &Channels, user: &str) -> Result<u64, String> {
     let text = sqlx::AssertSqlSafe(statement.to_owned());
     let done = crate::with_pool!(db, |p| sqlx::query(text).bind(user).execute(p).await.map(|r| r.rows_affected()));
     done.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date_and_capped() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-03T10:00:00Z").unwrap().to_utc();
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("Thu, 03 Dec 2026 10:00:30 GMT", now), Some(Duration::from_secs(30)));
+        assert_eq!(parse_retry_after("Thu, 03 Dec 2026 09:00:00 GMT", now), Some(Duration::ZERO), "in the past");
+        assert_eq!(parse_retry_after("999999", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(Failure::Throttled("x".into(), Duration::from_secs(5)).retry_after(), Duration::from_secs(5));
+        assert_eq!(Failure::Retry("x".into()).retry_after(), Duration::ZERO);
+    }
 }

@@ -1,5 +1,6 @@
 //! Tickets: a JSON POST to the configured webhook with an `Idempotency-Key` header, or a
-//! JSON file per ticket when no webhook is configured.
+//! JSON file per ticket when no webhook is configured. A 429 or 503 with `Retry-After` is
+//! retried no sooner than it says.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::Failure;
+use crate::base::text::redact_webhook;
 
 /// Where tickets go.
 #[derive(Clone)]
@@ -26,7 +28,7 @@ pub enum Tickets {
 impl std::fmt::Debug for Tickets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Tickets::Webhook { url, .. } => write!(f, "Tickets::Webhook({url})"),
+            Tickets::Webhook { url, .. } => write!(f, "Tickets::Webhook({})", redact_webhook(&url.to_string())),
             Tickets::Dir(dir) => write!(f, "Tickets::Dir({})", dir.display()),
         }
     }
@@ -35,7 +37,7 @@ impl std::fmt::Debug for Tickets {
 impl Tickets {
     pub fn new(config: &crate::config::TicketsConfig) -> Result<Tickets, String> {
         let Some(url) = &config.webhook else { return Ok(Tickets::Dir(config.dir.clone())) };
-        let url: hyper::Uri = url.parse().map_err(|e| format!("invalid webhook URL `{url}`: {e}"))?;
+        let url: hyper::Uri = url.parse().map_err(|e| format!("invalid webhook URL `{}`: {e}", redact_webhook(url)))?;
         let https =
             hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build();
         let client = Box::new(Client::builder(TokioExecutor::new()).build(https));
@@ -60,14 +62,27 @@ impl Tickets {
                     .header("Idempotency-Key", idempotency_key)
                     .body(Full::new(Bytes::from(bytes)))
                     .map_err(|e| Failure::Permanent(format!("cannot build the request: {e}")))?;
+                // The URL's path is often its secret: messages (kept as the row's last error,
+                // shown by the admin API) name the host only.
+                let shown = redact_webhook(&url.to_string());
                 let exchange = async {
                     let response =
-                        client.request(request).await.map_err(|e| Failure::Retry(format!("webhook {url}: {e}")))?;
+                        client.request(request).await.map_err(|e| Failure::Retry(format!("webhook {shown}: {e}")))?;
                     let status = response.status();
+                    let retry_after = response
+                        .headers()
+                        .get(hyper::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| super::parse_retry_after(v, chrono::Utc::now()));
                     let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                     let said = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
                     if status.is_success() {
                         Ok(format!("webhook answered {status}"))
+                    } else if let (429 | 503, Some(after)) = (status.as_u16(), retry_after) {
+                        Err(Failure::Throttled(
+                            format!("webhook answered {status} (retry after {}s): {said}", after.as_secs()),
+                            after,
+                        ))
                     } else if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
                         Err(Failure::Retry(format!("webhook answered {status}: {said}")))
                     } else {
@@ -77,7 +92,7 @@ impl Tickets {
                 match tokio::time::timeout(*timeout, exchange).await {
                     Ok(result) => result,
                     Err(_) => {
-                        Err(Failure::Retry(format!("webhook {url}: no answer within {}s", timeout.as_secs_f64())))
+                        Err(Failure::Retry(format!("webhook {shown}: no answer within {}s", timeout.as_secs_f64())))
                     }
                 }
             }

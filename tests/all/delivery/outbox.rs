@@ -175,7 +175,8 @@ async fn mail_goes_over_starttls_or_implicit_tls_with_auth_and_an_untrusted_cert
 // ---- the ticket webhook --------------------------------------------------------------
 
 /// An HTTP server answering each request with the next status scripted for its
-/// `Idempotency-Key` (200 once the script runs out), recording every request.
+/// `Idempotency-Key` (200 once the script runs out; a 429 says `Retry-After: 1`), recording
+/// every request (with the pseudo-header `:received` in milliseconds since the server began).
 struct Webhook {
     addr: SocketAddr,
     requests: Arc<Mutex<Vec<Request>>>,
@@ -192,6 +193,7 @@ impl Webhook {
         let script: Arc<Mutex<HashMap<String, Vec<u16>>>> =
             Arc::new(Mutex::new(script.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect()));
         let seen = requests.clone();
+        let began = std::time::Instant::now();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -216,9 +218,11 @@ impl Webhook {
                     let queue = script.entry(key).or_default();
                     if queue.is_empty() { 200 } else { queue.remove(0) }
                 };
+                headers.insert(":received".into(), began.elapsed().as_millis().to_string());
                 seen.lock().unwrap().push((headers, serde_json::from_slice(&body).unwrap()));
                 let mut out = stream;
-                let _ = write!(out, "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nno");
+                let wait = if status == 429 { "retry-after: 1\r\n" } else { "" };
+                let _ = write!(out, "HTTP/1.1 {status} X\r\n{wait}content-length: 2\r\nconnection: close\r\n\r\nno");
             }
         });
         Webhook { addr, requests }
@@ -258,6 +262,47 @@ async fn tickets_go_to_the_webhook_5xx_is_retried_and_4xx_fails_at_once() {
     assert_eq!(body["product"], "MNW");
     let failed = outbox.store.outbox_page(Some(warden::base::OutboxState::Failed), 10, None).await.unwrap();
     assert!(failed[0].last_error.as_deref().unwrap().contains("400"), "{:?}", failed[0].last_error);
+}
+
+/// A 429 with `Retry-After: 1` is retried no sooner than a second later, though the backoff
+/// is 50 ms, and delivered once.
+#[tokio::test]
+async fn a_ticket_answered_429_waits_out_its_retry_after() {
+    let hook = Webhook::start(&[("status-alert:slow", &[429])]);
+    let outbox = Outbox::start(&format!(
+        "backoff = \"50ms\"\nmax_backoff = \"100ms\"\n[alerts.tickets]\nwebhook = \"http://{}/tickets\"\n",
+        hook.addr
+    ))
+    .await;
+    outbox.queue(vec![ticket("status-alert:slow", "MNW down")]).await;
+    let states = outbox.wait_states("the ticket delivered", |s| s.iter().all(|(_, st, _)| st == "delivered")).await;
+    assert_eq!(states, [("status-alert:slow".to_owned(), "delivered".to_owned(), 2)]);
+    let received: Vec<u64> =
+        hook.requests.lock().unwrap().iter().map(|(h, _)| h[":received"].parse().unwrap()).collect();
+    assert_eq!(received.len(), 2, "429, then 200");
+    assert!(received[1] - received[0] >= 1000, "retried {} ms after the 429", received[1] - received[0]);
+}
+
+/// A webhook's path is its secret (Slack and Teams put the token there): the error kept on
+/// the row, which the admin API shows, names the host only.
+#[tokio::test]
+async fn a_webhook_s_secret_path_stays_out_of_the_row_s_error() {
+    let closed = crate::support::free_port();
+    let outbox = Outbox::start(&format!(
+        "backoff = \"1h\"\n[alerts.tickets]\nwebhook = \"http://127.0.0.1:{closed}/services/T0/B0/SECRETTOKEN\"\n"
+    ))
+    .await;
+    outbox.queue(vec![ticket("status-alert:hidden", "MNW down")]).await;
+    let entries = loop {
+        let entries = outbox.store.outbox_page(None, 10, None).await.unwrap();
+        if entries.iter().any(|e| e.last_error.is_some()) {
+            break entries;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = entries[0].last_error.clone().unwrap();
+    assert!(error.contains(&format!("http://127.0.0.1:{closed}/***")), "{error}");
+    assert!(!error.contains("SECRETTOKEN") && !error.contains("services"), "{error}");
 }
 
 #[tokio::test]

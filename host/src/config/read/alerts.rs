@@ -164,7 +164,11 @@ fn read_tickets(value: &Value<'_>, base: &Path, tickets: &mut TicketsConfig, ctx
             Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {
                 tickets.webhook = Some(url.value)
             }
-            _ => ctx.diag.error(url.span, "alerts.tickets.webhook", format!("`{}` is not an http(s) URL", url.value)),
+            _ => ctx.diag.error(
+                url.span,
+                "alerts.tickets.webhook",
+                format!("`{}` is not an http(s) URL", crate::base::text::redact_webhook(&url.value)),
+            ),
         }
     }
     if let Some(d) = t.duration(ctx, "timeout") {
