@@ -21,108 +21,64 @@ impl StateStore {
             && plain
             && let Some(id) = run.run_id
         {
-            return match &self.pool {
-                Pool::Postgres(p) => self.commit_plain(p, id, run).await,
-                Pool::Sqlite(_) => self.commit_plain_sqlite(id, run).await,
-            };
+            return self.commit_plain(id, run).await;
         }
         self.write_runs(std::slice::from_ref(run), None).await
     }
 
-    /// The common run on Postgres, a claimed one that decided nothing to write: its end and
-    /// its snapshot in ONE statement (atomic by itself), one round trip instead of four.
-    async fn commit_plain(&self, p: &sqlx::PgPool, id: i64, run: &RunCommit) -> Result<(), StoreError> {
-        self.ready().await?;
-        let checks = match &run.snapshot {
-            Some(s) => Some(serde_json::to_string(&s.checks).map_err(|e| StoreError::Corrupt(e.to_string()))?),
-            None => None,
-        };
-        // A run taken over meanwhile (this replica was thought stopped) writes nothing.
-        // Each policy's decision mark moves forward too, so an older occurrence committing
-        // later does not act on a state this one has passed.
-        let sql = "WITH r AS (UPDATE job_runs SET finished_at = $2, outcome = $3, error = $4, rows_affected = $5, \
-                   detail = $6, lateness_ms = $7 WHERE id = $1 AND replica = $13 RETURNING id), \
-                   m AS (INSERT INTO policy_state (plugin, job, key, value, updated_at) \
-                   SELECT p, $14, $15, $16, $2 FROM unnest($17::text[]) AS p WHERE EXISTS (SELECT 1 FROM r) \
-                   ON CONFLICT (plugin, job, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at \
-                   WHERE policy_state.value < excluded.value) \
-                   INSERT INTO health_history (job, checked_at, status, duration_ms, checks) \
-                   SELECT $8, $9, $10, $11, $12 WHERE $12 IS NOT NULL AND EXISTS (SELECT 1 FROM r)";
-        let policies: Vec<&str> = run.decisions.iter().map(|d| d.policy.as_str()).collect();
-        let snapshot = run.snapshot.as_ref();
-        sqlx::query(sql)
-            .bind(id)
-            .bind(Ts(Utc::now()))
-            .bind(run.outcome.as_str())
-            .bind(&run.error)
-            .bind(run.rows_affected.map(as_i64))
-            .bind(&run.detail)
-            .bind(run.lateness_ms.map(as_i64))
-            .bind(snapshot.map(|s| s.job.as_str()))
-            .bind(snapshot.map(|s| Ts(s.checked_at)))
-            .bind(snapshot.map(|s| s.status.as_str()))
-            .bind(snapshot.map(|s| as_i64(s.duration_ms)))
-            .bind(checks)
-            .bind(&self.replica)
-            .bind(&run.job)
-            .bind(DECIDED_KEY)
-            .bind(decided_mark(run.scheduled_at))
-            .bind(&policies)
-            .execute(p)
-            .await?;
-        Ok(())
-    }
-
-    /// The same on SQLite, which has no writing CTE: the statements between `BEGIN
-    /// IMMEDIATE` and `COMMIT` sent as ONE command on the writer connection (one wake-up of
-    /// its thread, where a transaction through the pool takes a dozen).
-    async fn commit_plain_sqlite(&self, id: i64, run: &RunCommit) -> Result<(), StoreError> {
+    /// The common run, a claimed one that decided nothing to write: its end, its snapshot
+    /// and the decision marks in one round trip (`PLAIN_POSTGRES`, `PLAIN_SQLITE`).
+    async fn commit_plain(&self, id: i64, run: &RunCommit) -> Result<(), StoreError> {
         self.ready().await?;
         let checks = match &run.snapshot {
             Some(s) => Some(serde_json::to_string(&s.checks).map_err(|e| StoreError::Corrupt(e.to_string()))?),
             None => None,
         };
         let policies: Vec<&str> = run.decisions.iter().map(|d| d.policy.as_str()).collect();
-        let policies = serde_json::to_string(&policies).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        // A run taken over meanwhile (its row is another replica's) writes nothing more.
-        let sql = "BEGIN IMMEDIATE; \
-                   UPDATE job_runs SET finished_at = $2, outcome = $3, error = $4, rows_affected = $5, detail = $6, \
-                   lateness_ms = $7 WHERE id = $1 AND replica = $13; \
-                   INSERT INTO policy_state (plugin, job, key, value, updated_at) \
-                   SELECT p.value, $14, $15, $16, $2 FROM json_each($17) AS p \
-                   WHERE EXISTS (SELECT 1 FROM job_runs WHERE id = $1 AND replica = $13) \
-                   ON CONFLICT (plugin, job, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at \
-                   WHERE policy_state.value < excluded.value; \
-                   INSERT INTO health_history (job, checked_at, status, duration_ms, checks) \
-                   SELECT $8, $9, $10, $11, $12 WHERE $12 IS NOT NULL \
-                   AND EXISTS (SELECT 1 FROM job_runs WHERE id = $1 AND replica = $13); \
-                   COMMIT";
         let snapshot = run.snapshot.as_ref();
-        let query = sqlx::query(sql)
-            .bind(id)
-            .bind(Ts(Utc::now()))
-            .bind(run.outcome.as_str())
-            .bind(&run.error)
-            .bind(run.rows_affected.map(as_i64))
-            .bind(&run.detail)
-            .bind(run.lateness_ms.map(as_i64))
-            .bind(snapshot.map(|s| s.job.as_str()))
-            .bind(snapshot.map(|s| Ts(s.checked_at)))
-            .bind(snapshot.map(|s| s.status.as_str()))
-            .bind(snapshot.map(|s| as_i64(s.duration_ms)))
-            .bind(checks)
-            .bind(&self.replica)
-            .bind(&run.job)
-            .bind(DECIDED_KEY)
-            .bind(decided_mark(run.scheduled_at))
-            .bind(policies);
-        let Some((mut turn, options)) = self.sqlite_turn().await else { unreachable!("a SQLite store has a writer") };
-        let done = match turn.conn(&options).await {
-            Ok(conn) => query.execute(conn).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        turn.end(done.is_err()).await;
-        Ok(done?)
+        let now = Ts(Utc::now());
+        // The same parameters on both backends; only how the policies' names travel differs.
+        macro_rules! bound {
+            ($sql:expr, $policies:expr) => {
+                sqlx::query($sql)
+                    .bind(id)
+                    .bind(now)
+                    .bind(run.outcome.as_str())
+                    .bind(&run.error)
+                    .bind(run.rows_affected.map(as_i64))
+                    .bind(&run.detail)
+                    .bind(run.lateness_ms.map(as_i64))
+                    .bind(snapshot.map(|s| s.job.as_str()))
+                    .bind(snapshot.map(|s| Ts(s.checked_at)))
+                    .bind(snapshot.map(|s| s.status.as_str()))
+                    .bind(snapshot.map(|s| as_i64(s.duration_ms)))
+                    .bind(checks)
+                    .bind(&self.replica)
+                    .bind(&run.job)
+                    .bind(DECIDED_KEY)
+                    .bind(decided_mark(run.scheduled_at))
+                    .bind($policies)
+            };
+        }
+        match &self.pool {
+            Pool::Postgres(p) => {
+                bound!(PLAIN_POSTGRES, &policies).execute(p).await?;
+                Ok(())
+            }
+            Pool::Sqlite(_) => {
+                let policies = serde_json::to_string(&policies).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let query = bound!(PLAIN_SQLITE, policies);
+                let Some((mut turn, options)) = self.sqlite_turn().await else {
+                    unreachable!("a SQLite store has a writer")
+                };
+                let done = match turn.conn(&options).await {
+                    Ok(conn) => query.execute(conn).await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                turn.end(done.is_err()).await;
+                Ok(done?)
+            }
+        }
     }
 
     /// Moves spooled runs into the store in ONE transaction. Each run's mark makes a replay
@@ -237,6 +193,35 @@ impl StateStore {
         Ok(())
     }
 }
+
+/// A plain commit on Postgres in ONE statement (atomic by itself). A run taken over
+/// meanwhile (this replica was thought stopped) writes nothing. Each policy's decision mark
+/// moves forward too, so an older occurrence committing later does not act on a state this
+/// one has passed.
+const PLAIN_POSTGRES: &str = "WITH r AS (UPDATE job_runs SET finished_at = $2, outcome = $3, error = $4, \
+     rows_affected = $5, detail = $6, lateness_ms = $7 WHERE id = $1 AND replica = $13 RETURNING id), \
+     m AS (INSERT INTO policy_state (plugin, job, key, value, updated_at) \
+     SELECT p, $14, $15, $16, $2 FROM unnest($17::text[]) AS p WHERE EXISTS (SELECT 1 FROM r) \
+     ON CONFLICT (plugin, job, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at \
+     WHERE policy_state.value < excluded.value) \
+     INSERT INTO health_history (job, checked_at, status, duration_ms, checks) \
+     SELECT $8, $9, $10, $11, $12 WHERE $12 IS NOT NULL AND EXISTS (SELECT 1 FROM r)";
+
+/// The same on SQLite, which has no writing CTE: the statements between `BEGIN IMMEDIATE`
+/// and `COMMIT`, sent as ONE command on the writer connection (one wake-up of its thread,
+/// where a transaction through the pool takes a dozen). The policies' names are a JSON array.
+const PLAIN_SQLITE: &str = "BEGIN IMMEDIATE; \
+     UPDATE job_runs SET finished_at = $2, outcome = $3, error = $4, rows_affected = $5, detail = $6, \
+     lateness_ms = $7 WHERE id = $1 AND replica = $13; \
+     INSERT INTO policy_state (plugin, job, key, value, updated_at) \
+     SELECT p.value, $14, $15, $16, $2 FROM json_each($17) AS p \
+     WHERE EXISTS (SELECT 1 FROM job_runs WHERE id = $1 AND replica = $13) \
+     ON CONFLICT (plugin, job, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at \
+     WHERE policy_state.value < excluded.value; \
+     INSERT INTO health_history (job, checked_at, status, duration_ms, checks) \
+     SELECT $8, $9, $10, $11, $12 WHERE $12 IS NOT NULL \
+     AND EXISTS (SELECT 1 FROM job_runs WHERE id = $1 AND replica = $13); \
+     COMMIT";
 
 /// One write transaction on either backend; the steps of a commit are its methods, each
 /// one statement written once.
