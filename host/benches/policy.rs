@@ -141,6 +141,8 @@ fn main() {
         failure_threshold: 1,
         success_threshold: 1,
         name_job: false,
+        remind_every_ms: 0,
+        escalate_after_ms: 0,
     };
     let wit_snap = warden_policy::Snapshot {
         job: snap.job.clone(),

@@ -38,7 +38,7 @@ fn tool(program: &str, args: &[&str], dir: &Path, stdin: Option<&str>) -> (i32, 
 }
 
 /// The shipped schedule and the plugins just built, in a folder of their own.
-fn shipped_dir() -> tempfile::TempDir {
+pub(crate) fn shipped_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     std::fs::copy(root.join("schedules.toml"), dir.path().join("schedules.toml")).unwrap();

@@ -16,7 +16,7 @@ pub mod text;
 
 use std::fmt;
 
-pub use action::{ActionRecord, Priority};
+pub use action::{ActionRecord, Alert, AlertEvent, Priority, Stage};
 pub use duration::Duration;
 pub use event::{Event, Gauge, RunResult};
 pub use health::{CheckResult, Snapshot, Status};
@@ -36,11 +36,50 @@ pub enum OutboxKind {
     Notice,
     /// A ticket (webhook or file).
     Ticket,
+    /// A JSON alert POSTed to a `webhook` receiver.
+    Webhook,
+    /// A Slack incoming-webhook message.
+    Slack,
+    /// A Microsoft Teams workflow webhook with an Adaptive Card.
+    Teams,
+    /// A Discord webhook message.
+    Discord,
+    /// A PagerDuty Events API v2 event (trigger or resolve).
+    Pagerduty,
+    /// An Opsgenie alert (create or close).
+    Opsgenie,
+    /// An ntfy message.
+    Ntfy,
 }
 
 impl OutboxKind {
-    pub const ALL: [OutboxKind; 4] =
-        [OutboxKind::Email, OutboxKind::Subscribers, OutboxKind::Notice, OutboxKind::Ticket];
+    pub const ALL: [OutboxKind; 11] = [
+        OutboxKind::Email,
+        OutboxKind::Subscribers,
+        OutboxKind::Notice,
+        OutboxKind::Ticket,
+        OutboxKind::Webhook,
+        OutboxKind::Slack,
+        OutboxKind::Teams,
+        OutboxKind::Discord,
+        OutboxKind::Pagerduty,
+        OutboxKind::Opsgenie,
+        OutboxKind::Ntfy,
+    ];
+
+    /// The kinds the urgent lane sends (everything but the paced per-user notices).
+    pub const URGENT: [OutboxKind; 10] = [
+        OutboxKind::Email,
+        OutboxKind::Subscribers,
+        OutboxKind::Ticket,
+        OutboxKind::Webhook,
+        OutboxKind::Slack,
+        OutboxKind::Teams,
+        OutboxKind::Discord,
+        OutboxKind::Pagerduty,
+        OutboxKind::Opsgenie,
+        OutboxKind::Ntfy,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -48,6 +87,13 @@ impl OutboxKind {
             OutboxKind::Subscribers => "subscribers",
             OutboxKind::Notice => "notice",
             OutboxKind::Ticket => "ticket",
+            OutboxKind::Webhook => "webhook",
+            OutboxKind::Slack => "slack",
+            OutboxKind::Teams => "teams",
+            OutboxKind::Discord => "discord",
+            OutboxKind::Pagerduty => "pagerduty",
+            OutboxKind::Opsgenie => "opsgenie",
+            OutboxKind::Ntfy => "ntfy",
         }
     }
 
@@ -59,7 +105,15 @@ impl OutboxKind {
     /// store is down (the fan-out needs the store, and its notices come from it).
     pub fn sent_from_spool(self) -> bool {
         match self {
-            OutboxKind::Email | OutboxKind::Ticket => true,
+            OutboxKind::Email
+            | OutboxKind::Ticket
+            | OutboxKind::Webhook
+            | OutboxKind::Slack
+            | OutboxKind::Teams
+            | OutboxKind::Discord
+            | OutboxKind::Pagerduty
+            | OutboxKind::Opsgenie
+            | OutboxKind::Ntfy => true,
             OutboxKind::Subscribers | OutboxKind::Notice => false,
         }
     }
@@ -159,7 +213,8 @@ mod tests {
         }
         assert_eq!(
             OutboxKind::try_from("sms".to_owned()).unwrap_err(),
-            "unknown outbox kind `sms`: email, subscribers, notice or ticket"
+            "unknown outbox kind `sms`: email, subscribers, notice, ticket, webhook, slack, teams, discord, pagerduty, \
+             opsgenie or ntfy"
         );
     }
 }

@@ -23,6 +23,127 @@ pub struct Config {
     pub maintenance: Vec<MaintenanceWindow>,
     /// Which public routes are served (`[http]`); all by default.
     pub http: PublicRoutes,
+    /// Where alerts can go besides the built-in `admin` (email) and `tickets` receivers.
+    pub receivers: Vec<Receiver>,
+    /// Which actions go to which receivers, in order; none matching: the default route
+    /// (email to `admin`, tickets to `tickets`).
+    pub routes: Vec<Route>,
+}
+
+/// The built-in receiver of admin email (`alerts.admin` over `alerts.smtp`).
+pub const ADMIN_RECEIVER: &str = "admin";
+/// The built-in receiver of tickets (`alerts.tickets`).
+pub const TICKETS_RECEIVER: &str = "tickets";
+
+/// What a receiver is: how its messages are shaped and where they go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiverKind {
+    Email,
+    Webhook,
+    Slack,
+    Teams,
+    Discord,
+    Pagerduty,
+    Opsgenie,
+    Ntfy,
+}
+
+impl ReceiverKind {
+    pub const ALL: [ReceiverKind; 8] = [
+        ReceiverKind::Email,
+        ReceiverKind::Webhook,
+        ReceiverKind::Slack,
+        ReceiverKind::Teams,
+        ReceiverKind::Discord,
+        ReceiverKind::Pagerduty,
+        ReceiverKind::Opsgenie,
+        ReceiverKind::Ntfy,
+    ];
+
+    pub fn outbox_kind(self) -> crate::base::OutboxKind {
+        use crate::base::OutboxKind as K;
+        match self {
+            ReceiverKind::Email => K::Email,
+            ReceiverKind::Webhook => K::Webhook,
+            ReceiverKind::Slack => K::Slack,
+            ReceiverKind::Teams => K::Teams,
+            ReceiverKind::Discord => K::Discord,
+            ReceiverKind::Pagerduty => K::Pagerduty,
+            ReceiverKind::Opsgenie => K::Opsgenie,
+            ReceiverKind::Ntfy => K::Ntfy,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.outbox_kind().as_str()
+    }
+
+    pub fn parse(text: &str) -> Option<ReceiverKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+
+    /// Whether it keeps incidents open until the recovery resolves them (the others are
+    /// told the recovery as a message of its own).
+    pub fn has_incidents(self) -> bool {
+        matches!(self, ReceiverKind::Pagerduty | ReceiverKind::Opsgenie)
+    }
+}
+
+/// `[receivers.NAME]`. Its URL, key and header values are secrets: `Debug` and every
+/// message show the URL's host only.
+#[derive(Clone, PartialEq)]
+pub struct Receiver {
+    pub name: String,
+    pub kind: ReceiverKind,
+    /// Off when a secret it needs expanded to nothing (its environment variable is unset):
+    /// routes pass it by.
+    pub enabled: bool,
+    /// The webhook, the Events API, the Opsgenie API base or the ntfy topic URL.
+    pub url: String,
+    /// PagerDuty's routing key, Opsgenie's API key or ntfy's access token.
+    pub key: Option<String>,
+    /// Extra request headers (`webhook`), e.g. `Authorization`.
+    pub headers: Vec<(String, String)>,
+    /// Addresses (`email`).
+    pub to: Vec<String>,
+    /// ntfy tags added to every message.
+    pub tags: Vec<String>,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("enabled", &self.enabled)
+            .field("url", &crate::base::text::redact_webhook(&self.url))
+            .field("to", &self.to)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which action kinds a route can select.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// `email-admin`.
+    Email,
+    /// `open-ticket`.
+    Ticket,
+}
+
+/// `[[routes]]`: the actions it matches (every given field must match) go to `receivers`;
+/// the first matching route ends the search unless it says `continue = true`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Route {
+    pub kind: Option<RouteKind>,
+    /// At least this priority (an email's is its status': error critical, degraded high).
+    pub priority: Option<crate::base::Priority>,
+    pub policy: Option<String>,
+    pub job: Option<String>,
+    pub stage: Option<crate::base::Stage>,
+    pub receivers: Vec<String>,
+    pub continue_matching: bool,
 }
 
 /// The public HTTP routes, each of which can be turned off. Read at start.

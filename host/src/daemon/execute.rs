@@ -9,10 +9,11 @@ use tracing::{error, info, warn};
 
 use super::RunContext;
 use crate::config::Job;
+use crate::delivery::route::{INCIDENT_KEY, Router};
 use crate::metrics;
 use crate::runtime::PolicySet;
 use crate::runtime::{Capabilities, Evaluation};
-use crate::store::{DECIDED_KEY, Decision, JobStates, NewOutboxRow, Outcome, RunCommit, StoreError};
+use crate::store::{DECIDED_KEY, Decision, JobStates, Outcome, RunCommit, StoreError};
 use crate::tasks::{self, Event, RunResult};
 
 /// How an occurrence was started.
@@ -304,6 +305,9 @@ pub(super) async fn finish(job: &Job, ran: Ran, ctx: &RunContext, policies: Opti
             // the spool's memory, only if none newer did.
             let mark = state.remove(DECIDED_KEY);
             let read_mark = from_store.then(|| mark.unwrap_or_default());
+            // The incidents its alerts opened are the host's, as the mark is.
+            let incidents: std::collections::BTreeMap<String, String> =
+                state.extract_if(.., |k, _| k.starts_with(INCIDENT_KEY)).collect();
             let caps = Capabilities {
                 sql: policy.spec.grants.sql_read.then(|| ctx.targets.db.clone()),
                 s3: ctx.targets.s3.clone(),
@@ -317,7 +321,12 @@ pub(super) async fn finish(job: &Job, ran: Ran, ctx: &RunContext, policies: Opti
                     for (level, message) in &evaluation.logs {
                         info!(policy = %name, level = %level, "{message}");
                     }
-                    decisions.push(decision(&name, &job.name, scheduled, evaluation, read_mark.clone()));
+                    let observed = match &event {
+                        Event::Snapshot(s) => Some(s.status),
+                        _ => None,
+                    };
+                    let decided = Decided { scheduled, observed, incidents: &incidents, read_mark: read_mark.clone() };
+                    decisions.push(decision(&ctx.router, &name, &job.name, evaluation, decided));
                 }
                 Err(e) => {
                     let outcome = if policy.is_quarantined() { "quarantined" } else { "failed" };
@@ -478,31 +487,25 @@ async fn commit_patiently(commit: &RunCommit, ctx: &RunContext) -> Result<(), St
     }
 }
 
-/// The outbox rows and state writes of one evaluation. Dedup keys are deterministic per
-/// occurrence, so a retried commit never queues a notification twice.
-fn decision(
-    policy: &str,
-    job: &str,
+/// What a decision is made of besides the evaluation.
+struct Decided<'a> {
     scheduled: DateTime<Utc>,
-    evaluation: &Evaluation,
+    /// The status of the snapshot evaluated.
+    observed: Option<crate::health::Status>,
+    /// The policy's open incidents for the job, as read.
+    incidents: &'a std::collections::BTreeMap<String, String>,
     read_mark: Option<String>,
-) -> Decision {
-    let outbox = evaluation
-        .actions
-        .iter()
-        .enumerate()
-        .filter_map(|(i, action)| {
-            let kind = action.outbox_kind()?;
-            let dedup_key = match action {
-                crate::runtime::ActionRecord::OpenTicket { dedup_key, .. } => dedup_key.clone(),
-                _ => format!("{policy}:{job}:{}:{i}", scheduled.timestamp_millis()),
-            };
-            let payload = serde_json::to_string(action).unwrap_or_default();
-            Some(NewOutboxRow { kind, dedup_key, payload, recipient: None })
-        })
-        .collect();
-    // The decision mark is the host's: a policy cannot write it.
+}
+
+/// The outbox rows (routed to their receivers) and state writes of one evaluation. Dedup
+/// keys are deterministic per occurrence, so a retried commit never queues a notification
+/// twice.
+fn decision(router: &Router, policy: &str, job: &str, evaluation: &Evaluation, decided: Decided<'_>) -> Decision {
+    let at_ms = decided.scheduled.timestamp_millis();
+    let routed = router.route(policy, job, at_ms, decided.observed, &evaluation.actions, decided.incidents);
+    // The decision mark and the incidents are the host's: a policy cannot write them.
     let mut state_writes = evaluation.state_writes.clone();
-    state_writes.remove(DECIDED_KEY);
-    Decision { policy: policy.to_owned(), state_writes, outbox, read_mark }
+    state_writes.retain(|k, _| !k.starts_with("warden:"));
+    state_writes.extend(routed.state_writes);
+    Decision { policy: policy.to_owned(), state_writes, outbox: routed.rows, read_mark: decided.read_mark }
 }

@@ -50,7 +50,8 @@ pub async fn open(config: &Config) -> anyhow::Result<RunContext> {
     let spool_path = warden_dir(config).join("spool.jsonl");
     let spool = Spool::open(&spool_path).with_context(|| format!("cannot open the spool {}", spool_path.display()))?;
     let targets = Targets::open(&config.targets).await?;
-    Ok(RunContext { targets, store, spool, fleet: None })
+    let router = Arc::new(crate::delivery::route::Router::new(config));
+    Ok(RunContext { targets, store, spool, fleet: None, router })
 }
 
 /// What a run needs: the targets its task acts on, the state store it is recorded in, and
@@ -63,6 +64,8 @@ pub struct RunContext {
     /// Replicas' agreement on who runs and sends while the store is unreachable (`warden
     /// run` on PostgreSQL); `None`: this process acts alone.
     pub fleet: Option<Arc<replicas::Fleet>>,
+    /// Where the policies' actions go; renewed on reload (a run keeps the one it started with).
+    pub router: Arc<crate::delivery::route::Router>,
 }
 
 impl RunContext {

@@ -159,6 +159,7 @@ impl Daemon {
             waiting.set_ready(self.policies.clone());
         }
         let new = Arc::new(next.config);
+        self.ctx.router = Arc::new(crate::delivery::route::Router::new(&new));
         info!(jobs = new.jobs.len(), policies = new.policies.len(), "configuration reloaded");
         self.shared.set_config(new.clone());
         // A component added (or moved) by this reload is watched from now on.

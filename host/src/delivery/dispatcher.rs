@@ -120,11 +120,7 @@ impl Dispatcher {
             if self.spool.is_empty() {
                 spool_retry.clear();
             }
-            let rows = match self
-                .store
-                .claim_due(&[OutboxKind::Email, OutboxKind::Ticket, OutboxKind::Subscribers], URGENT_BATCH, LEASE)
-                .await
-            {
+            let rows = match self.store.claim_due(&OutboxKind::URGENT, URGENT_BATCH, LEASE).await {
                 Ok(rows) => {
                     store_warned = false;
                     rows

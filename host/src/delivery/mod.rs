@@ -12,7 +12,10 @@
 //! Architecture invariant: the dispatcher is the only code that sends anything.
 
 mod dispatcher;
+pub mod http;
 pub mod mail;
+pub mod receivers;
+pub mod route;
 pub mod unsubscribe;
 pub mod webhook;
 
@@ -21,7 +24,7 @@ use std::time::Duration;
 use lettre::message::Mailbox;
 use serde::{Deserialize, Serialize};
 
-use crate::base::OutboxKind;
+use crate::base::{Alert, OutboxKind};
 use crate::config::{Config, PerBackend, Secret};
 use crate::health::Status;
 use crate::runtime::ActionRecord;
@@ -126,6 +129,9 @@ pub struct Channels {
     pub admin: Vec<String>,
     pub mailer: Mailer,
     pub tickets: Tickets,
+    /// The configured receivers by name (routed rows name theirs).
+    pub receivers: std::collections::HashMap<String, crate::config::Receiver>,
+    pub http: http::HttpClient,
     pub subscribers: Option<SubscriberChannel>,
     pub public_url: String,
     pub targets: Targets,
@@ -163,13 +169,16 @@ impl Channels {
             }
             None => None,
         };
+        let http = http::client();
         Ok(Channels {
             product: config.product.clone(),
             from,
             admin: alerts.admin.clone(),
             mailer: Mailer::new(alerts.smtp.as_deref(), alerts.smtp_ca.as_deref(), &alerts.mail_dir)
                 .map_err(anyhow::Error::msg)?,
-            tickets: Tickets::new(&alerts.tickets).map_err(anyhow::Error::msg)?,
+            tickets: Tickets::new(&alerts.tickets, &http).map_err(anyhow::Error::msg)?,
+            receivers: config.receivers.iter().map(|r| (r.name.clone(), r.clone())).collect(),
+            http,
             subscribers,
             public_url: alerts.public_url.clone(),
             targets,
@@ -207,15 +216,22 @@ impl Channels {
         let name = format!("{}-{}", kind, mail::row_hash(dedup_key));
         match kind {
             OutboxKind::Email => {
-                let Ok(ActionRecord::EmailAdmin { subject, body }) = serde_json::from_str(payload) else {
-                    return Err(Failure::Permanent(format!("unreadable email payload: {payload}")));
+                let (subject, body, to) = match serde_json::from_str(payload) {
+                    Ok(ActionRecord::EmailAdmin { subject, body }) => {
+                        if self.admin.is_empty() {
+                            return Err(Failure::Permanent("no admin recipients configured (alerts.admin)".into()));
+                        }
+                        (subject, body, self.admin.clone())
+                    }
+                    _ => {
+                        let alert = routed(payload)?;
+                        let receiver = self.receiver(&alert)?;
+                        (alert.summary, alert.body, receiver.to.clone())
+                    }
                 };
-                if self.admin.is_empty() {
-                    return Err(Failure::Permanent("no admin recipients configured (alerts.admin)".into()));
-                }
                 let draft = Draft {
                     from: &self.from,
-                    to: &self.admin,
+                    to: &to,
                     subject: &subject,
                     text: &body,
                     html: None,
@@ -247,22 +263,56 @@ impl Channels {
                 self.mailer.send(&message, &name).await
             }
             OutboxKind::Ticket => {
-                let Ok(ActionRecord::OpenTicket { title, body, priority, .. }) = serde_json::from_str(payload) else {
-                    return Err(Failure::Permanent(format!("unreadable ticket payload: {payload}")));
+                let json = match serde_json::from_str(payload) {
+                    Ok(ActionRecord::OpenTicket { title, body, priority, .. }) => serde_json::json!({
+                        "event": "opened",
+                        "title": title,
+                        "body": body,
+                        "priority": priority,
+                        "dedup_key": dedup_key,
+                        "product": self.product,
+                        "job": job,
+                        "policy": policy,
+                    }),
+                    // The recovery resolves the ticket its trouble opened, by that ticket's key.
+                    _ => {
+                        let alert = routed(payload)?;
+                        serde_json::json!({
+                            "event": "resolved",
+                            "title": alert.summary,
+                            "body": alert.body,
+                            "dedup_key": alert.incident,
+                            "product": self.product,
+                            "job": job,
+                            "policy": policy,
+                        })
+                    }
                 };
-                let json = serde_json::json!({
-                    "title": title,
-                    "body": body,
-                    "priority": priority,
-                    "dedup_key": dedup_key,
-                    "product": self.product,
-                    "job": job,
-                    "policy": policy,
-                });
                 self.tickets.send(&json, dedup_key, &name).await
+            }
+            OutboxKind::Webhook
+            | OutboxKind::Slack
+            | OutboxKind::Teams
+            | OutboxKind::Discord
+            | OutboxKind::Pagerduty
+            | OutboxKind::Opsgenie
+            | OutboxKind::Ntfy => {
+                let alert = routed(payload)?;
+                let receiver = self.receiver(&alert)?;
+                let ctx = receivers::Context { product: &self.product, job, policy, public_url: &self.public_url };
+                receivers::send(&self.http, receiver, &alert, ctx).await
             }
             // Expanded by the dispatcher into notices (it needs the store), never sent itself.
             OutboxKind::Subscribers => Err(Failure::Permanent("a subscriber fan-out is expanded, not sent".into())),
+        }
+    }
+
+    /// The receiver a routed row names, if it is still configured and on.
+    fn receiver(&self, alert: &Alert) -> Result<&crate::config::Receiver, Failure> {
+        match self.receivers.get(&alert.receiver) {
+            Some(r) if r.enabled => Ok(r),
+            Some(_) => Err(Failure::Permanent(format!("receiver `{}` is off (its secret is empty)", alert.receiver))),
+            None => Err(Failure::Permanent(format!("receiver `{}` is no longer configured", alert.receiver))),
         }
     }
 
@@ -293,6 +343,11 @@ impl Channels {
             })
             .collect())
     }
+}
+
+/// A routed row's alert.
+fn routed(payload: &str) -> Result<Alert, Failure> {
+    serde_json::from_str::<Alert>(payload).map_err(|e| Failure::Permanent(format!("unreadable alert payload: {e}")))
 }
 
 /// Runs the subscriber query: (user id as text, email) per row.

@@ -6,7 +6,13 @@
 //! cooldown held back is told when the cooldown ends if the status still differs from the
 //! last one told, and optional thresholds need N consecutive results before a transition counts.
 //!
-//! Config: `product` ("warden"), `cooldown` ("5m"), `failure_threshold` (1), `success_threshold` (1).
+//! Reminders and escalation (both off by default): while the status stays bad, `remind_every`
+//! repeats the alert ("still down", to the same receivers as the alert); once it has been bad
+//! for `escalate_after`, one critical ticket whose dedup key starts with `escalation:` is
+//! opened, which routes select with `stage = "escalation"` (a second set of receivers).
+//!
+//! Config: `product` ("warden"), `cooldown` ("5m"), `failure_threshold` (1), `success_threshold` (1),
+//! `remind_every` ("0s": off), `escalate_after` ("0s": off).
 //! The host keeps this policy's state per job and tells it how many jobs it listens to
 //! (`warden.jobs`): the body always names the job, and the subject does too when there is
 //! more than one.
@@ -25,6 +31,10 @@ pub struct Rules {
     pub success_threshold: u32,
     /// The policy listens to more than one job: subjects and ticket titles name the job.
     pub name_job: bool,
+    /// Repeat the alert this often while the status stays bad; 0: never.
+    pub remind_every_ms: i64,
+    /// Escalate once the status has been bad this long; 0: never.
+    pub escalate_after_ms: i64,
 }
 
 impl Rules {
@@ -43,6 +53,8 @@ impl Rules {
             failure_threshold: threshold("failure_threshold")?,
             success_threshold: threshold("success_threshold")?,
             name_job: config.number("warden.jobs", 1.0)? > 1.0,
+            remind_every_ms: config.duration_ms("remind_every", "0s")?,
+            escalate_after_ms: config.duration_ms("escalate_after", "0s")?,
         })
     }
 }
@@ -52,6 +64,10 @@ const TOLD: &str = "last_told";
 const ALERT_AT: &str = "last_alert_ms";
 const PENDING: &str = "pending_status";
 const PENDING_COUNT: &str = "pending_count";
+/// When the status last went bad (from operational or unknown).
+const BAD_SINCE: &str = "bad_since_ms";
+const REMINDED_AT: &str = "last_remind_ms";
+const ESCALATED: &str = "escalated";
 
 /// One evaluation: reads and writes `state`, returns the actions.
 pub fn decide(rules: &Rules, snap: &Snapshot, now_ms: i64, state: &mut impl State) -> Vec<Action> {
@@ -92,6 +108,13 @@ pub fn decide(rules: &Rules, snap: &Snapshot, now_ms: i64, state: &mut impl Stat
 
     if let Some(new) = confirmed {
         state.set(LAST, new.name().to_owned());
+        state.remove(REMINDED_AT);
+        if new == Status::Operational {
+            state.remove(BAD_SINCE);
+            state.remove(ESCALATED);
+        } else if last.is_none_or(|l| l == Status::Operational) {
+            state.set(BAD_SINCE, now_ms.to_string());
+        }
         if last.is_none() && new == Status::Operational {
             // The bootstrap None -> Operational is not news.
             state.set(TOLD, new.name().to_owned());
@@ -127,8 +150,75 @@ pub fn decide(rules: &Rules, snap: &Snapshot, now_ms: i64, state: &mut impl Stat
         && cooldown_over(&|k| state.get_i64(k))
     {
         tell(rules, snap, current, told, now_ms, state, &mut actions);
+        return actions;
+    }
+    if let Some(current) = current
+        && current != Status::Operational
+    {
+        remind_or_escalate(rules, snap, current, now_ms, state, &mut actions);
     }
     actions
+}
+
+/// While the status stays bad: the reminder once `remind_every` has passed since the last
+/// alert or reminder (only once the bad status was told), and the escalation once.
+fn remind_or_escalate(
+    rules: &Rules,
+    snap: &Snapshot,
+    current: Status,
+    now_ms: i64,
+    state: &mut impl State,
+    actions: &mut Vec<Action>,
+) {
+    let since = state.get_i64(BAD_SINCE);
+    let what = match current {
+        Status::Error => "down",
+        _ => "degraded",
+    };
+    if rules.escalate_after_ms > 0
+        && let Some(since) = since
+        && now_ms - since >= rules.escalate_after_ms
+        && state.get(ESCALATED).is_none()
+    {
+        let title = format!("{} escalated: {what} for {}", rules.product, for_how_long(now_ms - since));
+        actions.push(Action::OpenTicket(Ticket {
+            title: with_job(rules, snap, title),
+            body: body(snap, Some(current)),
+            priority: Priority::Critical,
+            dedup_key: format!("escalation:{}:{since}", current.name()),
+        }));
+        actions.push(log(Level::Warn, format!("escalated: {what} for {}", for_how_long(now_ms - since))));
+        state.set(ESCALATED, "1".to_owned());
+    }
+    let told = state.get(TOLD).as_deref().and_then(Status::parse);
+    if rules.remind_every_ms > 0 && told == Some(current) {
+        let last = state.get_i64(REMINDED_AT).or_else(|| state.get_i64(ALERT_AT));
+        if last.is_none_or(|at| now_ms - at >= rules.remind_every_ms) {
+            let long = since.map_or_else(String::new, |since| format!(" (for {})", for_how_long(now_ms - since)));
+            let subject = format!("{}{long}", subject(&rules.product, current)).replacen(
+                &format!("{} {what}", rules.product),
+                &format!("{} still {what}", rules.product),
+                1,
+            );
+            actions.push(Action::EmailAdmin(Email {
+                subject: with_job(rules, snap, subject),
+                body: body(snap, Some(current)),
+            }));
+            state.set(REMINDED_AT, now_ms.to_string());
+        }
+    }
+}
+
+/// `45s`, `15m`, `2h30m`, `3d4h`.
+pub fn for_how_long(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 && s % 3600 / 60 == 0 => format!("{}h", s / 3600),
+        s if s < 86_400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        s => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+    }
 }
 
 fn tell(

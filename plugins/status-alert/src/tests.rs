@@ -9,7 +9,15 @@ use warden_policy::CheckResult;
 const MIN: i64 = 60_000;
 
 fn rules() -> Rules {
-    Rules { product: "MNW".into(), cooldown_ms: 5 * MIN, failure_threshold: 1, success_threshold: 1, name_job: false }
+    Rules {
+        product: "MNW".into(),
+        cooldown_ms: 5 * MIN,
+        failure_threshold: 1,
+        success_threshold: 1,
+        name_job: false,
+        remind_every_ms: 0,
+        escalate_after_ms: 0,
+    }
 }
 
 fn snap(status: Status, at: i64) -> Snapshot {
@@ -142,4 +150,57 @@ fn a_ticket_s_key_comes_from_the_evaluation_s_clock_not_the_snapshot_s() {
     };
     assert_eq!(key(10 * MIN + 3), key(10 * MIN + 41));
     assert_eq!(key(0), format!("error:{}", 10 * MIN));
+}
+
+#[test]
+fn a_reminder_every_remind_every_while_bad_and_none_after_the_recovery() {
+    let rules = Rules { remind_every_ms: 15 * MIN, ..rules() };
+    let got = run(
+        &rules,
+        &[(O, 0), (E, MIN), (E, 10 * MIN), (E, 16 * MIN), (E, 20 * MIN), (E, 31 * MIN), (O, 32 * MIN), (O, 60 * MIN)],
+    );
+    assert_eq!(got[1], ["ticket:Critical", "email:MNW down — critical service failure", "notify:error"]);
+    assert!(got[2].is_empty(), "not yet: {:?}", got[2]);
+    assert_eq!(got[3], ["email:MNW still down — critical service failure (for 15m)"]);
+    assert!(got[4].is_empty(), "15 minutes from the last reminder, not from the alert");
+    assert_eq!(got[5], ["email:MNW still down — critical service failure (for 30m)"]);
+    assert_eq!(got[6], ["email:MNW recovered — all services operational", "notify:operational"]);
+    assert!(got[7].is_empty(), "no reminder once recovered: {:?}", got[7]);
+    // Off by default.
+    let quiet = run(&super::tests::rules(), &[(O, 0), (E, MIN), (E, 100 * MIN)]);
+    assert!(quiet[2].is_empty());
+}
+
+#[test]
+fn an_escalation_once_after_escalate_after_and_again_only_after_a_recovery() {
+    let rules = Rules { escalate_after_ms: 30 * MIN, ..rules() };
+    let mut state = BTreeMap::new();
+    let mut step = |status: Status, at: i64| decide(&rules, &snap(status, at), at, &mut state);
+    step(O, 0);
+    step(E, MIN);
+    assert!(step(E, 20 * MIN).iter().all(|a| !matches!(a, Action::OpenTicket(_))));
+    let escalated: Vec<Ticket> = step(E, 31 * MIN)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::OpenTicket(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(escalated.len(), 1);
+    assert_eq!(escalated[0].dedup_key, format!("escalation:error:{MIN}"));
+    assert_eq!(escalated[0].title, "MNW escalated: down for 30m");
+    assert!(matches!(escalated[0].priority, Priority::Critical));
+    assert!(step(E, 60 * MIN).iter().all(|a| !matches!(a, Action::OpenTicket(_))), "once");
+    step(O, 61 * MIN);
+    step(E, 70 * MIN);
+    let again = step(E, 101 * MIN);
+    assert!(
+        again
+            .iter()
+            .any(|a| matches!(a, Action::OpenTicket(t) if t.dedup_key == format!("escalation:error:{}", 70 * MIN))),
+        "a new trouble escalates again: {again:?}"
+    );
+    assert_eq!(for_how_long(45_000), "45s");
+    assert_eq!(for_how_long(150 * MIN), "2h30m");
+    assert_eq!(for_how_long(26 * 60 * MIN), "1d2h");
 }

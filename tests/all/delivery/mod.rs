@@ -4,6 +4,7 @@
 
 mod outages;
 mod outbox;
+mod receivers;
 mod subscribers;
 
 use std::collections::BTreeMap;
@@ -66,7 +67,12 @@ struct Outbox {
 impl Outbox {
     /// A store and a running dispatcher for `alerts` (the body of `[alerts]`).
     async fn start(alerts: &str) -> Outbox {
-        let (dir, path) = schedule().product("MNW").table(format!("[alerts]\n{alerts}")).write();
+        Self::start_schedule(schedule().product("MNW").table(format!("[alerts]\n{alerts}"))).await.0
+    }
+
+    /// A store and a running dispatcher for a whole schedule; and its configuration.
+    async fn start_schedule(schedule: crate::schedule::Schedule) -> (Outbox, warden::config::Config) {
+        let (dir, path) = schedule.write();
         let config = warden::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let ctx = warden::daemon::open(&config).await.unwrap();
         let channels = Arc::new(Channels::new(&config, ctx.targets.clone()).unwrap());
@@ -74,7 +80,7 @@ impl Outbox {
         std::mem::forget(_keep);
         let (stop, stopped) = watch::channel(false);
         let lanes = Dispatcher::new(ctx.store.clone(), ctx.spool.clone(), rx, Arc::new(Notify::new())).spawn(stopped);
-        Outbox { _dir: dir, path, store: ctx.store, stop, _lanes: lanes }
+        (Outbox { _dir: dir, path, store: ctx.store, stop, _lanes: lanes }, config)
     }
 
     async fn queue(&self, rows: Vec<NewOutboxRow>) {

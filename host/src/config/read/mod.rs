@@ -4,6 +4,7 @@
 
 mod alerts;
 mod jobs;
+mod receivers;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -133,9 +134,28 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
         }
         h.finish(ctx, &["status_page", "health", "metrics", "unsubscribe"]);
     }
+    let receivers = t.get("receivers").map(|v| receivers::read_receivers(v, ctx)).unwrap_or_default();
+    let mut routes = Vec::new();
+    if let Some(items) = t.array(ctx, "routes") {
+        routes = items.iter().enumerate().filter_map(|(i, item)| receivers::read_route(item, i, ctx)).collect();
+    }
+    receivers::check_routes(root, &routes, &receivers, &jobs, &policies, ctx);
     t.finish(
         ctx,
-        &["version", "product", "max_running", "targets", "state", "alerts", "job", "policy", "maintenance", "http"],
+        &[
+            "version",
+            "product",
+            "max_running",
+            "targets",
+            "state",
+            "alerts",
+            "job",
+            "policy",
+            "maintenance",
+            "http",
+            "receivers",
+            "routes",
+        ],
     );
     let targets = match targets {
         Some(t) => t,
@@ -162,6 +182,8 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
         policies,
         maintenance,
         http,
+        receivers,
+        routes,
     })
 }
 
