@@ -159,7 +159,7 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     }
     let secret = crate::delivery::unsubscribe::shared_secret(&config, &ctx.store).await?;
     let channels = Arc::new(Channels::with_secret(&config, ctx.targets.clone(), secret.as_deref())?);
-    info!(mail = %channels.describe(), admin = ?config.alerts.admin, subscribers = channels.subscribers.is_some(), "alert delivery ready");
+    info!(mail = %channels.describe(), admin = ?config.alerts.admin, subscribers = channels.subscribers.is_some(), receivers = %channels.describe_receivers(), "alert delivery ready");
     let (channels_tx, channels_rx) = watch::channel(channels.clone());
     let wake = Arc::new(Notify::new());
     let (stop_dispatch, dispatch_stop) = watch::channel(false);

@@ -146,7 +146,7 @@ impl Daemon {
         }
         let channels = Arc::new(next.channels);
         self.shared.set_channels(channels.clone());
-        info!(mail = %channels.describe(), "alert delivery reconfigured");
+        info!(mail = %channels.describe(), receivers = %channels.describe_receivers(), "alert delivery reconfigured");
         self.channels.send_replace(channels);
         for p in &next.policies.policies {
             if !self.policies.policies.iter().any(|old| Arc::ptr_eq(old, p)) {

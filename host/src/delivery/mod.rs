@@ -197,6 +197,26 @@ impl Channels {
         }
     }
 
+    /// The configured receivers for the start-up log: name, kind and host, or `off`.
+    pub fn describe_receivers(&self) -> String {
+        let mut names: Vec<&String> = self.receivers.keys().collect();
+        names.sort();
+        let shown: Vec<String> = names
+            .into_iter()
+            .map(|name| {
+                let r = &self.receivers[name];
+                match (r.enabled, r.kind) {
+                    (false, _) => format!("{name} ({}, off)", r.kind.as_str()),
+                    (true, crate::config::ReceiverKind::Email) => format!("{name} (email to {})", r.to.join(", ")),
+                    (true, kind) => {
+                        format!("{name} ({}, {})", kind.as_str(), crate::base::text::redact_webhook(&r.url))
+                    }
+                }
+            })
+            .collect();
+        if shown.is_empty() { "none besides admin and tickets".to_owned() } else { shown.join("; ") }
+    }
+
     /// The delay before attempt `attempts + 1`: doubling from `backoff`, capped, with
     /// ±20 % jitter so retries of many rows spread out.
     pub fn backoff_after(&self, attempts: u32) -> Duration {
