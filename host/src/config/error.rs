@@ -49,6 +49,11 @@ pub(crate) struct Diagnostics<'s> {
 }
 
 impl<'s> Diagnostics<'s> {
+    /// The file being read.
+    pub fn file(&self) -> &'s Path {
+        self.file
+    }
+
     pub(crate) fn new(src: &'s str, file: &'s Path) -> Self {
         Self { src, file, errors: Vec::new() }
     }

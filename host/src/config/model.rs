@@ -456,7 +456,38 @@ pub struct Check {
 pub enum CheckKind {
     Db,
     S3,
-    Sql { query: PerBackend },
+    Sql {
+        query: PerBackend,
+    },
+    Http(Box<HttpCheck>),
+    /// `address` (`host:port`) accepts a connection.
+    Tcp {
+        address: String,
+    },
+    /// `address` completes a verified TLS handshake and its certificate is valid for at
+    /// least `min_days` more days.
+    Tls {
+        address: String,
+        min_days: u32,
+        ca_file: Option<PathBuf>,
+    },
+}
+
+/// An `http` check: the request and what its answer must be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCheck {
+    pub url: String,
+    pub method: String,
+    pub headers: Vec<(String, String)>,
+    /// Any of these; empty: any 2xx.
+    pub expect_status: Vec<u16>,
+    pub body_contains: Option<String>,
+    /// A JSON pointer into the body and the JSON value it must equal (as JSON text).
+    pub json: Option<(String, String)>,
+    pub max_latency: Option<Duration>,
+    pub max_redirects: u32,
+    /// PEM CA certificates trusted besides the public roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

@@ -7,6 +7,7 @@
 
 mod gauges;
 mod maintenance;
+mod net;
 mod probe;
 
 use std::time::Duration;

@@ -30,7 +30,7 @@ async fn run_check(check: &Check, targets: &Targets) -> CheckResult {
     // then starts its clock: the check measures the target, not warden's queue.
     let _slot = match check.kind {
         CheckKind::Db | CheckKind::Sql { .. } => targets.db_slots.acquire().await.ok(),
-        CheckKind::S3 => None,
+        CheckKind::S3 | CheckKind::Http(_) | CheckKind::Tcp { .. } | CheckKind::Tls { .. } => None,
     };
     let started = Instant::now();
     let work = async {
@@ -52,6 +52,11 @@ async fn run_check(check: &Check, targets: &Targets) -> CheckResult {
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
             },
+            CheckKind::Http(http) => super::net::http(http).await,
+            CheckKind::Tcp { address } => super::net::tcp(address).await,
+            CheckKind::Tls { address, min_days, ca_file } => {
+                super::net::tls(address, *min_days, ca_file.as_deref()).await
+            }
         }
     };
     let outcome = match tokio::time::timeout(check.timeout.std(), work).await {
@@ -73,6 +78,9 @@ fn kind_name(kind: &CheckKind) -> &'static str {
         CheckKind::Db => "db",
         CheckKind::S3 => "s3",
         CheckKind::Sql { .. } => "sql",
+        CheckKind::Http(_) => "http",
+        CheckKind::Tcp { .. } => "tcp",
+        CheckKind::Tls { .. } => "tls",
     }
 }
 

@@ -257,9 +257,17 @@ fn read_checks(t: &mut TableReader<'_, '_>, ctx: &mut Ctx<'_>) -> Option<Vec<Che
             Some("db") => Some(CheckKind::Db),
             Some("s3") => Some(CheckKind::S3),
             Some("sql") => read_per_backend(&mut c, ctx, "query", true).map(|query| CheckKind::Sql { query }),
+            Some("http") => read_http(&mut c, ctx).map(|h| CheckKind::Http(Box::new(h))),
+            Some("tcp") => read_address(&mut c, ctx).map(|address| CheckKind::Tcp { address }),
+            Some("tls") => {
+                let address = read_address(&mut c, ctx);
+                let min_days = c.count(ctx, "min_days", 3650).map_or(14, |n| n as u32);
+                let ca_file = read_ca_file(&mut c, ctx);
+                address.map(|address| CheckKind::Tls { address, min_days, ca_file })
+            }
             Some(other) => {
                 let span = kind.as_ref().map(|k| k.span.clone()).unwrap_or_default();
-                let msg = format!("unknown check kind `{other}`, expected one of: db, s3, sql");
+                let msg = format!("unknown check kind `{other}`, expected one of: db, s3, sql, http, tcp, tls");
                 ctx.diag.error(span, c.field("kind"), msg);
                 None
             }
@@ -267,7 +275,32 @@ fn read_checks(t: &mut TableReader<'_, '_>, ctx: &mut Ctx<'_>) -> Option<Vec<Che
         };
         let critical = c.bool(ctx, "critical");
         let timeout = c.duration(ctx, "timeout").unwrap_or(DEFAULT_CHECK_TIMEOUT);
-        c.finish(ctx, &["name", "kind", "query", "critical", "timeout"]);
+        let known: &[&str] = match &kind {
+            Some(CheckKind::Http(_)) => &[
+                "name",
+                "kind",
+                "critical",
+                "timeout",
+                "url",
+                "method",
+                "headers",
+                "expect_status",
+                "body_contains",
+                "json_pointer",
+                "json_equals",
+                "max_latency",
+                "max_redirects",
+                "ca_file",
+            ],
+            Some(CheckKind::Tcp { .. }) => &["name", "kind", "critical", "timeout", "address"],
+            Some(CheckKind::Tls { .. }) => &["name", "kind", "critical", "timeout", "address", "min_days", "ca_file"],
+            Some(_) => &["name", "kind", "query", "critical", "timeout"],
+            // An unknown kind is reported already; its other fields cannot be judged.
+            None => &[],
+        };
+        if kind.is_some() {
+            c.finish(ctx, known);
+        }
         match (name, kind) {
             (Some(name), Some(kind)) => {
                 if checks.iter().any(|c| c.name == name.value) {
@@ -287,4 +320,142 @@ fn read_checks(t: &mut TableReader<'_, '_>, ctx: &mut Ctx<'_>) -> Option<Vec<Che
         return None;
     }
     ok.then_some(checks)
+}
+
+/// A `tcp` or `tls` check's `host:port`.
+fn read_address(c: &mut TableReader<'_, '_>, ctx: &mut Ctx<'_>) -> Option<String> {
+    let address = c.required_string(ctx, "address")?;
+    let valid = address
+        .value
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !valid {
+        let msg =
+            format!("`{}` is not `host:port` (e.g. \"127.0.0.1:6379\" or \"app.example.org:443\")", address.value);
+        ctx.diag.error(address.span, c.field("address"), msg);
+        return None;
+    }
+    Some(address.value)
+}
+
+fn read_ca_file(c: &mut TableReader<'_, '_>, ctx: &mut Ctx<'_>) -> Option<std::path::PathBuf> {
+    let file = c.string(ctx, "ca_file").filter(|s| !s.value.is_empty())?;
+    // Read when the check runs, not here: this module does no IO.
+    Some(crate::config::base_dir(ctx.diag.file()).join(file.value))
+}
+
+fn read_http(c: &mut TableReader<'_, '_>, ctx: &mut Ctx<'_>) -> Option<HttpCheck> {
+    let url = c.required_string(ctx, "url");
+    let url = url.and_then(|u| match u.value.parse::<hyper::Uri>() {
+        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => Some(u.value),
+        _ => {
+            let msg = format!("`{}` is not an http(s) URL", crate::base::text::redact(&u.value));
+            ctx.diag.error(u.span, c.field("url"), msg);
+            None
+        }
+    });
+    let method = match c.string(ctx, "method") {
+        Some(m) => {
+            let upper = m.value.to_ascii_uppercase();
+            if ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"].contains(&upper.as_str()) {
+                upper
+            } else {
+                let msg = format!("unknown method `{}`: GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS", m.value);
+                ctx.diag.error(m.span, c.field("method"), msg);
+                "GET".to_owned()
+            }
+        }
+        None => "GET".to_owned(),
+    };
+    let mut headers = Vec::new();
+    if let Some(v) = c.get("headers")
+        && let Some(mut h) = TableReader::new(v, c.field("headers"), ctx)
+    {
+        let names: Vec<String> = v
+            .get_ref()
+            .as_table()
+            .map(|m| m.iter().map(|(k, _)| k.get_ref().to_string()).collect())
+            .unwrap_or_default();
+        for name in names {
+            let Some(value) = h.string(ctx, &name) else { continue };
+            if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || hyper::header::HeaderValue::from_str(&value.value).is_err()
+            {
+                let msg = format!("`{name}` is not a valid HTTP header (name, or a value of visible ASCII)");
+                ctx.diag.error(value.span, h.field(&name), msg);
+            } else {
+                headers.push((name, value.value));
+            }
+        }
+        h.finish(ctx, &[]);
+    }
+    let mut expect_status = Vec::new();
+    if let Some(v) = c.get("expect_status") {
+        let items: Vec<&Value<'_>> = match v.get_ref().as_array() {
+            Some(items) => items.iter().collect(),
+            None => vec![v],
+        };
+        for item in items {
+            match item.get_ref().as_integer().and_then(|i| i.as_str().parse::<u16>().ok()) {
+                Some(code) if (100..=599).contains(&code) => expect_status.push(code),
+                _ => ctx.diag.error(
+                    item.span(),
+                    c.field("expect_status"),
+                    "expected an HTTP status code (100 to 599) or a list of them",
+                ),
+            }
+        }
+    }
+    let body_contains = c.string(ctx, "body_contains").map(|s| s.value);
+    let pointer = c.string(ctx, "json_pointer");
+    let equals = c.get("json_equals");
+    let json = match (pointer, equals) {
+        (Some(p), Some(v)) => {
+            if !(p.value.is_empty() || p.value.starts_with('/')) {
+                let msg = format!("`{}` is not a JSON pointer (write e.g. \"/status\")", p.value);
+                ctx.diag.error(p.span.clone(), c.field("json_pointer"), msg);
+            }
+            let value = match v.get_ref() {
+                toml::de::DeValue::String(s) => Some(serde_json::Value::String(s.to_string())),
+                toml::de::DeValue::Integer(i) => i.as_str().parse::<i64>().ok().map(serde_json::Value::from),
+                toml::de::DeValue::Float(f) => f.as_str().parse::<f64>().ok().map(serde_json::Value::from),
+                toml::de::DeValue::Boolean(b) => Some(serde_json::Value::Bool(*b)),
+                _ => None,
+            };
+            match value {
+                Some(value) => Some((p.value, value.to_string())),
+                None => {
+                    ctx.diag.error(v.span(), c.field("json_equals"), "expected a string, number or boolean");
+                    None
+                }
+            }
+        }
+        (Some(p), None) => {
+            ctx.diag.error(
+                p.span,
+                c.field("json_equals"),
+                "`json_pointer` needs `json_equals`: the value it must hold",
+            );
+            None
+        }
+        (None, Some(v)) => {
+            ctx.diag.error(v.span(), c.field("json_pointer"), "`json_equals` needs `json_pointer`: where to look");
+            None
+        }
+        (None, None) => None,
+    };
+    let max_latency = c.duration(ctx, "max_latency");
+    let max_redirects = c.count(ctx, "max_redirects", 20).map_or(5, |n| n as u32);
+    let ca_file = read_ca_file(c, ctx);
+    Some(HttpCheck {
+        url: url?,
+        method,
+        headers,
+        expect_status,
+        body_contains,
+        json,
+        max_latency,
+        max_redirects,
+        ca_file,
+    })
 }

@@ -1,0 +1,167 @@
+//! The network checks against in-test servers, through the binary and `/health`: HTTP
+//! 200/500/slow/redirect loop/body mismatch/JSON pointer, a closed TCP port, TLS with
+//! certificates made here (rcgen) that expire in 5 and in 60 days.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::schedule::{probe, schedule};
+use crate::support::{Daemon, free_port, wait_for};
+
+/// An HTTP server: `/ok` (JSON `{"status":"ok"}`), `/fail` (500), `/slow` (200 after 1.5 s),
+/// `/loop` (a redirect to itself), `/hop` (a redirect to `/ok`), `/text` ("hello world").
+fn http_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap_or_default();
+                let path = line.split(' ').nth(1).unwrap_or_default().to_owned();
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).unwrap_or(0) == 0 || header.trim().is_empty() {
+                        break;
+                    }
+                }
+                let (status, extra, body) = match path.as_str() {
+                    "/ok" => ("200 OK", "", r#"{"status":"ok","db":{"up":true}}"#),
+                    "/fail" => ("500 Internal Server Error", "", "boom"),
+                    "/slow" => {
+                        std::thread::sleep(Duration::from_millis(1500));
+                        ("200 OK", "", "late")
+                    }
+                    "/loop" => ("302 Found", "location: /loop\r\n", ""),
+                    "/hop" => ("302 Found", "location: /ok\r\n", ""),
+                    _ => ("200 OK", "", "hello world"),
+                };
+                let mut out = stream;
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 {status}\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    addr
+}
+
+/// A TLS server on 127.0.0.1 for `localhost` with a certificate valid `days` more days,
+/// signed by `ca`.
+fn tls_server(rt: &tokio::runtime::Runtime, ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>, days: u64) -> u16 {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    params.not_before = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(now - 86_400);
+    // Half a day beyond `days`, so the count of whole days left is `days`.
+    params.not_after = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(now + days * 86_400 + 43_200);
+    let cert = params.signed_by(&key, ca).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    rt.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(stream).await {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn http_tcp_and_tls_checks_report_what_they_saw_on_health() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let http = http_server();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let soon = tls_server(&rt, &ca, 5);
+    let later = tls_server(&rt, &ca, 60);
+    let closed = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    let url = |path: &str| format!("http://{http}{path}");
+    let checks = [
+        format!(
+            r#"{{ name = "ok", kind = "http", url = "{}", expect_status = 200, json_pointer = "/db/up", json_equals = true }}"#,
+            url("/hop")
+        ),
+        format!(r#"{{ name = "fail", kind = "http", url = "{}" }}"#, url("/fail")),
+        format!(r#"{{ name = "slow", kind = "http", url = "{}", max_latency = "1s", timeout = "5s" }}"#, url("/slow")),
+        format!(r#"{{ name = "loop", kind = "http", url = "{}", max_redirects = 3 }}"#, url("/loop")),
+        format!(r#"{{ name = "text", kind = "http", url = "{}", body_contains = "goodbye" }}"#, url("/text")),
+        format!(
+            r#"{{ name = "json", kind = "http", url = "{}", json_pointer = "/status", json_equals = "down" }}"#,
+            url("/ok")
+        ),
+        format!(r#"{{ name = "cache", kind = "tcp", address = "127.0.0.1:{closed}", timeout = "1s" }}"#),
+        format!(
+            r#"{{ name = "cert-soon", kind = "tls", address = "localhost:{soon}", min_days = 14, ca_file = "ca.pem" }}"#
+        ),
+        format!(
+            r#"{{ name = "cert-later", kind = "tls", address = "localhost:{later}", min_days = 14, ca_file = "ca.pem" }}"#
+        ),
+        format!(r#"{{ name = "untrusted", kind = "tls", address = "localhost:{later}" }}"#),
+    ];
+    let refs: Vec<&str> = checks.iter().map(String::as_str).collect();
+    let text = schedule().job(probe("edge", "1s", &refs).with("timeout = \"10s\"")).to_string();
+    let path = dir.path().join("schedules.toml");
+    std::fs::write(&path, text).unwrap();
+    let daemon = Daemon::start(dir.path(), &path);
+    let health: serde_json::Value = wait_for(Duration::from_secs(60), "a snapshot of the edge probe", || {
+        let (_, body) = daemon.get("/health");
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (v["job"] == "edge").then_some(v)
+    });
+    let checks: std::collections::HashMap<String, (bool, String)> = health["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let error = c["error"].as_str().unwrap_or_default().to_owned();
+            (c["name"].as_str().unwrap().to_owned(), (c["ok"].as_bool().unwrap(), error))
+        })
+        .collect();
+    let ok = |name: &str| checks[name].0;
+    let error = |name: &str| checks[name].1.clone();
+    assert!(ok("ok"), "a redirect followed to a 200 whose /db/up is true: {:?}", checks["ok"]);
+    assert!(ok("cert-later"), "60 days left: {:?}", checks["cert-later"]);
+    assert_eq!(error("fail"), "status 500 (expected 2xx)");
+    assert!(error("slow").starts_with("latency 1.") && error("slow").ends_with("s > 1s"), "{}", error("slow"));
+    assert!(error("loop").starts_with("more than 3 redirects"), "{}", error("loop"));
+    assert!(
+        error("text").contains("does not contain \"goodbye\"") && error("text").contains("hello world"),
+        "{}",
+        error("text")
+    );
+    assert_eq!(error("json"), "/status is \"ok\", expected \"down\"");
+    assert!(error("cache").starts_with(&format!("connect 127.0.0.1:{closed}:")), "{}", error("cache"));
+    assert_eq!(error("cert-soon"), "certificate for localhost expires in 5 days (< 14)");
+    assert!(
+        error("untrusted").contains("TLS handshake") && error("untrusted").contains("UnknownIssuer"),
+        "{}",
+        error("untrusted")
+    );
+    assert_eq!(health["status"], "degraded", "none of them is critical");
+}
