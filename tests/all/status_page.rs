@@ -104,7 +104,7 @@ fn the_status_page_renders_in_headless_chromium_with_status_chart_and_changes() 
 #[test]
 fn each_public_route_can_be_turned_off() {
     let (dir, config) = schedule()
-        .table("[http]\nstatus_page = false\nmetrics = false")
+        .table("[http]\nstatus_page = false\nmetrics = false\nbadges = false")
         .job(probe("health-probe", "1s", &[DB]))
         .write();
     let daemon = Daemon::start(dir.path(), &config);
@@ -112,4 +112,47 @@ fn each_public_route_can_be_turned_off() {
     assert_eq!(daemon.get("/").0, 404);
     assert_eq!(daemon.get("/metrics").0, 404);
     assert_eq!(daemon.get("/unsubscribe").0, 404, "on, but no subscribers configured");
+    assert_eq!(daemon.get("/badge/health-probe.svg").0, 404);
+}
+
+/// `/badge/{job}.svg` and `.json` say the job's status and uptime: operational while the
+/// probe passes, down once its critical check fails; another job's says its last run.
+#[test]
+fn badges_say_each_job_s_status_and_uptime() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app.db");
+    let orders = r#"{ name = "orders", kind = "sql", query = "SELECT COUNT(*) FROM no_such_table", critical = true }"#;
+    let text = schedule()
+        .target(&format!("sqlite://{}", app.display()), "")
+        .job(probe("health-probe", "1s", &[DB]))
+        .job(probe("orders", "1s", &[orders]))
+        .job(crate::schedule::job("nightly", "1h", "pool-stats"))
+        .to_string();
+    let config = dir.path().join("schedules.toml");
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(dir.path(), &config);
+    let json = |job: &str| -> (u16, serde_json::Value) {
+        let (code, body) = daemon.get(&format!("/badge/{job}.json"));
+        (code, serde_json::from_str(&body).unwrap_or_default())
+    };
+    let ok = wait_for(Duration::from_secs(30), "an operational badge", || {
+        let (code, v) = json("health-probe");
+        (code == 200 && v["message"].as_str()?.starts_with("operational")).then_some(v)
+    });
+    assert_eq!(ok["schemaVersion"], 1);
+    assert_eq!(ok["label"], "health-probe");
+    assert_eq!(ok["color"], "brightgreen");
+    assert_eq!(ok["message"], "operational · 100%");
+    let down = wait_for(Duration::from_secs(30), "a down badge", || {
+        let (_, v) = json("orders");
+        (v["message"].as_str()?.starts_with("down")).then_some(v)
+    });
+    assert_eq!((down["message"].as_str(), down["color"].as_str()), (Some("down · 0.00%"), Some("red")));
+    let (code, svg) = daemon.get("/badge/health-probe.svg");
+    assert_eq!(code, 200);
+    assert!(svg.starts_with("<svg") && svg.contains("health-probe: operational"), "{svg}");
+    assert_eq!(json("nowhere").0, 404);
+    assert_eq!(daemon.get("/badge/health-probe.png").0, 404);
+    let (_, other) = json("nightly");
+    assert!(["ok", "never ran"].contains(&other["message"].as_str().unwrap_or_default()), "{other}");
 }

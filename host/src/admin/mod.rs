@@ -9,6 +9,7 @@
 
 mod api;
 mod auth;
+mod badge;
 pub mod peer;
 
 pub use api::openapi;
@@ -170,6 +171,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
     }
     if routes.unsubscribe {
         router = router.route("/unsubscribe", get(unsubscribe::page).post(unsubscribe::confirm));
+    }
+    if routes.badges {
+        router = router.route("/badge/{file}", get(badge::badge));
     }
     router = router.route("/peer/status", get(peer::status)).route("/peer/states", get(peer::states));
     router.merge(api::routes(shared.clone())).fallback(not_found).with_state(shared)

@@ -36,7 +36,7 @@ fn label(status: Status) -> &'static str {
 }
 
 /// Share of snapshots that were not `error`, as a percentage, or `None` with no data.
-fn uptime(counts: &[(String, i64)]) -> Option<f64> {
+pub(super) fn uptime(counts: &[(String, i64)]) -> Option<f64> {
     let total: i64 = counts.iter().map(|(_, n)| n).sum();
     let down: i64 = counts.iter().filter(|(s, _)| s == "error").map(|(_, n)| n).sum();
     (total > 0).then(|| 100.0 * (total - down) as f64 / total as f64)

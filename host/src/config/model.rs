@@ -153,11 +153,13 @@ pub struct PublicRoutes {
     pub health: bool,
     pub metrics: bool,
     pub unsubscribe: bool,
+    /// `/badge/{job}.svg` and `.json`.
+    pub badges: bool,
 }
 
 impl Default for PublicRoutes {
     fn default() -> Self {
-        PublicRoutes { status_page: true, health: true, metrics: true, unsubscribe: true }
+        PublicRoutes { status_page: true, health: true, metrics: true, unsubscribe: true, badges: true }
     }
 }
 

@@ -92,6 +92,22 @@ impl StateStore {
         Ok(with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(Ts(since)).fetch_all(p).await?))
     }
 
+    /// One job's newest snapshot status, and its snapshot counts per status since `since`:
+    /// what its badge says.
+    pub async fn job_health(
+        &self,
+        job: &str,
+        since: DateTime<Utc>,
+    ) -> Result<(Option<Status>, Vec<(String, i64)>), StoreError> {
+        self.ready().await?;
+        let newest = "SELECT status FROM health_history WHERE job = $1 ORDER BY checked_at DESC, id DESC LIMIT 1";
+        let counts = "SELECT status, COUNT(*) FROM health_history WHERE job = $1 AND checked_at >= $2 GROUP BY status";
+        let status: Option<String> =
+            with_pool!(&self.pool, |p| sqlx::query_scalar(newest).bind(job).fetch_optional(p).await?);
+        let counts = with_pool!(&self.pool, |p| sqlx::query_as(counts).bind(job).bind(Ts(since)).fetch_all(p).await?);
+        Ok((status.as_deref().and_then(Status::parse), counts))
+    }
+
     /// (time, status) of every snapshot since `since`, oldest first: the chart and transitions.
     pub async fn status_series(&self, since: DateTime<Utc>) -> Result<Vec<(DateTime<Utc>, Status)>, StoreError> {
         self.ready().await?;

@@ -127,12 +127,13 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
             ("health", &mut http.health),
             ("metrics", &mut http.metrics),
             ("unsubscribe", &mut http.unsubscribe),
+            ("badges", &mut http.badges),
         ] {
             if let Some(on) = h.bool(ctx, key) {
                 *field = on;
             }
         }
-        h.finish(ctx, &["status_page", "health", "metrics", "unsubscribe"]);
+        h.finish(ctx, &["status_page", "health", "metrics", "unsubscribe", "badges"]);
     }
     let receivers = t.get("receivers").map(|v| receivers::read_receivers(v, ctx)).unwrap_or_default();
     let mut routes = Vec::new();
