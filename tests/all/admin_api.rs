@@ -35,6 +35,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/admin/jobs/nightly/run"),
     ("POST", "/admin/jobs/nightly/pause"),
     ("POST", "/admin/jobs/nightly/resume"),
+    ("GET", "/admin/heartbeats"),
     ("GET", "/admin/policies"),
     ("POST", "/admin/policies/status-alert/enable"),
     ("POST", "/admin/reload"),

@@ -13,6 +13,7 @@ mod deploy;
 mod e2e;
 mod fleet;
 mod guests;
+mod heartbeats;
 mod openapi;
 mod plugin_cli;
 pub mod policies;

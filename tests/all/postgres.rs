@@ -60,6 +60,7 @@ async fn migrations_create_the_state_tables_in_their_own_schema_and_rerun_cleanl
         [
             "_sqlx_migrations",
             "health_history",
+            "heartbeats",
             "job_pauses",
             "job_runs",
             "outbox",

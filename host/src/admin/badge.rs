@@ -1,6 +1,6 @@
 //! Status badges: `GET /badge/{job}.svg` (a flat badge: the job's name, its status and its
 //! 30-day uptime) and `/badge/{job}.json` (shields.io's endpoint format, for
-//! `https://img.shields.io/endpoint?url=…`). A probe job's badge says its newest snapshot's
+//! `https://img.shields.io/endpoint?url=…`). A probe or heartbeat job's badge says its newest snapshot's
 //! status; any other job's, its last run's outcome. Public, like the status page; `[http]
 //! badges = false` turns them off.
 
@@ -36,7 +36,7 @@ pub async fn badge(State(shared): State<Arc<Shared>>, Path(file): Path<String>) 
         return (StatusCode::NOT_FOUND, render(&said, svg)).into_response();
     };
     let said = match &spec.task {
-        Task::Probe { .. } => {
+        Task::Probe { .. } | Task::Heartbeat(_) => {
             let (status, counts) =
                 shared.store.job_health(&job, Utc::now() - Duration::days(30)).await.unwrap_or_default();
             let uptime = super::status_page::uptime(&counts).map(|u| format!(" · {}", percent(u))).unwrap_or_default();

@@ -11,6 +11,7 @@ mod api;
 mod auth;
 mod badge;
 pub mod peer;
+mod ping;
 
 pub use api::openapi;
 mod status_page;
@@ -171,6 +172,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
     }
     if routes.unsubscribe {
         router = router.route("/unsubscribe", get(unsubscribe::page).post(unsubscribe::confirm));
+    }
+    if routes.pings {
+        router = router
+            .route("/ping/{job}", get(ping::success).post(ping::success))
+            .route("/ping/{job}/{what}", get(ping::other).post(ping::other));
     }
     if routes.badges {
         router = router.route("/badge/{file}", get(badge::badge));

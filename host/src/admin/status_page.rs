@@ -159,6 +159,30 @@ pub async fn page(State(shared): State<Arc<Shared>>) -> Response {
         }
         html.push_str("</ul>\n");
     }
+    let heartbeats: Vec<String> = shared
+        .config()
+        .map(|c| {
+            c.jobs
+                .iter()
+                .filter(|j| matches!(j.task, crate::config::Task::Heartbeat(_)))
+                .map(|j| j.name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    if !heartbeats.is_empty() {
+        let pings = store.all_pings().await.unwrap_or_default();
+        html.push_str(
+            "<h2>Heartbeats</h2>\n<table id=\"heartbeats\"><tr><th>job</th><th>last ping</th><th></th></tr>\n",
+        );
+        for job in &heartbeats {
+            let (when, what) = match pings.iter().find(|p| &p.job == job) {
+                Some(p) => (p.last_ping_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(), p.last_kind.as_str()),
+                None => ("never".to_owned(), ""),
+            };
+            let _ = writeln!(html, "<tr><td>{}</td><td>{when}</td><td class=\"muted\">{what}</td></tr>", escape(job));
+        }
+        html.push_str("</table>\n");
+    }
     html.push_str("<h2>Uptime</h2>\n<p id=\"uptime\">");
     for (days, value) in &up {
         let text = value.map_or_else(|| "no data".to_owned(), |v| format!("{v:.2} %"));

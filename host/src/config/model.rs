@@ -155,11 +155,13 @@ pub struct PublicRoutes {
     pub unsubscribe: bool,
     /// `/badge/{job}.svg` and `.json`.
     pub badges: bool,
+    /// `/ping/{job}` for heartbeat jobs.
+    pub pings: bool,
 }
 
 impl Default for PublicRoutes {
     fn default() -> Self {
-        PublicRoutes { status_page: true, health: true, metrics: true, unsubscribe: true, badges: true }
+        PublicRoutes { status_page: true, health: true, metrics: true, unsubscribe: true, badges: true, pings: true }
     }
 }
 
@@ -425,12 +427,42 @@ impl PerBackend {
 
 #[derive(Debug, Clone)]
 pub enum Task {
-    Probe { checks: Vec<Check> },
+    Probe {
+        checks: Vec<Check>,
+    },
     PoolStats,
     PgActivity,
-    SqlGauge { db: DbRole, metric: String, query: PerBackend },
+    SqlGauge {
+        db: DbRole,
+        metric: String,
+        query: PerBackend,
+    },
     Prune(Prune),
     Sql(SqlStatement),
+    /// A push monitor: OK while pings arrive (`/ping/{job}` with the token) in time.
+    Heartbeat(Heartbeat),
+}
+
+/// When a heartbeat job's pings are expected, how late one may be, and the secret a ping
+/// must carry. The job's own schedule is the cadence its deadline is checked at.
+#[derive(Clone)]
+pub struct Heartbeat {
+    pub expect: Expect,
+    pub grace: Duration,
+    pub token: String,
+}
+
+impl std::fmt::Debug for Heartbeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Heartbeat").field("expect", &self.expect).field("grace", &self.grace).finish_non_exhaustive()
+    }
+}
+
+/// A ping every `period`, or one by each `cron` time.
+#[derive(Debug, Clone)]
+pub enum Expect {
+    Period(Duration),
+    Cron(ScheduleSpec),
 }
 
 impl Task {
@@ -442,6 +474,7 @@ impl Task {
             Task::SqlGauge { .. } => "sql-gauge",
             Task::Prune(_) => "prune",
             Task::Sql(_) => "sql",
+            Task::Heartbeat(_) => "heartbeat",
         }
     }
 }

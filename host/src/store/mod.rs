@@ -7,6 +7,7 @@
 //! outside this module writes warden's tables.
 
 mod commit;
+mod heartbeats;
 mod history;
 mod outbox;
 mod replicas;
@@ -34,6 +35,7 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
 pub const PG_SCHEMA: &str = "warden";
 
 pub use crate::base::Matchers;
+pub use heartbeats::{MAX_PING_BODY, PingKind, Pings};
 pub use outbox::{OutboxEntry, OutboxRow};
 pub use replicas::{ABANDONED, Replica, Takeover};
 pub use silences::Silence;

@@ -6,6 +6,7 @@
 //! says `db = "state"`) and report.
 
 mod gauges;
+mod heartbeat;
 mod maintenance;
 mod net;
 mod probe;
@@ -50,6 +51,8 @@ pub enum TaskError {
     Sql(#[from] sqlx::Error),
     #[error("no SQL for the {backend} backend in this job")]
     NoSqlForBackend { backend: &'static str },
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Runs a job's task once. The caller bounds it with the job's timeout.
@@ -65,6 +68,7 @@ pub async fn run(job: &Job, ctx: TaskContext<'_>) -> Result<TaskOutput, TaskErro
         Task::SqlGauge { db, metric, query } => gauges::sql_gauge(ctx.db(*db), metric, query).await,
         Task::Prune(prune) => maintenance::prune(ctx.db(prune.db), prune).await,
         Task::Sql(sql) => maintenance::sql_batches(ctx.db(sql.db), sql).await,
+        Task::Heartbeat(heartbeat) => heartbeat::check(&job.name, heartbeat, ctx.store).await,
     }
 }
 

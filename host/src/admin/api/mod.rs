@@ -10,6 +10,7 @@
 //! file per resource beside it (`jobs`, `config`, `history`, `silences`).
 
 mod config;
+mod heartbeats;
 mod history;
 mod jobs;
 mod silences;
@@ -56,6 +57,7 @@ fn annotated() -> OpenApiRouter<Arc<Shared>> {
         .routes(routes!(jobs::run_now))
         .routes(routes!(jobs::pause))
         .routes(routes!(jobs::resume))
+        .routes(routes!(heartbeats::heartbeats))
         .routes(routes!(config::policies))
         .routes(routes!(config::enable))
         .routes(routes!(config::reload))

@@ -9,7 +9,7 @@ use crate::schedule::ScheduleSpec;
 
 use super::{valid_identifier, valid_name};
 
-pub const TASK_KINDS: &[&str] = &["probe", "pool-stats", "pg-activity", "sql-gauge", "prune", "sql"];
+pub const TASK_KINDS: &[&str] = &["probe", "pool-stats", "pg-activity", "sql-gauge", "prune", "sql", "heartbeat"];
 const COMMON_JOB_KEYS: &[&str] =
     &["name", "every", "align", "cron", "tz", "jitter", "timeout", "enabled", "task", "description"];
 
@@ -19,6 +19,7 @@ fn task_keys(kind: &str) -> &'static [&'static str] {
         "sql-gauge" => &["db", "metric", "query"],
         "prune" => &["db", "table", "column", "older_than", "batch_size", "time_budget"],
         "sql" => &["db", "statement", "batch_size", "time_budget"],
+        "heartbeat" => &["period", "grace", "token"],
         _ => &[],
     }
 }
@@ -53,7 +54,11 @@ pub(super) fn read_job(value: &Value<'_>, index: usize, ctx: &mut Ctx<'_>) -> Op
         },
         None => Some(Tz::UTC),
     };
-    let schedule = match (t.has("every"), t.has("cron")) {
+    let heartbeat = t.get("task").and_then(|v| v.get_ref().as_str()) == Some("heartbeat");
+    let mut schedule = match (t.has("every"), t.has("cron")) {
+        // A heartbeat's `period` or `cron` says when pings are due (read with its task); its
+        // deadline is checked at a cadence of its own.
+        _ if heartbeat => None,
         (true, true) => {
             let span = t.get("cron").map(|v| v.span()).unwrap_or(t.span.clone());
             t.get("every");
@@ -107,7 +112,15 @@ pub(super) fn read_job(value: &Value<'_>, index: usize, ctx: &mut Ctx<'_>) -> Op
     let enabled = t.bool(ctx, "enabled").unwrap_or(true);
     let _description = t.string(ctx, "description");
     let kind = t.required_string(ctx, "task");
+    let job_name = name.as_ref().map(|n| n.value.clone()).unwrap_or_default();
     let task = match &kind {
+        Some(k) if k.value == "heartbeat" => {
+            let read = read_heartbeat(&mut t, ctx, &job_name, tz.unwrap_or(Tz::UTC));
+            read.map(|(heartbeat, cadence)| {
+                schedule = Some(cadence);
+                Task::Heartbeat(heartbeat)
+            })
+        }
         Some(k) if TASK_KINDS.contains(&k.value.as_str()) => read_task(&k.value, &mut t, ctx),
         Some(k) => {
             let msg = format!("unknown task kind `{}`, expected one of: {}", k.value, TASK_KINDS.join(", "));
@@ -458,4 +471,69 @@ fn read_http(c: &mut TableReader<'_, '_>, ctx: &mut Ctx<'_>) -> Option<HttpCheck
         max_redirects,
         ca_file,
     })
+}
+
+/// The most often a heartbeat's deadline is checked, and the least.
+const HEARTBEAT_CADENCE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
+
+/// A heartbeat job: `period` or `cron` (when pings are due), `grace`, `token`; and the
+/// cadence its deadline is checked at (its grace, from 1 s to a minute, spread by name).
+fn read_heartbeat(
+    t: &mut TableReader<'_, '_>,
+    ctx: &mut Ctx<'_>,
+    job: &str,
+    tz: Tz,
+) -> Option<(Heartbeat, ScheduleSpec)> {
+    if t.has("every") {
+        let span = t.get("every").map(|v| v.span()).unwrap_or_default();
+        let msg = "a heartbeat says when pings are due with `period` (or `cron`), not `every`";
+        ctx.diag.error(span, t.field("every"), msg);
+    }
+    let expect = match (t.has("period"), t.has("cron")) {
+        (true, true) => {
+            let span = t.get("cron").map(|v| v.span()).unwrap_or_default();
+            t.get("period");
+            ctx.diag.error(span, t.field("cron"), "set either `period` or `cron`, not both");
+            None
+        }
+        (false, false) => {
+            let msg = "missing: when pings are due, `period = \"1h\"` or `cron = \"0 0 3 * * *\"`";
+            ctx.diag.error(t.span.clone(), t.field("period"), msg);
+            None
+        }
+        (true, false) => t.duration(ctx, "period").and_then(|p| {
+            if p.is_zero() {
+                let span = t.get("period").map(|v| v.span()).unwrap_or_default();
+                ctx.diag.error(span, t.field("period"), "period must be longer than zero");
+                None
+            } else {
+                Some(Expect::Period(p))
+            }
+        }),
+        (false, true) => {
+            t.parsed(ctx, "cron", |text| ScheduleSpec::cron(text, tz, Duration::default())).map(Expect::Cron)
+        }
+    };
+    let grace = t.duration(ctx, "grace").unwrap_or(Duration::from_secs(60));
+    let token = match t.string(ctx, "token") {
+        Some(s) if s.value.len() >= 16 => Some(s.value),
+        Some(s) if s.value.is_empty() => {
+            let msg = "empty (its variable is unset?): a heartbeat needs a token of at least 16 characters";
+            ctx.diag.error(s.span, t.field("token"), msg);
+            None
+        }
+        Some(s) => {
+            let msg = "too short: at least 16 characters (e.g. `openssl rand -hex 16`)";
+            ctx.diag.error(s.span, t.field("token"), msg);
+            None
+        }
+        None => {
+            let msg = "missing required field `token`: the secret a ping must send as `Authorization: Bearer …`";
+            ctx.diag.error(t.span.clone(), t.field("token"), msg);
+            None
+        }
+    };
+    let cadence = Duration(grace.std().clamp(HEARTBEAT_CADENCE.0.std(), HEARTBEAT_CADENCE.1.std()));
+    let cadence = ScheduleSpec::every_spread(job, cadence, Duration::default()).ok()?;
+    Some((Heartbeat { expect: expect?, grace, token: token? }, cadence))
 }

@@ -128,12 +128,13 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
             ("metrics", &mut http.metrics),
             ("unsubscribe", &mut http.unsubscribe),
             ("badges", &mut http.badges),
+            ("pings", &mut http.pings),
         ] {
             if let Some(on) = h.bool(ctx, key) {
                 *field = on;
             }
         }
-        h.finish(ctx, &["status_page", "health", "metrics", "unsubscribe", "badges"]);
+        h.finish(ctx, &["status_page", "health", "metrics", "unsubscribe", "badges", "pings"]);
     }
     let receivers = t.get("receivers").map(|v| receivers::read_receivers(v, ctx)).unwrap_or_default();
     let mut routes = Vec::new();
