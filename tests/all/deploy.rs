@@ -148,3 +148,28 @@ fn the_systemd_unit_verifies_clean() {
     let (_, said) = tool("systemd-analyze", &["verify", path.to_str().unwrap()], dir.path(), None);
     assert!(said.contains("Unknown key"), "{said}");
 }
+
+/// `warden check --connect` on the shipped schedule: the embedded default passes (every
+/// statement prepares on the demo database and the state store); a misspelt table in one
+/// query is refused with exit 1, naming its line, column and field, and the database's words.
+#[test]
+fn check_connect_prepares_every_statement_and_names_the_line_of_a_misspelt_table() {
+    let dir = shipped_dir();
+    let (code, out, err) = crate::support::warden(dir.path(), &["check", "--connect"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("every statement prepared"), "{out}");
+    let path = dir.path().join("schedules.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line = text.lines().position(|l| l.contains("FROM session)")).unwrap() + 1;
+    std::fs::write(&path, text.replace("FROM session)", "FROM sesion)")).unwrap();
+    let (code, _, err) = crate::support::warden(dir.path(), &["check", "--connect"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("schedules.toml:{line}:"))
+            && err.contains("job \"health-probe\".checks[2].query: no such table: sesion"),
+        "{err}"
+    );
+    // Plain `check` stays offline: the same file passes it.
+    let (code, _, err) = crate::support::warden(dir.path(), &["check"]);
+    assert_eq!(code, 0, "{err}");
+}

@@ -40,7 +40,12 @@ pub enum Command {
         admin_token_file: Option<PathBuf>,
     },
     /// Check the schedule file and list every problem in it.
-    Check,
+    Check {
+        /// Also connect to every target, prepare every SQL statement (without running it)
+        /// and check the bucket, reporting each refusal at its line.
+        #[arg(long)]
+        connect: bool,
+    },
     /// List jobs: schedule, next three fire times, last run.
     Jobs,
     /// Run one job now and print its outcome; exits non-zero when it fails. With --url, ask
@@ -296,7 +301,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", crate::admin::openapi().to_pretty_json()?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check => check_build(&cli.config, &schedule!()),
+        Command::Check { connect } => check_build(&cli.config, &schedule!(), connect).await,
         Command::Run { listen, admin_token_file } => {
             let token = admin_token(admin_token_file.as_deref())?;
             daemon::run(&cli.config, schedule!(), listen, token).await?;
@@ -391,7 +396,7 @@ async fn outbox(config: &Config, command: Option<OutboxCommand>) -> anyhow::Resu
 /// Loads and pre-instantiates every configured plugin, and reads the files the
 /// configuration names (the SMTP CA), so a bad component, a missing import or an unreadable
 /// certificate is found now, not at 3 a.m.
-fn check_build(path: &Path, config: &Config) -> anyhow::Result<ExitCode> {
+async fn check_build(path: &Path, config: &Config, connect: bool) -> anyhow::Result<ExitCode> {
     let engine = crate::daemon::policy_engine(Some(config))?;
     let mut problems = 0;
     for spec in &config.policies {
@@ -406,11 +411,15 @@ fn check_build(path: &Path, config: &Config) -> anyhow::Result<ExitCode> {
         eprintln!("{}: alerts.smtp_ca: {e}", path.display());
         problems += 1;
     }
+    if connect && problems == 0 {
+        problems += check_connect(path, config).await?;
+    }
     if problems > 0 {
         eprintln!("{}: {problems} problem(s) found", path.display());
         return Ok(ExitCode::FAILURE);
     }
-    println!("{}: OK ({} jobs, {} policies)", path.display(), config.jobs.len(), config.policies.len());
+    let connected = if connect { "; every target answered and every statement prepared" } else { "" };
+    println!("{}: OK ({} jobs, {} policies{connected})", path.display(), config.jobs.len(), config.policies.len());
     if let Some(subscribers) = &config.alerts.subscribers {
         let signer = match (&subscribers.secret, &config.state.url) {
             (crate::config::Secret::Inline(_), _) => {
@@ -425,6 +434,74 @@ fn check_build(path: &Path, config: &Config) -> anyhow::Result<ExitCode> {
         println!("unsubscribe links are signed with {signer}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `warden check --connect`: every target reached, every SQL text prepared on the database
+/// it runs on (nothing is run), the bucket checked. Each refusal is printed as
+/// `file:line:column: field: <what the server said>`; returns how many.
+async fn check_connect(path: &Path, config: &Config) -> anyhow::Result<usize> {
+    use crate::config::sites::{SqlText, sql_sites};
+    let src = std::fs::read_to_string(path)?;
+    let file = path.display();
+    let mut problems = 0;
+    let mut report = |field: &str, place: &str, message: String| {
+        eprintln!("{place}: {field}: {message}");
+        problems += 1;
+    };
+    let targets = match crate::targets::Targets::open(&config.targets).await {
+        Ok(t) => match t.db.execute("SELECT 1").await {
+            Ok(_) => Some(t),
+            Err(e) => {
+                report("targets.database", &file.to_string(), e.to_string());
+                None
+            }
+        },
+        Err(e) => {
+            report("targets.database", &file.to_string(), e.to_string());
+            None
+        }
+    };
+    if let Some(bucket) = targets.as_ref().and_then(|t| t.s3.as_ref())
+        && let Err(e) = bucket.head().await
+    {
+        report("targets.s3", &file.to_string(), e);
+    }
+    let store = match crate::store::StateStore::open(&config.state).await {
+        Ok(store) => Some(store),
+        Err(e) => {
+            report("state.url", &file.to_string(), e.to_string());
+            None
+        }
+    };
+    for site in sql_sites(config, &src) {
+        let pool = match site.db {
+            crate::config::DbRole::Target => targets.as_ref().map(|t| &t.db),
+            crate::config::DbRole::State => store.as_ref().map(|s| s.pool()),
+        };
+        // An unreachable database is reported once, above.
+        let Some(pool) = pool else { continue };
+        let text = match &site.sql {
+            SqlText::Text(sql) => match sql.for_sqlite(pool.is_sqlite()) {
+                Some(text) => text.to_owned(),
+                None => continue,
+            },
+            SqlText::Prune { table, column } => {
+                format!("SELECT {} FROM {} WHERE 1 = 0", crate::db::quote_ident(column), crate::db::quote_ident(table))
+            }
+        };
+        let prepared = crate::with_pool!(pool, |p| {
+            use sqlx::Executor;
+            p.prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(text))).await.map(|_| ())
+        });
+        if let Err(e) = prepared {
+            let said = match &e {
+                sqlx::Error::Database(db) => db.message().to_owned(),
+                other => other.to_string(),
+            };
+            report(&site.field, &site.place, said);
+        }
+    }
+    Ok(problems)
 }
 
 async fn jobs(config: &Config) -> anyhow::Result<ExitCode> {

@@ -7,6 +7,7 @@ mod env;
 mod error;
 mod model;
 mod read;
+pub mod sites;
 mod table;
 
 use std::path::{Path, PathBuf};
