@@ -27,6 +27,7 @@ fn snapshot() -> Snapshot {
         ok: true,
         error: None,
         duration_ms: 3,
+        target: None,
     };
     Snapshot {
         job: "health-probe".into(),

@@ -33,6 +33,10 @@ pub struct Targets {
     /// One permit per connection of `db`: a check takes one before it starts its clock, so
     /// waiting for the pool is never counted as the target's time, nor as its failure.
     pub db_slots: Arc<Semaphore>,
+    /// `[targets.databases.NAME]`: each with a pool (and slots) of its own.
+    pub databases: Arc<std::collections::HashMap<String, (Pool, Arc<Semaphore>)>>,
+    /// `[targets.buckets.NAME]`.
+    pub buckets: Arc<std::collections::HashMap<String, S3Bucket>>,
 }
 
 /// The configured bucket and a client for it.
@@ -43,6 +47,22 @@ pub struct S3Bucket {
 }
 
 impl Targets {
+    /// The database a check names (`None`: the default target) and its slots.
+    pub fn database(&self, name: Option<&str>) -> Option<(&Pool, &Arc<Semaphore>)> {
+        match name {
+            None => Some((&self.db, &self.db_slots)),
+            Some(name) => self.databases.get(name).map(|(p, s)| (p, s)),
+        }
+    }
+
+    /// The bucket a check names (`None`: the default one, if configured).
+    pub fn bucket(&self, name: Option<&str>) -> Option<&S3Bucket> {
+        match name {
+            None => self.s3.as_ref(),
+            Some(name) => self.buckets.get(name),
+        }
+    }
+
     /// Opens the target pool lazily and, when asked, creates the demo schema.
     pub async fn open(config: &config::TargetsConfig) -> Result<Self, TargetError> {
         let url = config.database.display();
@@ -52,7 +72,24 @@ impl Targets {
             .await
             .map_err(|source| TargetError::Open { url: url.clone(), source })?;
         let db_slots = Arc::new(Semaphore::new(config.pool as usize));
-        let targets = Self { db, s3: config.s3.as_ref().map(S3Bucket::new), config: config.clone(), db_slots };
+        let mut databases = std::collections::HashMap::new();
+        for named in &config.databases {
+            let settings =
+                PoolSettings { max_connections: named.pool, acquire_timeout: Duration::from_secs(10), lazy: true };
+            let pool = Pool::open(&named.url, settings, None)
+                .await
+                .map_err(|source| TargetError::Open { url: named.url.display(), source })?;
+            databases.insert(named.name.clone(), (pool, Arc::new(Semaphore::new(named.pool as usize))));
+        }
+        let buckets = config.buckets.iter().map(|(name, b)| (name.clone(), S3Bucket::new(b))).collect();
+        let targets = Self {
+            db,
+            s3: config.s3.as_ref().map(S3Bucket::new),
+            config: config.clone(),
+            db_slots,
+            databases: Arc::new(databases),
+            buckets: Arc::new(buckets),
+        };
         if config.demo_schema {
             targets.create_demo_schema().await.map_err(|source| TargetError::Demo { url, source })?;
         }

@@ -165,3 +165,48 @@ fn http_tcp_and_tls_checks_report_what_they_saw_on_health() {
     );
     assert_eq!(health["status"], "degraded", "none of them is critical");
 }
+
+/// Two named databases beside the default, SQLite and PostgreSQL, probed by one job, each
+/// on its own pool; `/health` says which target each check reached, and one that cannot be
+/// reached fails alone.
+#[test]
+fn one_probe_checks_named_sqlite_and_postgres_databases() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(crate::support::TestDb::create());
+    let dir = tempfile::tempdir().unwrap();
+    let closed = free_port();
+    let targets = format!(
+        "[targets]\ndatabase = \"sqlite://app.db\"\n\
+         [targets.databases.reports]\nurl = \"{}\"\npool = 2\n\
+         [targets.databases.archive]\nurl = \"sqlite://archive.db\"\n\
+         [targets.databases.gone]\nurl = \"postgres://postgres@127.0.0.1:{closed}/nothing\"\n",
+        db.url
+    );
+    let checks = [
+        r#"{ name = "app", kind = "db" }"#,
+        r#"{ name = "reports", kind = "db", database = "reports" }"#,
+        r#"{ name = "reports-sql", kind = "sql", database = "reports", query = "SELECT current_database()" }"#,
+        r#"{ name = "archive", kind = "sql", database = "archive", query = "SELECT sqlite_version()" }"#,
+        r#"{ name = "gone", kind = "db", database = "gone", critical = false, timeout = "2s" }"#,
+    ];
+    let text = schedule().table(targets).job(probe("dbs", "1s", &checks)).to_string();
+    let path = dir.path().join("schedules.toml");
+    std::fs::write(&path, text).unwrap();
+    let daemon = Daemon::start(dir.path(), &path);
+    let health: serde_json::Value = wait_for(Duration::from_secs(60), "a snapshot of the dbs probe", || {
+        let v: serde_json::Value = serde_json::from_str(&daemon.get("/health").1).ok()?;
+        (v["job"] == "dbs").then_some(v)
+    });
+    let by_name = |name: &str| health["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
+    for (name, target) in [("reports", "reports"), ("reports-sql", "reports"), ("archive", "archive")] {
+        let c = by_name(name);
+        assert_eq!((c["ok"].as_bool(), c["target"].as_str()), (Some(true), Some(target)), "{c}");
+    }
+    assert_eq!(by_name("app")["ok"], true);
+    assert!(by_name("app").get("target").is_none(), "the default target is not named");
+    let gone = by_name("gone");
+    assert_eq!((gone["ok"].as_bool(), gone["target"].as_str()), (Some(false), Some("gone")), "{gone}");
+    assert_eq!(health["status"], "degraded", "only the non-critical named database failed");
+    drop(daemon);
+    rt.block_on(db.drop_db());
+}

@@ -34,6 +34,7 @@ fn snapshot(status: Status, minutes: i64) -> Event {
             ok,
             error: (!ok).then(|| "connection refused".to_owned()),
             duration_ms: 2,
+            target: None,
         }],
     })
 }

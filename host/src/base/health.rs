@@ -50,6 +50,9 @@ pub struct CheckResult {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// The named database or bucket it checked (none: the default target).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub target: Option<String>,
 }
 
 /// One probe's outcome, as stored in `health_history` and served by `/health`.
@@ -79,7 +82,7 @@ mod tests {
     use super::*;
 
     fn check(name: &str, critical: bool, ok: bool) -> CheckResult {
-        CheckResult { name: name.into(), kind: name.into(), critical, ok, error: None, duration_ms: 1 }
+        CheckResult { name: name.into(), kind: name.into(), critical, ok, error: None, duration_ms: 1, target: None }
     }
 
     #[test]

@@ -449,13 +449,25 @@ async fn check_connect(path: &Path, config: &Config) -> anyhow::Result<usize> {
         problems += 1;
     };
     let targets = match crate::targets::Targets::open(&config.targets).await {
-        Ok(t) => match t.db.execute("SELECT 1").await {
-            Ok(_) => Some(t),
-            Err(e) => {
-                report("targets.database", &file.to_string(), e.to_string());
-                None
+        Ok(t) => {
+            for (name, (pool, _)) in t.databases.iter() {
+                if let Err(e) = pool.execute("SELECT 1").await {
+                    report(&format!("targets.databases.{name}"), &file.to_string(), e.to_string());
+                }
             }
-        },
+            for (name, bucket) in t.buckets.iter() {
+                if let Err(e) = bucket.head().await {
+                    report(&format!("targets.buckets.{name}"), &file.to_string(), e);
+                }
+            }
+            match t.db.execute("SELECT 1").await {
+                Ok(_) => Some(t),
+                Err(e) => {
+                    report("targets.database", &file.to_string(), e.to_string());
+                    None
+                }
+            }
+        }
         Err(e) => {
             report("targets.database", &file.to_string(), e.to_string());
             None
@@ -475,7 +487,9 @@ async fn check_connect(path: &Path, config: &Config) -> anyhow::Result<usize> {
     };
     for site in sql_sites(config, &src) {
         let pool = match site.db {
-            crate::config::DbRole::Target => targets.as_ref().map(|t| &t.db),
+            crate::config::DbRole::Target => {
+                targets.as_ref().and_then(|t| t.database(site.named.as_deref())).map(|(p, _)| p)
+            }
             crate::config::DbRole::State => store.as_ref().map(|s| s.pool()),
         };
         // An unreachable database is reported once, above.

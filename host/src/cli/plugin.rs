@@ -127,6 +127,7 @@ pub fn example_event(kind: &str) -> anyhow::Result<ExitCode> {
         ok,
         error: error.map(str::to_owned),
         duration_ms: 3,
+        target: None,
     };
     let event = match kind {
         "snapshot" => Event::Snapshot(Snapshot {

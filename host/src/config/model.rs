@@ -270,6 +270,19 @@ pub struct TargetsConfig {
     pub s3: Option<S3Target>,
     /// The most connections to the target database.
     pub pool: u32,
+    /// More databases, by name (`[targets.databases.NAME]`): checks name the one they use.
+    pub databases: Vec<NamedDatabase>,
+    /// More buckets, by name (`[targets.buckets.NAME]`).
+    pub buckets: Vec<(String, S3Target)>,
+}
+
+/// `[targets.databases.NAME]`: a database a check can name (`database = "NAME"`), with a
+/// pool of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedDatabase {
+    pub name: String,
+    pub url: DbUrl,
+    pub pool: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -483,6 +496,8 @@ impl Task {
 pub struct Check {
     pub name: String,
     pub kind: CheckKind,
+    /// The named database (`db`, `sql`) or bucket (`s3`) it checks; `None`: the default one.
+    pub target: Option<String>,
     pub critical: bool,
     pub timeout: Duration,
 }

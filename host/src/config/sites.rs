@@ -16,6 +16,8 @@ pub struct SqlSite {
     /// The field, as `warden check` names fields (`job "probe".checks[2].query`).
     pub field: String,
     pub db: DbRole,
+    /// A named target database (`[targets.databases.NAME]`) instead of the default.
+    pub named: Option<String>,
     pub sql: SqlText,
 }
 
@@ -60,6 +62,7 @@ pub fn sql_sites(config: &Config, src: &str) -> Vec<SqlSite> {
                         place: place(span.unwrap_or_default()),
                         field: format!("{scope}.checks[{j}].query"),
                         db: DbRole::Target,
+                        named: check.target.clone(),
                         sql: SqlText::Text(query.clone()),
                     });
                 }
@@ -68,6 +71,7 @@ pub fn sql_sites(config: &Config, src: &str) -> Vec<SqlSite> {
                 place: place(span_of(item, "query")),
                 field: format!("{scope}.query"),
                 db: *db,
+                named: None,
                 sql: SqlText::Text(query.clone()),
             }),
             Task::Sql(sql) => {
@@ -79,6 +83,7 @@ pub fn sql_sites(config: &Config, src: &str) -> Vec<SqlSite> {
                     place: place(span_of(item, "statement")),
                     field: format!("{scope}.statement"),
                     db: sql.db,
+                    named: None,
                     sql: SqlText::Text(statement),
                 })
             }
@@ -86,6 +91,7 @@ pub fn sql_sites(config: &Config, src: &str) -> Vec<SqlSite> {
                 place: place(span_of(item, "table")),
                 field: format!("{scope}.table"),
                 db: prune.db,
+                named: None,
                 sql: SqlText::Prune { table: prune.table.clone(), column: prune.column.clone() },
             }),
             Task::PoolStats | Task::PgActivity | Task::Heartbeat(_) => {}
@@ -103,6 +109,7 @@ pub fn sql_sites(config: &Config, src: &str) -> Vec<SqlSite> {
                 place: place(span),
                 field: format!("alerts.subscribers.{key}"),
                 db: DbRole::Target,
+                named: None,
                 sql: SqlText::Text(sql.clone()),
             });
         }

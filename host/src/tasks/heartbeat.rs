@@ -56,6 +56,7 @@ pub async fn check(job: &str, heartbeat: &Heartbeat, store: &StateStore) -> Resu
         ok: outcome.is_ok(),
         error: outcome.err(),
         duration_ms: 0,
+        target: None,
     }];
     let snapshot = Snapshot {
         job: job.to_owned(),

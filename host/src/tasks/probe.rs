@@ -28,29 +28,39 @@ pub async fn run_probe(job: &str, checks: &[Check], targets: &Targets) -> Snapsh
 async fn run_check(check: &Check, targets: &Targets) -> CheckResult {
     // A database check waits for a free connection first (bounded by the job's timeout),
     // then starts its clock: the check measures the target, not warden's queue.
+    let database = targets.database(check.target.as_deref());
     let _slot = match check.kind {
-        CheckKind::Db | CheckKind::Sql { .. } => targets.db_slots.acquire().await.ok(),
+        CheckKind::Db | CheckKind::Sql { .. } => match database {
+            Some((_, slots)) => slots.acquire().await.ok(),
+            None => None,
+        },
         CheckKind::S3 | CheckKind::Http(_) | CheckKind::Tcp { .. } | CheckKind::Tls { .. } => None,
     };
     let started = Instant::now();
     let work = async {
+        let no_database = || format!("no database named `{}`", check.target.as_deref().unwrap_or_default());
         match &check.kind {
-            CheckKind::Db => with_pool!(&targets.db, |p| sqlx::query("SELECT 1").fetch_one(p).await.map(|_| ()))
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            CheckKind::S3 => match &targets.s3 {
+            CheckKind::Db => {
+                let (db, _) = database.ok_or_else(no_database)?;
+                with_pool!(db, |p| sqlx::query("SELECT 1").fetch_one(p).await.map(|_| ()))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            CheckKind::S3 => match targets.bucket(check.target.as_deref()) {
                 // Not configured counts as OK, as in the original monitor.
                 None => Ok(()),
                 Some(bucket) => bucket.head().await,
             },
-            CheckKind::Sql { query } => match query.for_sqlite(targets.db.is_sqlite()) {
-                None => Err(format!("no query for the {} backend", targets.db.backend())),
-                Some(sql) => with_pool!(&targets.db, |p| sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .fetch_optional(p)
-                    .await
-                    .map(|_| ()))
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            CheckKind::Sql { query } => match database {
+                None => Err(no_database()),
+                Some((db, _)) => match query.for_sqlite(db.is_sqlite()) {
+                    None => Err(format!("no query for the {} backend", db.backend())),
+                    Some(sql) => {
+                        with_pool!(db, |p| sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_optional(p).await.map(|_| ()))
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                },
             },
             CheckKind::Http(http) => super::net::http(http).await,
             CheckKind::Tcp { address } => super::net::tcp(address).await,
@@ -70,6 +80,7 @@ async fn run_check(check: &Check, targets: &Targets) -> CheckResult {
         ok: outcome.is_ok(),
         error: outcome.err(),
         duration_ms: millis(started),
+        target: check.target.clone(),
     }
 }
 

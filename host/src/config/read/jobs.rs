@@ -288,6 +288,11 @@ fn read_checks(t: &mut TableReader<'_, '_>, ctx: &mut Ctx<'_>) -> Option<Vec<Che
         };
         let critical = c.bool(ctx, "critical");
         let timeout = c.duration(ctx, "timeout").unwrap_or(DEFAULT_CHECK_TIMEOUT);
+        let target = match &kind {
+            Some(CheckKind::Db | CheckKind::Sql { .. }) => c.string(ctx, "database").map(|s| s.value),
+            Some(CheckKind::S3) => c.string(ctx, "bucket").map(|s| s.value),
+            _ => None,
+        };
         let known: &[&str] = match &kind {
             Some(CheckKind::Http(_)) => &[
                 "name",
@@ -307,7 +312,8 @@ fn read_checks(t: &mut TableReader<'_, '_>, ctx: &mut Ctx<'_>) -> Option<Vec<Che
             ],
             Some(CheckKind::Tcp { .. }) => &["name", "kind", "critical", "timeout", "address"],
             Some(CheckKind::Tls { .. }) => &["name", "kind", "critical", "timeout", "address", "min_days", "ca_file"],
-            Some(_) => &["name", "kind", "query", "critical", "timeout"],
+            Some(CheckKind::S3) => &["name", "kind", "critical", "timeout", "bucket"],
+            Some(_) => &["name", "kind", "query", "critical", "timeout", "database"],
             // An unknown kind is reported already; its other fields cannot be judged.
             None => &[],
         };
@@ -323,7 +329,7 @@ fn read_checks(t: &mut TableReader<'_, '_>, ctx: &mut Ctx<'_>) -> Option<Vec<Che
                     continue;
                 }
                 let critical = critical.unwrap_or(kind == CheckKind::Db);
-                checks.push(Check { name: name.value, kind, critical, timeout });
+                checks.push(Check { name: name.value, kind, target, critical, timeout });
             }
             _ => ok = false,
         }

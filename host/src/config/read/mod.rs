@@ -110,6 +110,11 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
             }
         }
     }
+    // A [targets] with a mistake in it is reported already; without one, nothing is named.
+    let has_targets = root.get_ref().as_table().is_some_and(|t| t.get("targets").is_some());
+    if targets.is_some() || !has_targets {
+        check_named_targets(root, &jobs, targets.as_ref(), ctx);
+    }
     let mut maintenance = Vec::new();
     if let Some(items) = t.array(ctx, "maintenance") {
         for (i, item) in items.iter().enumerate() {
@@ -167,6 +172,8 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
             demo_schema: true,
             s3: None,
             pool: DEFAULT_POOL,
+            databases: Vec::new(),
+            buckets: Vec::new(),
         },
     };
     let state = state?;
@@ -205,14 +212,62 @@ fn read_targets(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> Option<Tar
         None => Some(None),
     };
     let pool = pool_size(&mut t, ctx);
-    t.finish(ctx, &["database", "demo_schema", "s3", "pool"]);
+    let mut databases = Vec::new();
+    if let Some(v) = t.get("databases") {
+        for (name, item) in named_tables(v, "targets.databases", ctx) {
+            let Some(mut d) = TableReader::new(item, format!("targets.databases.{name}"), ctx) else { continue };
+            let field = d.field("url");
+            let url = match d.required_string(ctx, "url") {
+                Some(s) => parse_url(&s, &field, base, ctx),
+                None => None,
+            };
+            let pool = pool_size(&mut d, ctx);
+            d.finish(ctx, &["url", "pool"]);
+            if let Some(url) = url {
+                databases.push(NamedDatabase { name, url, pool });
+            }
+        }
+    }
+    let mut buckets = Vec::new();
+    if let Some(v) = t.get("buckets") {
+        for (name, item) in named_tables(v, "targets.buckets", ctx) {
+            if let Some(Some(bucket)) = read_s3_at(item, &format!("targets.buckets.{name}"), ctx) {
+                buckets.push((name, bucket));
+            }
+        }
+    }
+    t.finish(ctx, &["database", "demo_schema", "s3", "pool", "databases", "buckets"]);
     let database = database?;
     let demo_schema = demo_schema.unwrap_or(database.is_sqlite());
-    Some(TargetsConfig { database, demo_schema, s3: s3?, pool })
+    Some(TargetsConfig { database, demo_schema, s3: s3?, pool, databases, buckets })
+}
+
+/// The entries of a table of named tables (`[targets.databases.NAME]`), names checked.
+fn named_tables<'a, 'i>(value: &'a Value<'i>, scope: &str, ctx: &mut Ctx<'_>) -> Vec<(String, &'a Value<'i>)> {
+    let Some(table) = value.get_ref().as_table() else {
+        let found = value.get_ref().type_str();
+        ctx.diag.error(value.span(), scope, format!("expected a table of named entries, found {found}"));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (key, item) in table.iter() {
+        let name: &str = key.get_ref().as_ref();
+        if !valid_name(name) || name == "default" {
+            let msg = format!("invalid name `{name}`: use lowercase letters, digits, `-` and `_` (not `default`)");
+            ctx.diag.error(key.span(), format!("{scope}.{name}"), msg);
+            continue;
+        }
+        out.push((name.to_owned(), item));
+    }
+    out
 }
 
 fn read_s3(value: &Value<'_>, ctx: &mut Ctx<'_>) -> Option<Option<S3Target>> {
-    let mut t = TableReader::new(value, "targets.s3", ctx)?;
+    read_s3_at(value, "targets.s3", ctx)
+}
+
+fn read_s3_at(value: &Value<'_>, scope: &str, ctx: &mut Ctx<'_>) -> Option<Option<S3Target>> {
+    let mut t = TableReader::new(value, scope, ctx)?;
     let bucket = t.required_string(ctx, "bucket");
     let endpoint = t.string(ctx, "endpoint").map(|s| s.value).filter(|s| !s.is_empty());
     let region = t.string(ctx, "region").map_or_else(|| "us-east-1".to_owned(), |s| s.value);
@@ -224,7 +279,7 @@ fn read_s3(value: &Value<'_>, ctx: &mut Ctx<'_>) -> Option<Option<S3Target>> {
         (None, None) => None,
         (Some(s), None) | (None, Some(s)) => {
             let msg = "give both `access_key_id` and `secret_access_key`, or neither";
-            ctx.diag.error(s.span, "targets.s3", msg);
+            ctx.diag.error(s.span, scope, msg);
             None
         }
     };
@@ -427,4 +482,55 @@ fn read_policy(
     let spec =
         PolicySpec { name: name.value, component: component?, on, config, grants, limits, quarantine_after, enabled };
     Some((spec, name.span))
+}
+
+/// Every database or bucket a check names is configured.
+fn check_named_targets(
+    root: &Value<'_>,
+    jobs: &[std::sync::Arc<Job>],
+    targets: Option<&TargetsConfig>,
+    ctx: &mut Ctx<'_>,
+) {
+    let items = root.get_ref().as_table().and_then(|t| t.get("job")).and_then(|v| v.get_ref().as_array());
+    for job in jobs {
+        let Task::Probe { checks } = &job.task else { continue };
+        for (j, check) in checks.iter().enumerate() {
+            let Some(name) = &check.target else { continue };
+            let (key, known): (&str, Vec<&str>) = match check.kind {
+                CheckKind::S3 => {
+                    ("bucket", targets.iter().flat_map(|t| t.buckets.iter().map(|(n, _)| n.as_str())).collect())
+                }
+                _ => ("database", targets.iter().flat_map(|t| t.databases.iter().map(|d| d.name.as_str())).collect()),
+            };
+            if known.contains(&name.as_str()) {
+                continue;
+            }
+            let span = items
+                .and_then(|items| {
+                    items.iter().find(|i| {
+                        i.get_ref().as_table().and_then(|t| t.get("name")).and_then(|n| n.get_ref().as_str())
+                            == Some(job.name.as_str())
+                    })
+                })
+                .and_then(|i| {
+                    i.get_ref()
+                        .as_table()?
+                        .get("checks")?
+                        .get_ref()
+                        .as_array()?
+                        .get(j)?
+                        .get_ref()
+                        .as_table()?
+                        .get(key)
+                        .map(|v| v.span())
+                })
+                .unwrap_or_default();
+            let which = if key == "bucket" { "targets.buckets" } else { "targets.databases" };
+            let msg = format!(
+                "no {key} named `{name}` in [{which}] (named: {})",
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            );
+            ctx.diag.error(span, format!("job \"{}\".checks[{j}].{key}", job.name), msg);
+        }
+    }
 }
