@@ -55,6 +55,15 @@ impl Targets {
         }
     }
 
+    /// The pool a policy's `sql:read` grant reaches: the default target, or the named
+    /// database of `sql:read:NAME`.
+    pub fn granted_sql(&self, spec: &config::PolicySpec) -> Option<Pool> {
+        if !spec.grants.sql_read {
+            return None;
+        }
+        self.database(spec.sql_database.as_deref()).map(|(pool, _)| pool.clone())
+    }
+
     /// The bucket a check names (`None`: the default one, if configured).
     pub fn bucket(&self, name: Option<&str>) -> Option<&S3Bucket> {
         match name {

@@ -189,7 +189,11 @@ fn one_probe_checks_named_sqlite_and_postgres_databases() {
         r#"{ name = "archive", kind = "sql", database = "archive", query = "SELECT sqlite_version()" }"#,
         r#"{ name = "gone", kind = "db", database = "gone", critical = false, timeout = "2s" }"#,
     ];
-    let text = schedule().table(targets).job(probe("dbs", "1s", &checks)).to_string();
+    let gauge = crate::schedule::job("reports-size", "1s", "sql-gauge")
+        .with("db = \"reports\"")
+        .with("metric = \"reports\"")
+        .with("query = \"SELECT 'all' AS part, 3.0::float8 AS rows\"");
+    let text = schedule().table(targets).job(probe("dbs", "1s", &checks)).job(gauge).to_string();
     let path = dir.path().join("schedules.toml");
     std::fs::write(&path, text).unwrap();
     let daemon = Daemon::start(dir.path(), &path);
@@ -207,6 +211,15 @@ fn one_probe_checks_named_sqlite_and_postgres_databases() {
     let gone = by_name("gone");
     assert_eq!((gone["ok"].as_bool(), gone["target"].as_str()), (Some(false), Some("gone")), "{gone}");
     assert_eq!(health["status"], "degraded", "only the non-critical named database failed");
+    // A job names the database it acts on too.
+    wait_for(Duration::from_secs(30), "the gauge read from the named PostgreSQL", || {
+        daemon
+            .get("/metrics")
+            .1
+            .lines()
+            .any(|l| l.starts_with("warden_reports_rows{") && l.ends_with(" 3"))
+            .then_some(())
+    });
     drop(daemon);
     rt.block_on(db.drop_db());
 }

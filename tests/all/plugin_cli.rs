@@ -130,7 +130,8 @@ fn plugin_test_grants_a_capability_and_plugin_event_prints_each_kind() {
 
     // The SQL guest reads a table when granted; without the grant its call fails inside it.
     let db = dir.path().join("app.db");
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
         let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&db).create_if_missing(true);
         let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
         sqlx::query("CREATE TABLE t (n INTEGER); INSERT INTO t VALUES (7)").execute(&pool).await.unwrap();
@@ -142,8 +143,16 @@ fn plugin_test_grants_a_capability_and_plugin_event_prints_each_kind() {
     let base = ["plugin", "test", guest.to_str().unwrap(), "--event", "event.json", "--set", "query=SELECT n FROM t"];
     // The schedule beside it names the database a grant reaches.
     let target = format!("sqlite://{}", db.display());
-    std::fs::write(dir.path().join("schedules.toml"), schedule().target(&target, "demo_schema = false").to_string())
-        .unwrap();
+    // And a named one, which `sql:read:other` reaches instead.
+    let other = dir.path().join("other.db");
+    rt.block_on(async {
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&other).create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        sqlx::query("CREATE TABLE t (n INTEGER); INSERT INTO t VALUES (42)").execute(&pool).await.unwrap();
+        pool.close().await;
+    });
+    let named = format!("demo_schema = false\n[targets.databases.other]\nurl = \"sqlite://{}\"", other.display());
+    std::fs::write(dir.path().join("schedules.toml"), schedule().target(&target, &named).to_string()).unwrap();
     let (code, denied, stderr) = warden(dir.path(), &base);
     assert_eq!(code, 0, "{stderr}");
     assert!(denied.contains("sql:read is not granted"), "{denied}");
@@ -151,6 +160,10 @@ fn plugin_test_grants_a_capability_and_plugin_event_prints_each_kind() {
     let (code, read, stderr) = warden(dir.path(), &granted);
     assert_eq!(code, 0, "{stderr}");
     assert!(read.contains("rows=1 cells=7"), "{read}");
+    let named: Vec<&str> = base.iter().copied().chain(["--grant", "sql:read:other"]).collect();
+    let (code, read, stderr) = warden(dir.path(), &named);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(read.contains("rows=1 cells=42"), "the named database: {read}");
     let bad: Vec<&str> = base.iter().copied().chain(["--grant", "sql:write"]).collect();
     let (code, _, stderr) = warden(dir.path(), &bad);
     assert_eq!(code, 1);

@@ -486,10 +486,11 @@ async fn check_connect(path: &Path, config: &Config) -> anyhow::Result<usize> {
         }
     };
     for site in sql_sites(config, &src) {
-        let pool = match site.db {
+        let pool = match &site.db {
             crate::config::DbRole::Target => {
                 targets.as_ref().and_then(|t| t.database(site.named.as_deref())).map(|(p, _)| p)
             }
+            crate::config::DbRole::Named(name) => targets.as_ref().and_then(|t| t.database(Some(name))).map(|(p, _)| p),
             crate::config::DbRole::State => store.as_ref().map(|s| s.pool()),
         };
         // An unreachable database is reported once, above.

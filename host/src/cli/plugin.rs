@@ -47,6 +47,7 @@ pub async fn test(
                 on: vec![],
                 config: vec![],
                 grants: Grants::default(),
+                sql_database: None,
                 limits: Limits::default(),
                 quarantine_after: u32::MAX,
                 enabled: true,
@@ -54,6 +55,11 @@ pub async fn test(
         }
     };
     for name in &grants {
+        if let Some(database) = name.strip_prefix("sql:read:") {
+            spec.grants.sql_read = true;
+            spec.sql_database = Some(database.to_owned());
+            continue;
+        }
         spec.grants.grant(name).map_err(|e| anyhow::anyhow!("--grant: {e}"))?;
     }
     for pair in &set {
@@ -93,7 +99,7 @@ pub async fn test(
             }
         };
         let targets = crate::targets::Targets::open(&config.targets).await?;
-        Capabilities { sql: spec.grants.sql_read.then(|| targets.db.clone()), s3: targets.s3.clone() }
+        Capabilities { sql: targets.granted_sql(&spec), s3: targets.s3.clone() }
     };
     let job = job.map(str::to_owned).or_else(|| spec.on.first().cloned()).unwrap_or_else(|| "test".into());
     let result = engine.evaluate(&policy, &job, &event, state, now.unwrap_or_else(Utc::now), caps).await;

@@ -200,6 +200,8 @@ pub struct PolicySpec {
     /// The `config` table, values as text (numbers and booleans rendered).
     pub config: Vec<(String, String)>,
     pub grants: Grants,
+    /// The named database `sql:read:NAME` grants (`None`: the default target).
+    pub sql_database: Option<String>,
     pub limits: Limits,
     /// Consecutive failed evaluations before the policy is quarantined until reload.
     pub quarantine_after: u32,
@@ -419,10 +421,12 @@ pub struct Job {
 }
 
 /// Which database a maintenance task acts on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DbRole {
     Target,
     State,
+    /// A `[targets.databases.NAME]`.
+    Named(String),
 }
 
 /// SQL text for both backends, or one text that works on both.

@@ -70,7 +70,7 @@ pub fn sql_sites(config: &Config, src: &str) -> Vec<SqlSite> {
             Task::SqlGauge { db, query, .. } => out.push(SqlSite {
                 place: place(span_of(item, "query")),
                 field: format!("{scope}.query"),
-                db: *db,
+                db: db.clone(),
                 named: None,
                 sql: SqlText::Text(query.clone()),
             }),
@@ -82,7 +82,7 @@ pub fn sql_sites(config: &Config, src: &str) -> Vec<SqlSite> {
                 out.push(SqlSite {
                     place: place(span_of(item, "statement")),
                     field: format!("{scope}.statement"),
-                    db: sql.db,
+                    db: sql.db.clone(),
                     named: None,
                     sql: SqlText::Text(statement),
                 })
@@ -90,7 +90,7 @@ pub fn sql_sites(config: &Config, src: &str) -> Vec<SqlSite> {
             Task::Prune(prune) => out.push(SqlSite {
                 place: place(span_of(item, "table")),
                 field: format!("{scope}.table"),
-                db: prune.db,
+                db: prune.db.clone(),
                 named: None,
                 sql: SqlText::Prune { table: prune.table.clone(), column: prune.column.clone() },
             }),

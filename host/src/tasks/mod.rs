@@ -29,10 +29,15 @@ pub struct TaskContext<'a> {
 }
 
 impl TaskContext<'_> {
-    fn db(&self, role: DbRole) -> &Pool {
+    fn db(&self, role: &DbRole) -> Result<&Pool, TaskError> {
         match role {
-            DbRole::Target => &self.targets.db,
-            DbRole::State => self.store.pool(),
+            DbRole::Target => Ok(&self.targets.db),
+            DbRole::State => Ok(self.store.pool()),
+            DbRole::Named(name) => self
+                .targets
+                .database(Some(name))
+                .map(|(pool, _)| pool)
+                .ok_or_else(|| TaskError::Failed(format!("no database named `{name}`"))),
         }
     }
 }
@@ -65,9 +70,9 @@ pub async fn run(job: &Job, ctx: TaskContext<'_>) -> Result<TaskOutput, TaskErro
         }
         Task::PoolStats => Ok(gauges::pool_stats(&ctx.targets.db)),
         Task::PgActivity => gauges::pg_activity(&ctx.targets.db).await,
-        Task::SqlGauge { db, metric, query } => gauges::sql_gauge(ctx.db(*db), metric, query).await,
-        Task::Prune(prune) => maintenance::prune(ctx.db(prune.db), prune).await,
-        Task::Sql(sql) => maintenance::sql_batches(ctx.db(sql.db), sql).await,
+        Task::SqlGauge { db, metric, query } => gauges::sql_gauge(ctx.db(db)?, metric, query).await,
+        Task::Prune(prune) => maintenance::prune(ctx.db(&prune.db)?, prune).await,
+        Task::Sql(sql) => maintenance::sql_batches(ctx.db(&sql.db)?, sql).await,
         Task::Heartbeat(heartbeat) => heartbeat::check(&job.name, heartbeat, ctx.store).await,
     }
 }

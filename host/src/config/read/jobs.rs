@@ -154,8 +154,12 @@ fn read_db_role(t: &mut TableReader<'_, '_>, ctx: &mut Ctx<'_>) -> Option<DbRole
         Some(s) => match s.value.as_str() {
             "target" => Some(DbRole::Target),
             "state" => Some(DbRole::State),
+            // Checked against [targets.databases] once the targets are read.
+            other if valid_name(other) && other != "default" => Some(DbRole::Named(other.to_owned())),
             other => {
-                let msg = format!("unknown database `{other}`, expected `target` or `state`");
+                let msg = format!(
+                    "unknown database `{other}`, expected `target`, `state` or a name from [targets.databases]"
+                );
                 ctx.diag.error(s.span, t.field("db"), msg);
                 None
             }

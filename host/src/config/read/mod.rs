@@ -114,6 +114,7 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
     let has_targets = root.get_ref().as_table().is_some_and(|t| t.get("targets").is_some());
     if targets.is_some() || !has_targets {
         check_named_targets(root, &jobs, targets.as_ref(), ctx);
+        check_granted_databases(root, &policies, targets.as_ref(), ctx);
     }
     let mut maintenance = Vec::new();
     if let Some(items) = t.array(ctx, "maintenance") {
@@ -444,8 +445,14 @@ fn read_policy(
         config.push(("product".into(), product.to_owned()));
     }
     let mut grants = Grants::default();
+    let mut sql_database = None;
     if let Some(items) = t.strings(ctx, "grants") {
         for g in items {
+            if let Some(name) = g.value.strip_prefix("sql:read:") {
+                grants.sql_read = true;
+                sql_database = Some(name.to_owned());
+                continue;
+            }
             if let Err(msg) = grants.grant(&g.value) {
                 ctx.diag.error(g.span, t.field("grants"), msg);
             }
@@ -479,8 +486,17 @@ fn read_policy(
     let enabled = t.bool(ctx, "enabled").unwrap_or(true);
     t.finish(ctx, &["name", "component", "on", "config", "grants", "limits", "quarantine_after", "enabled"]);
     let name = name?;
-    let spec =
-        PolicySpec { name: name.value, component: component?, on, config, grants, limits, quarantine_after, enabled };
+    let spec = PolicySpec {
+        name: name.value,
+        component: component?,
+        on,
+        config,
+        grants,
+        sql_database,
+        limits,
+        quarantine_after,
+        enabled,
+    };
     Some((spec, name.span))
 }
 
@@ -492,6 +508,23 @@ fn check_named_targets(
     ctx: &mut Ctx<'_>,
 ) {
     let items = root.get_ref().as_table().and_then(|t| t.get("job")).and_then(|v| v.get_ref().as_array());
+    let databases: Vec<&str> = targets.iter().flat_map(|t| t.databases.iter().map(|d| d.name.as_str())).collect();
+    let named = if databases.is_empty() { "none".to_owned() } else { databases.join(", ") };
+    for job in jobs {
+        let role = match &job.task {
+            Task::SqlGauge { db, .. } => Some(db),
+            Task::Prune(p) => Some(&p.db),
+            Task::Sql(s) => Some(&s.db),
+            _ => None,
+        };
+        if let Some(DbRole::Named(name)) = role
+            && !databases.contains(&name.as_str())
+        {
+            let span = job_item(root, &job.name).and_then(|t| t.get("db").map(|v| v.span())).unwrap_or_default();
+            let msg = format!("no database named `{name}` in [targets.databases] (named: {named})");
+            ctx.diag.error(span, format!("job \"{}\".db", job.name), msg);
+        }
+    }
     for job in jobs {
         let Task::Probe { checks } = &job.task else { continue };
         for (j, check) in checks.iter().enumerate() {
@@ -532,5 +565,44 @@ fn check_named_targets(
             );
             ctx.diag.error(span, format!("job \"{}\".checks[{j}].{key}", job.name), msg);
         }
+    }
+}
+
+/// A `[[job]]` table by its name.
+fn job_item<'a, 'i>(root: &'a Value<'i>, name: &str) -> Option<&'a toml::de::DeTable<'i>> {
+    let items = root.get_ref().as_table()?.get("job")?.get_ref().as_array()?;
+    items.iter().find_map(|i| {
+        let t = i.get_ref().as_table()?;
+        (t.get("name")?.get_ref().as_str()? == name).then_some(t)
+    })
+}
+
+/// Every `sql:read:NAME` grant names a configured database.
+fn check_granted_databases(
+    root: &Value<'_>,
+    policies: &[PolicySpec],
+    targets: Option<&TargetsConfig>,
+    ctx: &mut Ctx<'_>,
+) {
+    let databases: Vec<&str> = targets.iter().flat_map(|t| t.databases.iter().map(|d| d.name.as_str())).collect();
+    for p in policies {
+        let Some(name) = &p.sql_database else { continue };
+        if databases.contains(&name.as_str()) {
+            continue;
+        }
+        let span = root
+            .get_ref()
+            .as_table()
+            .and_then(|t| t.get("policy"))
+            .and_then(|v| v.get_ref().as_array())
+            .and_then(|items| {
+                items.iter().find_map(|i| {
+                    let t = i.get_ref().as_table()?;
+                    (t.get("name")?.get_ref().as_str()? == p.name).then(|| t.get("grants").map(|g| g.span()))?
+                })
+            })
+            .unwrap_or_default();
+        let msg = format!("`sql:read:{name}` names no database in [targets.databases]");
+        ctx.diag.error(span, format!("policy \"{}\".grants", p.name), msg);
     }
 }
