@@ -98,3 +98,48 @@ fn a_heartbeat_is_ok_while_pinged_alerts_after_its_deadline_and_recovers_with_th
     let last = text(smtp.messages().last().unwrap());
     assert!(last.contains("reported failure") && last.contains("disk full"), "{last}");
 }
+
+/// Two replicas on one PostgreSQL store: pings to one of them keep the heartbeat OK whichever
+/// replica checks its deadline; once they stop, one down mail; a ping to the other replica
+/// tells one recovery.
+#[test]
+fn a_ping_to_any_replica_counts() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(crate::support::TestDb::create());
+    let smtp = SmtpServer::start();
+    let component = crate::policies::plugins_dir().join("status-alert.wasm");
+    let text = schedule()
+        .product("MNW")
+        .state(&db.url)
+        .alerts(&smtp.url(), "backoff = \"100ms\"")
+        .table(format!(
+            "[[job]]\nname = \"backup\"\ntask = \"heartbeat\"\nperiod = \"2s\"\ngrace = \"1s\"\ntoken = \"{TOKEN}\"\n"
+        ))
+        .table(policy("status-alert", &component, &["backup"], r#"config = { cooldown = "0s" }"#))
+        .to_string();
+    let (dir_a, path_a) = crate::support::schedule_dir(&text);
+    let (dir_b, path_b) = crate::support::schedule_dir(&text);
+    let a = Daemon::start(dir_a.path(), &path_a);
+    let b = Daemon::start(dir_b.path(), &path_b);
+    let (a_before, b_before) = (a.runs("backup"), b.runs("backup"));
+    for _ in 0..8 {
+        assert_eq!(ping(&b, "/ping/backup", TOKEN, ""), 200);
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    assert!(subjects(&smtp).is_empty(), "pinged through b, checked by either: {:?}", subjects(&smtp));
+    assert!(a.runs("backup") > a_before, "a checked the deadline too, from b's pings");
+    assert!(b.runs("backup") > b_before);
+    wait_for(Duration::from_secs(30), "the down mail", || {
+        subjects(&smtp).iter().any(|s| s.starts_with("MNW down")).then_some(())
+    });
+    assert_eq!(ping(&a, "/ping/backup", TOKEN, ""), 200);
+    wait_for(Duration::from_secs(15), "the recovery mail", || {
+        subjects(&smtp).iter().any(|s| s.starts_with("MNW recovered")).then_some(())
+    });
+    // (Within the next deadline: unpinged, it would be down again in 3 s.)
+    let told = subjects(&smtp);
+    assert_eq!(told.iter().filter(|s| s.starts_with("MNW down")).count(), 1, "{told:?}");
+    assert_eq!(told.iter().filter(|s| s.starts_with("MNW recovered")).count(), 1, "{told:?}");
+    drop((a, b));
+    rt.block_on(db.drop_db());
+}
