@@ -64,6 +64,11 @@ impl Targets {
         self.database(spec.sql_database.as_deref()).map(|(pool, _)| pool.clone())
     }
 
+    /// The bucket a policy's `s3:head` / `s3:list` grant reaches.
+    pub fn granted_bucket(&self, spec: &config::PolicySpec) -> Option<S3Bucket> {
+        self.bucket(spec.s3_bucket.as_deref()).cloned()
+    }
+
     /// The bucket a check names (`None`: the default one, if configured).
     pub fn bucket(&self, name: Option<&str>) -> Option<&S3Bucket> {
         match name {

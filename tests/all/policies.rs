@@ -51,6 +51,7 @@ pub fn spec(name: &str, file: &str, config: &[(&str, &str)]) -> PolicySpec {
         config: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         grants: Grants::default(),
         sql_database: None,
+        s3_bucket: None,
         limits: Limits::default(),
         quarantine_after: 5,
         enabled: true,

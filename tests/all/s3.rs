@@ -70,3 +70,41 @@ async fn no_s3_configured_counts_as_ok() {
     assert!(s3.ok && s3.error.is_none());
     assert_eq!(status, Status::Operational);
 }
+
+/// A named bucket beside the default: an `s3` check names it with `bucket =`, and the
+/// result says which; a policy granted `s3:head:backups` heads keys there, not in the default.
+#[tokio::test]
+async fn a_check_and_a_grant_name_their_bucket() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = &server.endpoint;
+    let bucket = |name: &str| {
+        format!(
+            r#"{{ bucket = "{name}", endpoint = "{endpoint}", access_key_id = "test", secret_access_key = "test" }}"#
+        )
+    };
+    let targets = format!("[targets]\ns3 = {}\n[targets.buckets]\nbackups = {}\n", bucket("media"), bucket("nightly"));
+    let checks = [r#"{ name = "media", kind = "s3" }"#, r#"{ name = "backups", kind = "s3", bucket = "backups" }"#];
+    let body = schedule().table(targets).job(probe("probe", "30s", &checks)).to_string();
+    let cfg = warden::config::parse(&body, &dir.path().join("schedules.toml"), &|_| None).unwrap();
+    let ctx = warden::daemon::open(&cfg).await.unwrap();
+    let media = ctx.targets.s3.clone().unwrap();
+    media.client.create_bucket().bucket("media").send().await.unwrap();
+    let report = execute(cfg.job("probe").unwrap(), Utc::now(), Trigger::Manual, &ctx).await;
+    let Some(Event::Snapshot(snap)) = report.event else { panic!("no snapshot") };
+    let by = |n: &str| snap.checks.iter().find(|c| c.name == n).unwrap().clone();
+    assert!(by("media").ok, "{:?}", by("media"));
+    let backups = by("backups");
+    assert_eq!(backups.target.as_deref(), Some("backups"));
+    assert!(!backups.ok && backups.error.as_deref().unwrap().contains("nightly"), "not created yet: {backups:?}");
+    media.client.create_bucket().bucket("nightly").send().await.unwrap();
+    let report = execute(cfg.job("probe").unwrap(), Utc::now(), Trigger::Manual, &ctx).await;
+    let Some(Event::Snapshot(snap)) = report.event else { panic!("no snapshot") };
+    assert!(snap.checks.iter().all(|c| c.ok), "{:?}", snap.checks);
+    // A grant names the bucket its policy reaches.
+    let mut spec = crate::policies::spec("p", "status-alert.wasm", &[]);
+    spec.grants.s3_head = true;
+    assert_eq!(ctx.targets.granted_bucket(&spec).unwrap().bucket, "media");
+    spec.s3_bucket = Some("backups".into());
+    assert_eq!(ctx.targets.granted_bucket(&spec).unwrap().bucket, "nightly");
+}

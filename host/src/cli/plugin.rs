@@ -48,6 +48,7 @@ pub async fn test(
                 config: vec![],
                 grants: Grants::default(),
                 sql_database: None,
+                s3_bucket: None,
                 limits: Limits::default(),
                 quarantine_after: u32::MAX,
                 enabled: true,
@@ -58,6 +59,11 @@ pub async fn test(
         if let Some(database) = name.strip_prefix("sql:read:") {
             spec.grants.sql_read = true;
             spec.sql_database = Some(database.to_owned());
+            continue;
+        }
+        if let Some((grant, bucket)) = name.strip_prefix("s3:").and_then(|r| r.split_once(':')) {
+            spec.grants.grant(&format!("s3:{grant}")).map_err(|e| anyhow::anyhow!("--grant: {e}"))?;
+            spec.s3_bucket = Some(bucket.to_owned());
             continue;
         }
         spec.grants.grant(name).map_err(|e| anyhow::anyhow!("--grant: {e}"))?;
@@ -99,7 +105,7 @@ pub async fn test(
             }
         };
         let targets = crate::targets::Targets::open(&config.targets).await?;
-        Capabilities { sql: targets.granted_sql(&spec), s3: targets.s3.clone() }
+        Capabilities { sql: targets.granted_sql(&spec), s3: targets.granted_bucket(&spec) }
     };
     let job = job.map(str::to_owned).or_else(|| spec.on.first().cloned()).unwrap_or_else(|| "test".into());
     let result = engine.evaluate(&policy, &job, &event, state, now.unwrap_or_else(Utc::now), caps).await;

@@ -202,6 +202,8 @@ pub struct PolicySpec {
     pub grants: Grants,
     /// The named database `sql:read:NAME` grants (`None`: the default target).
     pub sql_database: Option<String>,
+    /// The named bucket `s3:head:NAME` / `s3:list:NAME` grant (`None`: the default bucket).
+    pub s3_bucket: Option<String>,
     pub limits: Limits,
     /// Consecutive failed evaluations before the policy is quarantined until reload.
     pub quarantine_after: u32,

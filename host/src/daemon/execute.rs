@@ -308,7 +308,10 @@ pub(super) async fn finish(job: &Job, ran: Ran, ctx: &RunContext, policies: Opti
             // The incidents its alerts opened are the host's, as the mark is.
             let incidents: std::collections::BTreeMap<String, String> =
                 state.extract_if(.., |k, _| k.starts_with(INCIDENT_KEY)).collect();
-            let caps = Capabilities { sql: ctx.targets.granted_sql(&policy.spec), s3: ctx.targets.s3.clone() };
+            let caps = Capabilities {
+                sql: ctx.targets.granted_sql(&policy.spec),
+                s3: ctx.targets.granted_bucket(&policy.spec),
+            };
             // The clock is the occurrence's: every replica deciding on it sees the same time,
             // so what a policy derives from it (a ticket's dedup key) is the same too.
             let result = set.engine.evaluate(policy, &job.name, &event, state, scheduled, caps).await;

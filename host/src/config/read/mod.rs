@@ -446,11 +446,19 @@ fn read_policy(
     }
     let mut grants = Grants::default();
     let mut sql_database = None;
+    let mut s3_bucket = None;
     if let Some(items) = t.strings(ctx, "grants") {
         for g in items {
             if let Some(name) = g.value.strip_prefix("sql:read:") {
                 grants.sql_read = true;
                 sql_database = Some(name.to_owned());
+                continue;
+            }
+            if let Some((grant, name)) = g.value.strip_prefix("s3:").and_then(|r| r.split_once(':')) {
+                if let Err(msg) = grants.grant(&format!("s3:{grant}")) {
+                    ctx.diag.error(g.span.clone(), t.field("grants"), msg);
+                }
+                s3_bucket = Some(name.to_owned());
                 continue;
             }
             if let Err(msg) = grants.grant(&g.value) {
@@ -493,6 +501,7 @@ fn read_policy(
         config,
         grants,
         sql_database,
+        s3_bucket,
         limits,
         quarantine_after,
         enabled,
@@ -605,4 +614,26 @@ fn check_granted_databases(
         let msg = format!("`sql:read:{name}` names no database in [targets.databases]");
         ctx.diag.error(span, format!("policy \"{}\".grants", p.name), msg);
     }
+    let buckets: Vec<&str> = targets.iter().flat_map(|t| t.buckets.iter().map(|(n, _)| n.as_str())).collect();
+    for p in policies {
+        let Some(name) = &p.s3_bucket else { continue };
+        if !buckets.contains(&name.as_str()) {
+            let msg = format!("`s3:…:{name}` names no bucket in [targets.buckets]");
+            ctx.diag.error(grants_span(root, &p.name), format!("policy \"{}\".grants", p.name), msg);
+        }
+    }
+}
+
+fn grants_span(root: &Value<'_>, policy: &str) -> std::ops::Range<usize> {
+    root.get_ref()
+        .as_table()
+        .and_then(|t| t.get("policy"))
+        .and_then(|v| v.get_ref().as_array())
+        .and_then(|items| {
+            items.iter().find_map(|i| {
+                let t = i.get_ref().as_table()?;
+                (t.get("name")?.get_ref().as_str()? == policy).then(|| t.get("grants").map(|g| g.span()))?
+            })
+        })
+        .unwrap_or_default()
 }
