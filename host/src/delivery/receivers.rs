@@ -177,7 +177,7 @@ pub fn request(receiver: &Receiver, alert: &Alert, ctx: Context<'_>) -> Result<R
                 .push(("Authorization".to_owned(), format!("GenieKey {}", receiver.key.clone().unwrap_or_default())));
             let base = receiver.url.trim_end_matches('/');
             if resolved {
-                let alias = urlencoding(&clip(&alert.incident, 512));
+                let alias = super::unsubscribe::encode(&clip(&alert.incident, 512));
                 return Ok((
                     format!("{base}/v2/alerts/{alias}/close?identifierType=alias"),
                     headers,
@@ -240,19 +240,6 @@ pub fn request(receiver: &Receiver, alert: &Alert, ctx: Context<'_>) -> Result<R
         }
     };
     Ok((url, headers, body))
-}
-
-/// Percent-encodes a path segment.
-fn urlencoding(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Sends one alert to one HTTP receiver.

@@ -599,18 +599,7 @@ fn check_granted_databases(
         if databases.contains(&name.as_str()) {
             continue;
         }
-        let span = root
-            .get_ref()
-            .as_table()
-            .and_then(|t| t.get("policy"))
-            .and_then(|v| v.get_ref().as_array())
-            .and_then(|items| {
-                items.iter().find_map(|i| {
-                    let t = i.get_ref().as_table()?;
-                    (t.get("name")?.get_ref().as_str()? == p.name).then(|| t.get("grants").map(|g| g.span()))?
-                })
-            })
-            .unwrap_or_default();
+        let span = grants_span(root, &p.name);
         let msg = format!("`sql:read:{name}` names no database in [targets.databases]");
         ctx.diag.error(span, format!("policy \"{}\".grants", p.name), msg);
     }
