@@ -12,18 +12,11 @@ const TOKEN: &str = "backup-token-0123456789";
 const ADMIN: &str = "heartbeat-admin-token-0123456789";
 
 fn subjects(smtp: &SmtpServer) -> Vec<String> {
-    smtp.messages()
-        .iter()
-        .map(|m| {
-            let parsed = mail_parser::MessageParser::default().parse(m.data.as_bytes()).unwrap();
-            parsed.subject().unwrap_or_default().to_owned()
-        })
-        .collect()
+    crate::delivery::subjects(&smtp.messages())
 }
 
 fn text(m: &crate::smtp_server::Received) -> String {
-    let parsed = mail_parser::MessageParser::default().parse(m.data.as_bytes()).unwrap();
-    parsed.body_text(0).unwrap_or_default().into_owned()
+    crate::delivery::read(m).text
 }
 
 fn ping(daemon: &Daemon, path: &str, token: &str, body: &str) -> u16 {
@@ -80,7 +73,9 @@ fn a_heartbeat_is_ok_while_pinged_alerts_after_its_deadline_and_recovers_with_th
     assert!(body.contains("Job: backup") && body.contains("no ping since"), "{body}");
 
     // Restarted while down: the state is kept; the next ping tells the recovery at once.
-    drop(daemon);
+    // (Stopped with SIGTERM: a kill between sending the mail and recording it would send it
+    // again, as at-least-once delivery must.)
+    daemon.terminate(Duration::from_secs(30));
     let daemon = Daemon::start_with_env(dir.path(), &path, &env);
     daemon.wait_runs("backup", 2);
     assert_eq!(subjects(&smtp).len(), 1, "not told again after the restart: {:?}", subjects(&smtp));

@@ -1,14 +1,12 @@
 //! The bearer token both authenticated surfaces take: the admin API (`/admin/`) and the
 //! replicas' peer routes (`/peer/`).
 
-use axum::extract::Request;
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 
 /// The token of `Authorization: Bearer <token>`, if the request sends one.
-pub(crate) fn bearer(request: &Request) -> Option<&str> {
-    request
-        .headers()
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))

@@ -42,7 +42,7 @@ pub type PeerStates = HashMap<String, std::collections::BTreeMap<String, String>
 
 fn authorized(shared: &Shared, request: &Request) -> Result<Arc<PeerView>, StatusCode> {
     let Some(view) = shared.peer() else { return Err(StatusCode::NOT_FOUND) };
-    match bearer(request) {
+    match bearer(request.headers()) {
         Some(given) if same_secret(given, &view.token) => Ok(view),
         _ => Err(StatusCode::UNAUTHORIZED),
     }

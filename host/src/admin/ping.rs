@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -54,11 +54,7 @@ async fn ping(
     let Some(heartbeat) = heartbeat else {
         return answer(StatusCode::NOT_FOUND, "not_found", format!("no heartbeat job `{job}`"));
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let given = super::auth::bearer(&headers);
     if !given.is_some_and(|t| super::auth::same_secret(t, &heartbeat.token)) {
         tracing::warn!(job = %job, "a ping without the job's token was refused");
         return answer(

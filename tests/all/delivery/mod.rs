@@ -26,17 +26,17 @@ use crate::support::{Proxy, TestDb};
 
 /// The parts of a received message the tests look at, decoded.
 #[derive(Debug)]
-struct Mail {
+pub(crate) struct Mail {
     to: Vec<String>,
     subject: String,
     message_id: String,
     list_unsubscribe: Option<String>,
     list_unsubscribe_post: Option<String>,
-    text: String,
+    pub(crate) text: String,
     html: Option<String>,
 }
 
-fn read(m: &Received) -> Mail {
+pub(crate) fn read(m: &Received) -> Mail {
     let parsed = MessageParser::default().parse(m.data.as_bytes()).expect("a parsable message");
     let raw_header = |name: &str| parsed.header_raw(name).map(|v| v.trim().to_owned());
     Mail {
@@ -50,7 +50,7 @@ fn read(m: &Received) -> Mail {
     }
 }
 
-fn subjects(messages: &[Received]) -> Vec<String> {
+pub(crate) fn subjects(messages: &[Received]) -> Vec<String> {
     messages.iter().map(|m| read(m).subject).collect()
 }
 

@@ -211,7 +211,7 @@ async fn auth(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
         )
         .into_response();
     };
-    match bearer(&request) {
+    match bearer(request.headers()) {
         Some(given) if same_secret(given, token) => next.run(request).await,
         Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong token").into_response(),
         None => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "send Authorization: Bearer <token>")

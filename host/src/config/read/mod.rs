@@ -516,7 +516,6 @@ fn check_named_targets(
     targets: Option<&TargetsConfig>,
     ctx: &mut Ctx<'_>,
 ) {
-    let items = root.get_ref().as_table().and_then(|t| t.get("job")).and_then(|v| v.get_ref().as_array());
     let databases: Vec<&str> = targets.iter().flat_map(|t| t.databases.iter().map(|d| d.name.as_str())).collect();
     let named = if databases.is_empty() { "none".to_owned() } else { databases.join(", ") };
     for job in jobs {
@@ -547,24 +546,9 @@ fn check_named_targets(
             if known.contains(&name.as_str()) {
                 continue;
             }
-            let span = items
-                .and_then(|items| {
-                    items.iter().find(|i| {
-                        i.get_ref().as_table().and_then(|t| t.get("name")).and_then(|n| n.get_ref().as_str())
-                            == Some(job.name.as_str())
-                    })
-                })
-                .and_then(|i| {
-                    i.get_ref()
-                        .as_table()?
-                        .get("checks")?
-                        .get_ref()
-                        .as_array()?
-                        .get(j)?
-                        .get_ref()
-                        .as_table()?
-                        .get(key)
-                        .map(|v| v.span())
+            let span = job_item(root, &job.name)
+                .and_then(|t| {
+                    t.get("checks")?.get_ref().as_array()?.get(j)?.get_ref().as_table()?.get(key).map(|v| v.span())
                 })
                 .unwrap_or_default();
             let which = if key == "bucket" { "targets.buckets" } else { "targets.databases" };
