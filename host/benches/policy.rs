@@ -5,7 +5,8 @@
 //! instantiate per call) on our pooling engine and on an on-demand engine (each instance
 //! mapped and unmapped by the OS), one reused instance (no isolation: the floor), and the
 //! same decision natively; the same kind of policy built in Python and in JavaScript (when
-//! WARDEN_TEST_PLUGINS holds them). Then cold and warm start-up with the artifact cache.
+//! WARDEN_TEST_PLUGINS holds them; `POLICY_GUESTS_ONLY=N` runs only those). Then cold and warm
+//! start-up with the artifact cache.
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does a short smoke run.
 
 use std::collections::BTreeMap;
@@ -41,15 +42,39 @@ fn snapshot() -> Snapshot {
 struct Row {
     name: &'static str,
     samples: Vec<Duration>,
+    /// Minor page faults per evaluation (the pages a fresh instance touched and the reset
+    /// did not keep resident), where measured.
+    faults: Option<f64>,
+}
+
+impl Row {
+    fn new(name: &'static str, samples: Vec<Duration>) -> Self {
+        Row { name, samples, faults: None }
+    }
+}
+
+/// This process's minor page faults so far (`/proc/self/stat`, field 10).
+fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    fields.split_whitespace().nth(7).and_then(|f| f.parse().ok()).unwrap_or(0)
 }
 
 fn report(rows: &mut [Row]) {
-    println!("{:<44} {:>10} {:>10} {:>12}", "mode", "median µs", "p99 µs", "evals/s");
+    println!("{:<44} {:>10} {:>10} {:>12} {:>12}", "mode", "median µs", "p99 µs", "evals/s", "faults/eval");
     for row in rows.iter_mut() {
         row.samples.sort_unstable();
         let pct = |p: f64| row.samples[((row.samples.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e6;
         let total: f64 = row.samples.iter().map(Duration::as_secs_f64).sum();
-        println!("{:<44} {:>10.1} {:>10.1} {:>12.0}", row.name, pct(0.5), pct(0.99), row.samples.len() as f64 / total);
+        let faults = row.faults.map_or_else(|| "-".to_owned(), |f| format!("{f:.1}"));
+        println!(
+            "{:<44} {:>10.1} {:>10.1} {:>12.0} {:>12}",
+            row.name,
+            pct(0.5),
+            pct(0.99),
+            row.samples.len() as f64 / total,
+            faults
+        );
     }
 }
 
@@ -95,12 +120,20 @@ fn main() {
         std::fs::metadata(&spec.component).unwrap().len()
     );
     let mut rows = Vec::new();
+    // `POLICY_GUESTS_ONLY=N`: only the Python and JavaScript rows, N evaluations each (to
+    // profile them alone; the smoke run's shared artifact cache unless `--bench`).
+    if let Some(count) = std::env::var("POLICY_GUESTS_ONLY").ok().and_then(|c| c.parse().ok()) {
+        let mut guests = rt.block_on(guest_rows(&plugins, count, &event, now, full));
+        report(&mut guests.rows);
+        return;
+    }
     rt.block_on(async {
         let time = |samples: &mut Vec<Duration>, t: Instant| samples.push(t.elapsed());
         // Warm up every path once.
         engine.evaluate(&policy, "health-probe", &event, state.clone(), now, Capabilities::default()).await.unwrap();
 
         let mut s = Vec::with_capacity(n);
+        let faults0 = minor_faults();
         for _ in 0..n {
             let t = Instant::now();
             let e = engine
@@ -110,7 +143,8 @@ fn main() {
             time(&mut s, t);
             assert!(e.actions.is_empty());
         }
-        rows.push(Row { name: "ours: fresh sandbox (pooling + InstancePre)", samples: s });
+        let faults = (minor_faults() - faults0) as f64 / n as f64;
+        rows.push(Row { name: "ours: fresh sandbox (pooling + InstancePre)", samples: s, faults: Some(faults) });
 
         let mut s = Vec::with_capacity(n);
         for _ in 0..n {
@@ -118,7 +152,7 @@ fn main() {
             modes.instantiate_per_call().await.unwrap();
             time(&mut s, t);
         }
-        rows.push(Row { name: "Spin-style instantiate per call, pooling", samples: s });
+        rows.push(Row::new("Spin-style instantiate per call, pooling", s));
 
         let mut s = Vec::with_capacity(n);
         for _ in 0..n {
@@ -126,7 +160,7 @@ fn main() {
             on_demand_modes.instantiate_per_call().await.unwrap();
             time(&mut s, t);
         }
-        rows.push(Row { name: "Spin-style instantiate per call, on-demand", samples: s });
+        rows.push(Row::new("Spin-style instantiate per call, on-demand", s));
 
         let mut reused = modes.reused().await.unwrap();
         let mut s = Vec::with_capacity(n);
@@ -135,7 +169,7 @@ fn main() {
             modes.call_reused(&mut reused).await.unwrap();
             time(&mut s, t);
         }
-        rows.push(Row { name: "reused instance (no isolation; floor)", samples: s });
+        rows.push(Row::new("reused instance (no isolation; floor)", s));
     });
 
     let rules = status_alert::Rules {
@@ -173,11 +207,8 @@ fn main() {
         s.push(t.elapsed());
         std::hint::black_box(a);
     }
-    rows.push(Row { name: "native (the same decide, no sandbox)", samples: s });
-    rows.push(Row {
-        name: "in the daemon: interleaved with real runs, cold",
-        samples: in_the_daemon(&plugins, n / 10),
-    });
+    rows.push(Row::new("native (the same decide, no sandbox)", s));
+    rows.push(Row::new("in the daemon: interleaved with real runs, cold", in_the_daemon(&plugins, n / 10)));
     let guests = rt.block_on(guest_rows(&plugins, n / 10, &event, now, full));
     rows.extend(guests.rows);
     report(&mut rows);
@@ -279,6 +310,7 @@ async fn guest_rows(
         let state: BTreeMap<String, String> = [("last_status".to_owned(), "operational".to_owned())].into();
         engine.evaluate(&policy, "health-probe", event, state.clone(), now, Capabilities::default()).await.unwrap();
         let mut samples = Vec::with_capacity(n);
+        let faults0 = minor_faults();
         for _ in 0..n {
             let t = Instant::now();
             let e = engine
@@ -288,7 +320,8 @@ async fn guest_rows(
             samples.push(t.elapsed());
             assert!(e.actions.is_empty());
         }
-        out.rows.push(Row { name: row, samples });
+        let faults = (minor_faults() - faults0) as f64 / n as f64;
+        out.rows.push(Row { name: row, samples, faults: Some(faults) });
         // The same calls into one instance: what the guest's own code costs.
         let modes = Modes::new(&engine, &policy, event, now).unwrap();
         let mut reused = modes.reused().await.unwrap();
@@ -298,7 +331,7 @@ async fn guest_rows(
             modes.call_reused(&mut reused).await.unwrap();
             samples.push(t.elapsed());
         }
-        out.rows.push(Row { name: floor, samples });
+        out.rows.push(Row::new(floor, samples));
         if full {
             let _ = std::fs::remove_dir_all(dir);
         }

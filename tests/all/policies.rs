@@ -290,6 +290,21 @@ async fn oversized_output_is_capped() {
 }
 
 #[tokio::test]
+async fn memory_is_fresh_for_every_evaluation_of_a_scattering_guest() {
+    // The guest dirties 128 disjoint pages and counts those it finds already dirty: the
+    // pool's reset must put back every one (vendor/README.md), evaluation after evaluation.
+    let mut h = Harness::new(bad("scatter"));
+    for i in 0..5 {
+        let e = h.eval(&snapshot(O, i), at(i)).await.unwrap();
+        assert!(
+            matches!(&e.actions[..], [ActionRecord::Log { message, .. }] if message == "residue 0"),
+            "evaluation {i}: {:?}",
+            e.actions
+        );
+    }
+}
+
+#[tokio::test]
 async fn state_persists_between_evaluations() {
     let mut h = Harness::new(bad("ok"));
     h.eval(&snapshot(O, 0), at(0)).await.unwrap();

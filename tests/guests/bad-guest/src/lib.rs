@@ -1,7 +1,13 @@
 //! Misbehaves on purpose, as its `mode` config says: spin, hog, panic, flood, huge,
-//! state-bomb; anything else returns one log action (and writes `seen` to its state).
+//! state-bomb, scatter; anything else returns one log action (and writes `seen` to its state).
+
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use warden_policy::{Action, Event, Guest, Level, LogEntry, config, state};
+
+const PAGE: usize = 4096;
+/// Zeroed memory (in `.bss`, past the data image), one byte per page used.
+static PAGES: [AtomicU8; 256 * PAGE] = [const { AtomicU8::new(0) }; 256 * PAGE];
 
 struct Bad;
 
@@ -34,6 +40,15 @@ impl Guest for Bad {
                 Ok(Vec::new())
             }
             "refuse" => Err("no thanks".into()),
+            // Every other page: 128 disjoint dirty runs, more than the reset's scan
+            // buffer holds at once. Reports how many it found written before it wrote them:
+            // a fresh instance must find none.
+            "scatter" => {
+                let pages = || (0..PAGES.len() / PAGE).step_by(2).map(|p| &PAGES[p * PAGE]);
+                let residue = pages().filter(|b| b.load(Ordering::Relaxed) != 0).count();
+                pages().for_each(|b| b.store(1, Ordering::Relaxed));
+                Ok(vec![log(format!("residue {residue}"))])
+            }
             _ => {
                 let seen = state::get("seen").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
                 state::set("seen", &seen.to_string());
