@@ -130,6 +130,13 @@ impl Pool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Ts(pub DateTime<Utc>);
 
+impl Ts {
+    /// The text SQLite stores, for SQL that builds rows from JSON.
+    pub fn sqlite_text(&self) -> String {
+        self.0.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
+    }
+}
+
 impl Type<Sqlite> for Ts {
     fn type_info() -> <Sqlite as Database>::TypeInfo {
         <String as Type<Sqlite>>::type_info()
@@ -141,7 +148,7 @@ impl Type<Sqlite> for Ts {
 
 impl Encode<'_, Sqlite> for Ts {
     fn encode_by_ref(&self, buf: &mut <Sqlite as Database>::ArgumentBuffer) -> Result<IsNull, BoxDynError> {
-        let text = self.0.format("%Y-%m-%d %H:%M:%S%.3f").to_string();
+        let text = self.sqlite_text();
         <String as Encode<'_, Sqlite>>::encode(text, buf)
     }
 }

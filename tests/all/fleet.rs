@@ -240,3 +240,69 @@ fn five_hundred_jobs_every_five_seconds_on_postgres_skip_nothing_and_raise_no_fa
     many_jobs(&db.url, &db.url, &count, dir.path(), &config);
     rt.block_on(db.drop_db());
 }
+
+/// Claims 20 jobs' two occurrences each and commits all 40 plain runs at once: they share
+/// group commits (on Postgres a group holding two runs of one job is refused, as one
+/// statement cannot upsert one mark twice, and its runs commit alone). Every run lands once:
+/// its end, its snapshot, and each job's decision mark at its later occurrence.
+async fn plain_runs_ending_together_land_once_each(state_url: &str) {
+    use warden::store::{Decision, RunCommit, StateStore};
+    let cfg = warden::config::parse(
+        &schedule().state(state_url).to_string(),
+        Path::new("/tmp/warden-test/schedules.toml"),
+        &|_| None,
+    )
+    .unwrap();
+    let store = StateStore::open(&cfg.state).await.unwrap();
+    let t0 = chrono::Utc::now() - chrono::Duration::minutes(10);
+    let mut commits = Vec::new();
+    for j in 0..20 {
+        for k in 0..2 {
+            let job = format!("job-{j:02}");
+            let scheduled = t0 + chrono::Duration::seconds(k);
+            let id = store.claim(&job, scheduled, "schedule").await.unwrap().unwrap();
+            let decision = Decision {
+                policy: "status-alert".into(),
+                state_writes: Default::default(),
+                outbox: Vec::new(),
+                read_mark: None,
+            };
+            let mut run = RunCommit::ok(&job, vec![decision]);
+            run.run_id = Some(id);
+            run.scheduled_at = scheduled;
+            run.snapshot = Some(warden::health::Snapshot {
+                job: job.clone(),
+                status: warden::health::Status::Operational,
+                checked_at: scheduled,
+                duration_ms: 1,
+                checks: Vec::new(),
+            });
+            commits.push(run);
+        }
+    }
+    let results = futures_util::future::join_all(commits.iter().map(|c| store.commit(c))).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(store.count_health().await.unwrap(), 40, "one snapshot per run");
+    for j in 0..20 {
+        let job = format!("job-{j:02}");
+        let runs = store.runs_page(&job, 10, None).await.unwrap();
+        assert_eq!(runs.len(), 2);
+        assert!(runs.iter().all(|r| r.outcome == "ok" && r.finished_at.is_some()), "{runs:?}");
+        let state = store.policy_state("status-alert", &job).await.unwrap();
+        let later = warden::store::decided_mark(t0 + chrono::Duration::seconds(1));
+        assert_eq!(state.get(warden::store::DECIDED_KEY), Some(&later), "{job}");
+    }
+}
+
+#[tokio::test]
+async fn plain_runs_ending_together_share_group_commits_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    plain_runs_ending_together_land_once_each(&format!("sqlite://{}", dir.path().join("state.db").display())).await;
+}
+
+#[tokio::test]
+async fn plain_runs_ending_together_share_group_commits_on_postgres() {
+    let db = TestDb::create().await;
+    plain_runs_ending_together_land_once_each(&db.url).await;
+    db.drop_db().await;
+}

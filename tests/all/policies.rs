@@ -268,6 +268,31 @@ async fn an_infinite_loop_is_stopped_at_the_deadline_and_others_still_run() {
     assert_eq!(h.decide(&snapshot(E, 0), at(0)).await.len(), 3);
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn a_spinning_guest_yields_to_other_tasks_until_its_deadline() {
+    // One thread, as the daemon's one worker: the guest spins for its whole deadline while a
+    // ticker beside it must keep running.
+    let mut spec = bad("spin");
+    spec.limits.deadline = warden::config::Duration::try_from("400ms").unwrap();
+    let mut h = Harness::new(spec);
+    let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = ticks.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let started = std::time::Instant::now();
+    let err = h.eval(&snapshot(O, 0), at(0)).await.unwrap_err();
+    let spun = started.elapsed();
+    ticker.abort();
+    assert_eq!(err, EvalError::Deadline("400ms".into()));
+    assert!(spun >= std::time::Duration::from_millis(400), "stopped early: {spun:?}");
+    let ticks = ticks.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(ticks >= 10, "the ticker ran {ticks} times in {spun:?}: the guest held the thread");
+}
+
 #[tokio::test]
 async fn a_memory_bomb_stops_at_the_cap() {
     assert!(matches!(run_bad("hog").await.unwrap_err(), EvalError::Memory(_)));

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use wasmtime::component::{Component, Linker};
 
 use super::bindings::{Policy as Bindings, types as wit};
-use super::sandbox::{Capabilities, PluginCtx, new_store};
+use super::sandbox::{Capabilities, PluginCtx, arm_deadline, new_store};
 use super::{Policy, PolicyEngine, convert};
 use crate::tasks::Event;
 
@@ -60,7 +60,7 @@ impl<'a> Modes<'a> {
     }
 
     pub async fn call_reused(&self, reused: &mut Reused) -> wasmtime::Result<usize> {
-        reused.store.set_epoch_deadline(self.engine.ticks_for(self.policy.spec.limits.deadline.std()));
+        arm_deadline(&mut reused.store, self.policy.spec.limits.deadline.std());
         let out = reused.instance.call_evaluate(&mut reused.store, &self.event).await?;
         Ok(out.map(|a| a.len()).unwrap_or(0))
     }

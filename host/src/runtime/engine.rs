@@ -13,7 +13,8 @@ use crate::config::MAX_POLICY_MEMORY;
 /// Bytes of each memory slot kept resident between instances (the default memory cap).
 const KEEP_RESIDENT: usize = 16 << 20;
 
-/// How often the epoch advances; deadlines are rounded up to it.
+/// How often the epoch advances: a running guest yields this often, and its deadline is
+/// checked.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Concurrent evaluations the pool holds; more wait for a slot... or fail, so keep it ample.
 const POOL_INSTANCES: u32 = 64;
@@ -99,12 +100,6 @@ impl PolicyEngine {
 
     pub fn allocation(&self) -> Allocation {
         self.allocation
-    }
-
-    /// Epoch ticks for a deadline, rounded up, plus one for the tick in progress.
-    pub fn ticks_for(&self, deadline: Duration) -> u64 {
-        let tick = EPOCH_TICK.as_micros().max(1);
-        u64::try_from(deadline.as_micros().div_ceil(tick)).unwrap_or(u64::MAX).saturating_add(1)
     }
 
     /// Whether the kernel lets the pool reset only the pages a guest dirtied (Linux 6.7+).

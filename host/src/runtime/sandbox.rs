@@ -194,7 +194,21 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 pub fn new_store(engine: &PolicyEngine, ctx: PluginCtx, limits: Limits) -> Store<PluginCtx> {
     let mut store = Store::new(engine.engine(), ctx);
     store.limiter(|ctx| &mut ctx.limiter);
-    store.set_epoch_deadline(engine.ticks_for(limits.deadline.std()));
-    store.epoch_deadline_trap();
+    arm_deadline(&mut store, limits.deadline.std());
     store
+}
+
+/// From now, the guest has `deadline`: still running at an epoch tick, it yields to the
+/// other tasks (a slow policy never holds a runtime worker for its whole deadline), and it
+/// traps at the first tick past the deadline.
+pub fn arm_deadline(store: &mut Store<PluginCtx>, deadline: std::time::Duration) {
+    let until = std::time::Instant::now() + deadline;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if std::time::Instant::now() >= until {
+            Err(wasmtime::Trap::Interrupt.into())
+        } else {
+            Ok(wasmtime::UpdateDeadline::Yield(1))
+        }
+    });
 }

@@ -21,6 +21,10 @@ impl StateStore {
             && plain
             && let Some(id) = run.run_id
         {
+            // With the runs ending about now, or alone when their group failed.
+            if self.commit_in_group(id, run).await? {
+                return Ok(());
+            }
             return self.commit_plain(id, run).await;
         }
         self.write_runs(std::slice::from_ref(run), None).await

@@ -7,6 +7,7 @@
 //! outside this module writes warden's tables.
 
 mod commit;
+mod group;
 mod heartbeats;
 mod history;
 mod outbox;
@@ -123,6 +124,8 @@ pub struct StateStore {
     /// Postgres: a connection of its own for the heartbeat and takeovers, so runs holding
     /// every connection of `pool` never make this replica look stopped to the others.
     beat_pool: Option<sqlx::PgPool>,
+    /// The group commit's writer (`group.rs`), started on the first plain commit.
+    groups: group::Groups,
     /// Test hook: the next `commit` fails after writing everything, before COMMIT.
     #[cfg(feature = "testing")]
     fail_next_commit: Arc<std::sync::atomic::AtomicBool>,
@@ -264,6 +267,7 @@ impl StateStore {
             ready: Default::default(),
             write_gate: is_sqlite.then(Default::default),
             beat_pool,
+            groups: Default::default(),
             url,
             #[cfg(feature = "testing")]
             fail_next_commit: Default::default(),
@@ -334,6 +338,10 @@ impl StateStore {
     /// process (or an earlier run of this one) already claimed it.
     pub async fn claim(&self, job: &str, scheduled: DateTime<Utc>, trigger: &str) -> Result<Option<i64>, StoreError> {
         self.ready().await?;
+        // With the occurrences due about now (`group.rs`), or alone when their group failed.
+        if let Some(claimed) = self.claim_in_group(job, scheduled, trigger).await {
+            return Ok(claimed.map(|(id, _)| id));
+        }
         let sql = format!("{CLAIM} RETURNING id");
         let now = Ts(Utc::now());
         if let Some((mut turn, options)) = self.sqlite_turn().await {
@@ -374,6 +382,9 @@ impl StateStore {
         trigger: &str,
     ) -> Result<Option<(i64, JobStates)>, StoreError> {
         self.ready().await?;
+        if let Some(claimed) = self.claim_in_group(job, scheduled, trigger).await {
+            return Ok(claimed);
+        }
         if let Some((mut turn, options)) = self.sqlite_turn().await {
             // SQLite has no writing CTE, but RETURNING may hold a subquery: the claim and the
             // state in one statement all the same, the state as a JSON array of triples.
