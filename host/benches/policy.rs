@@ -340,8 +340,8 @@ async fn guest_rows(
 }
 
 /// Evaluations as the daemon makes them: each one inside a real run of a probe job (the
-/// SQLite target queried, the store claimed, read and committed) on a multi-threaded runtime,
-/// so caches are as cold as between two runs in `warden run`. Times the evaluation alone.
+/// SQLite target queried, the store claimed, read and committed) on the daemon's runtime (one
+/// worker), so caches are as cold as between two runs in `warden run`. Times the evaluation alone.
 fn in_the_daemon(plugins: &std::path::Path, runs: usize) -> Vec<Duration> {
     let dir = tempfile_dir();
     let path = dir.join("schedules.toml");
@@ -352,7 +352,8 @@ fn in_the_daemon(plugins: &std::path::Path, runs: usize) -> Vec<Duration> {
         plugins.join("status-alert.wasm").display()
     );
     std::fs::write(&path, body).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    // The runtime `warden run` builds: one worker (cli::main, WARDEN_WORKERS).
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let samples = rt.block_on(async {
         let config = warden::config::load(&path).unwrap();
         let ctx = warden::daemon::open(&config).await.unwrap();

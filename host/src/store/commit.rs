@@ -71,16 +71,7 @@ impl StateStore {
             }
             Pool::Sqlite(_) => {
                 let policies = serde_json::to_string(&policies).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let query = bound!(PLAIN_SQLITE, policies);
-                let Some((mut turn, options)) = self.sqlite_turn().await else {
-                    unreachable!("a SQLite store has a writer")
-                };
-                let done = match turn.conn(&options).await {
-                    Ok(conn) => query.execute(conn).await.map(|_| ()),
-                    Err(e) => Err(e),
-                };
-                turn.end(done.is_err()).await;
-                Ok(done?)
+                self.execute_on_writer(bound!(PLAIN_SQLITE, policies)).await
             }
         }
     }

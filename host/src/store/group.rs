@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{ABANDONED, DECIDED_KEY, JobStates, RunCommit, StateStore, StoreError, decided_mark};
 use crate::db::{Pool, Ts};
 
-/// How long the first commit of a group waits for others to join it.
+/// How long the first of a group waits for others to join it, under load.
 const GATHER: Duration = Duration::from_millis(10);
 /// The most commits in one group.
 const MAX_GROUP: usize = 256;
@@ -144,7 +144,8 @@ impl StateStore {
         let store = StateStore { groups: Groups::default(), ..self.clone() };
         let claimer = store.clone();
         tokio::spawn(async move {
-            while let Some(group) = gather(&mut commit_queue).await {
+            let mut joined = false;
+            while let Some(group) = gather(&mut commit_queue, &mut joined).await {
                 let rows: Vec<&PlainRow> = group.iter().map(|p| &p.row).collect();
                 let written = match store.write_group(&rows).await {
                     Ok(()) => true,
@@ -159,7 +160,8 @@ impl StateStore {
             }
         });
         tokio::spawn(async move {
-            while let Some(mut group) = gather(&mut claim_queue).await {
+            let mut joined = false;
+            while let Some(mut group) = gather(&mut claim_queue, &mut joined).await {
                 // The same occurrence twice (a run-now racing its schedule): the later claims
                 // alone, and finds it taken.
                 let mut seen = std::collections::HashSet::new();
@@ -286,31 +288,28 @@ impl StateStore {
             }
             Pool::Sqlite(_) => {
                 let json = serde_json::to_string(rows).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let query = sqlx::query(GROUP_SQLITE).bind(json).bind(&self.replica).bind(DECIDED_KEY);
-                let Some((mut turn, options)) = self.sqlite_turn().await else {
-                    unreachable!("a SQLite store has a writer")
-                };
-                let done = match turn.conn(&options).await {
-                    Ok(conn) => query.execute(conn).await.map(|_| ()),
-                    Err(e) => Err(e),
-                };
-                turn.end(done.is_err()).await;
-                Ok(done?)
+                self.execute_on_writer(sqlx::query(GROUP_SQLITE).bind(json).bind(&self.replica).bind(DECIDED_KEY)).await
             }
         }
     }
 }
 
-/// The next group: the first to arrive, and whatever else arrives within `GATHER` of it.
-async fn gather<T>(queue: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
+/// The next group: the first to arrive and what else is queued. Under load (others queued
+/// behind the first, or the last group was joined while it waited) it first waits `GATHER`
+/// for more to join; a lone request (one run at a time, a quiet moment) goes at once.
+async fn gather<T>(queue: &mut mpsc::UnboundedReceiver<T>, joined: &mut bool) -> Option<Vec<T>> {
     let first = queue.recv().await?;
-    tokio::time::sleep(GATHER).await;
+    let waited = *joined || !queue.is_empty();
+    if waited {
+        tokio::time::sleep(GATHER).await;
+    }
     let mut group = vec![first];
     while group.len() < MAX_GROUP
         && let Ok(next) = queue.try_recv()
     {
         group.push(next);
     }
+    *joined = waited && group.len() > 1;
     Some(group)
 }
 

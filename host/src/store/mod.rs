@@ -318,6 +318,20 @@ impl StateStore {
         }
     }
 
+    /// Executes one command on the SQLite writer connection, in this process's turn.
+    pub(super) async fn execute_on_writer<'q, E>(&self, query: E) -> Result<(), StoreError>
+    where
+        E: sqlx::Execute<'q, sqlx::Sqlite> + 'q,
+    {
+        let Some((mut turn, options)) = self.sqlite_turn().await else { unreachable!("a SQLite store has a writer") };
+        let done = match turn.conn(&options).await {
+            Ok(conn) => sqlx::Executor::execute(conn, query).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        turn.end(done.is_err()).await;
+        Ok(done?)
+    }
+
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
