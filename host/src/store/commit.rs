@@ -252,7 +252,7 @@ struct Placed<'a> {
     now: Ts,
 }
 
-fn as_i64(n: u64) -> i64 {
+pub(super) fn as_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 

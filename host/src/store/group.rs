@@ -1,13 +1,14 @@
 //! Group commit: the claims of occurrences due within a few milliseconds of each other, and
 //! the plain commits (a claimed run that decided nothing new) of runs that end so, go to the
-//! store as ONE command and ONE transaction each. On SQLite that is one wake-up of the writer's thread and one WAL commit for
-//! them all, on Postgres one round trip. A fleet of 10,000 probes every 30 s ends a run
+//! store as ONE command and ONE transaction each. On SQLite that is one wake-up of the
+//! writer's thread and one WAL commit for them all, on Postgres one round trip. A fleet of 10,000 probes every 30 s ends a run
 //! every 3 ms: grouped, their commits cost a fraction of a statement each.
 //!
 //! One task per store writes the groups. A run hands it its row and waits for the answer; a
 //! group that fails is answered "alone", and each of its runs then commits by itself, so an
 //! error (busy, unreachable, a row the group could not take) is classified for each run as
-//! before. A run cancelled while it waits loses nothing: the group still lands.
+//! before. A run cancelled while it waits loses nothing: the group still lands (a claim so
+//! left `running` is recorded abandoned by the reaper, as a claim cut off alone would be).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -15,7 +16,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{ABANDONED, DECIDED_KEY, JobStates, RunCommit, StateStore, StoreError, decided_mark};
+use super::commit::as_i64;
+use super::{ABANDONED, DECIDED_KEY, JobStates, RunCommit, StateStore, StoreError, decided_mark, states_of_triples};
 use crate::db::{Pool, Ts};
 
 /// How long the first of a group waits for others to join it, under load.
@@ -57,9 +59,8 @@ pub(super) struct Pending {
 struct PlainRow {
     id: i64,
     job: String,
-    /// SQLite's text for the finish time; Postgres binds `finished` itself.
-    fin: String,
-    #[serde(skip)]
+    /// Serialized (for SQLite's JSON) as SQLite's timestamp text.
+    #[serde(rename = "fin", serialize_with = "sqlite_ts")]
     finished: DateTime<Utc>,
     outcome: &'static str,
     error: Option<String>,
@@ -68,8 +69,7 @@ struct PlainRow {
     late: Option<i64>,
     /// The snapshot, when the run took one.
     hjob: Option<String>,
-    hat: Option<String>,
-    #[serde(skip)]
+    #[serde(rename = "hat", serialize_with = "sqlite_ts_opt")]
     checked: Option<DateTime<Utc>>,
     hstatus: Option<&'static str>,
     hdur: Option<i64>,
@@ -89,7 +89,6 @@ impl PlainRow {
         Ok(PlainRow {
             id,
             job: run.job.clone(),
-            fin: Ts(finished).sqlite_text(),
             finished,
             outcome: run.outcome.as_str(),
             error: run.error.clone(),
@@ -97,7 +96,6 @@ impl PlainRow {
             detail: run.detail.clone(),
             late: run.lateness_ms.map(as_i64),
             hjob: snapshot.map(|s| s.job.clone()),
-            hat: snapshot.map(|s| Ts(s.checked_at).sqlite_text()),
             checked: snapshot.map(|s| s.checked_at),
             hstatus: snapshot.map(|s| s.status.as_str()),
             hdur: snapshot.map(|s| as_i64(s.duration_ms)),
@@ -108,8 +106,15 @@ impl PlainRow {
     }
 }
 
-fn as_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
+fn sqlite_ts<S: serde::Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&Ts(*at).sqlite_text())
+}
+
+fn sqlite_ts_opt<S: serde::Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => sqlite_ts(at, s),
+        None => s.serialize_none(),
+    }
 }
 
 impl StateStore {
@@ -242,13 +247,7 @@ impl StateStore {
                     let Some((id, triples)) = by_occurrence.get(&(claim.job.clone(), want.at.clone())) else {
                         continue;
                     };
-                    let triples: Vec<(String, String, String)> =
-                        serde_json::from_str(triples).map_err(|e| StoreError::Corrupt(format!("policy_state: {e}")))?;
-                    let mut states = JobStates::new();
-                    for (policy, key, value) in triples {
-                        states.entry(policy).or_default().insert(key, value);
-                    }
-                    *answer = Some((*id, states));
+                    *answer = Some((*id, states_of_triples(triples)?));
                 }
             }
         }

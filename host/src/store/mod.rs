@@ -124,7 +124,7 @@ pub struct StateStore {
     /// Postgres: a connection of its own for the heartbeat and takeovers, so runs holding
     /// every connection of `pool` never make this replica look stopped to the others.
     beat_pool: Option<sqlx::PgPool>,
-    /// The group commit's writer (`group.rs`), started on the first plain commit.
+    /// The group writers of claims and plain commits (`group.rs`), started on first use.
     groups: group::Groups,
     /// Test hook: the next `commit` fails after writing everything, before COMMIT.
     #[cfg(feature = "testing")]
@@ -133,6 +133,17 @@ pub struct StateStore {
 
 /// Every policy's state for one job: policy → key → value.
 pub type JobStates = HashMap<String, BTreeMap<String, String>>;
+
+/// A job's state as SQLite's claim returns it: a JSON array of (policy, key, value).
+fn states_of_triples(triples: &str) -> Result<JobStates, StoreError> {
+    let triples: Vec<(String, String, String)> =
+        serde_json::from_str(triples).map_err(|e| StoreError::Corrupt(format!("policy_state: {e}")))?;
+    let mut states = JobStates::new();
+    for (policy, key, value) in triples {
+        states.entry(policy).or_default().insert(key, value);
+    }
+    Ok(states)
+}
 
 /// One policy's decisions for one run: state writes and actions, committed together.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -419,13 +430,7 @@ impl StateStore {
             };
             turn.end(row.is_err()).await;
             let Some((id, triples)) = row? else { return Ok(None) };
-            let triples: Vec<(String, String, String)> =
-                serde_json::from_str(&triples).map_err(|e| StoreError::Corrupt(format!("policy_state: {e}")))?;
-            let mut states = JobStates::new();
-            for (policy, key, value) in triples {
-                states.entry(policy).or_default().insert(key, value);
-            }
-            return Ok(Some((id, states)));
+            return Ok(Some((id, states_of_triples(&triples)?)));
         }
         let Pool::Postgres(p) = &self.pool else { unreachable!("SQLite claims on its writer") };
         let sql = format!(
