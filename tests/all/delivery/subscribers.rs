@@ -79,6 +79,7 @@ async fn a_thousand_subscribers_are_told_once_each_at_the_pace_across_a_kill_and
 
     sqlx::query("DROP TABLE session").execute(&pool).await.unwrap();
     wait_for(Duration::from_secs(60), "300 notices", || (notices(&smtp).len() >= 300).then_some(()));
+    let first_log = daemon.log.clone();
     drop(daemon); // SIGKILL in the middle of the fan-out
     let before = notices(&smtp).len();
     assert!(before < USERS, "the kill came in the middle ({before} sent)");
@@ -90,7 +91,14 @@ async fn a_thousand_subscribers_are_told_once_each_at_the_pace_across_a_kill_and
     });
     daemon.wait_runs("health-probe", 2);
     let all_now = notices(&smtp);
-    assert!(all_now.len() <= USERS + 1, "at most the in-flight notice twice: {} sent", all_now.len());
+    let warnings = |log: &str| log.lines().filter(|l| !l.contains(" INFO ")).collect::<Vec<_>>().join("\n");
+    assert!(
+        all_now.len() <= USERS + 1,
+        "at most the in-flight notice twice: {} sent, {before} before the kill\n{}\n---\n{}",
+        all_now.len(),
+        warnings(&std::fs::read_to_string(&first_log).unwrap_or_default()),
+        warnings(&daemon.log()),
+    );
     assert!(all_now.len() >= all.len());
     let mut per_user: HashMap<String, usize> = HashMap::new();
     for m in &all_now {
