@@ -145,8 +145,10 @@ impl Dispatcher {
                 }
                 if row.kind == OutboxKind::Subscribers {
                     self.expand(&channels, row).await;
-                } else {
-                    self.deliver_row(&channels, row).await;
+                } else if !self.deliver_row(&channels, row).await {
+                    // The rest of the batch keeps its lease; sent now, it might not be
+                    // recorded either.
+                    break;
                 }
             }
             if counted.elapsed() >= COUNTS_EVERY {
@@ -178,6 +180,7 @@ impl Dispatcher {
             // one notice being sent.
             let in_flight = if pace == 0 { MAX_IN_FLIGHT } else { pace.div_ceil(20).clamp(1, MAX_IN_FLIGHT) } as usize;
             let mut sending = FuturesUnordered::new();
+            let mut recorded = true;
             let silences = self.silences().await;
             for row in rows {
                 if self.hold_back(&channels, &silences, &row).await {
@@ -188,27 +191,38 @@ impl Dispatcher {
                 // sends in flight go on.
                 loop {
                     let due = pace == 0 || tokio::time::Instant::now() >= next_send;
-                    if due && sending.len() < in_flight {
+                    if !recorded || (due && sending.len() < in_flight) {
                         break;
                     }
                     tokio::select! {
-                        Some(()) = sending.next(), if !sending.is_empty() => {}
+                        Some(ok) = sending.next(), if !sending.is_empty() => recorded &= ok,
                         _ = tokio::time::sleep_until(next_send), if !due => {}
                     }
+                }
+                if !recorded {
+                    // The rest of the batch keeps its lease: sent now, it might not be
+                    // recorded either.
+                    break;
                 }
                 if pace > 0 {
                     next_send = tokio::time::Instant::now() + Duration::from_secs_f64(1.0 / f64::from(pace));
                 }
                 sending.push(self.deliver_row(&channels, row));
             }
-            while sending.next().await.is_some() {}
+            while let Some(ok) = sending.next().await {
+                recorded &= ok;
+            }
+            if !recorded {
+                self.idle(&mut stop, POLL).await;
+            }
         }
     }
 
-    async fn deliver_row(&self, channels: &Channels, row: OutboxRow) {
+    /// Sends one row and records the outcome; false when the outcome could not be recorded.
+    async fn deliver_row(&self, channels: &Channels, row: OutboxRow) -> bool {
         let result =
             channels.deliver(row.kind, &row.dedup_key, &row.payload, row.job.as_deref(), row.policy.as_deref()).await;
-        self.settle(channels, &row, result).await;
+        self.settle(channels, &row, result).await
     }
 
     async fn expand(&self, channels: &Channels, row: OutboxRow) {
@@ -233,24 +247,26 @@ impl Dispatcher {
                     }
                 }
             }
-            Err(failure) => self.settle(channels, &row, Err(failure)).await,
+            Err(failure) => {
+                self.settle(channels, &row, Err(failure)).await;
+            }
         }
     }
 
-    /// Records the outcome of one attempt.
-    async fn settle(&self, channels: &Channels, row: &OutboxRow, result: Result<String, Failure>) {
+    /// Records the outcome of one attempt; false when it could not be (see `record`).
+    async fn settle(&self, channels: &Channels, row: &OutboxRow, result: Result<String, Failure>) -> bool {
         let attempts = u32::try_from(row.attempts).unwrap_or(0) + 1;
-        let marked = match &result {
+        match &result {
             Ok(note) => {
                 crate::metrics::record_delivery(row.kind, "delivered");
                 info!(kind = %row.kind, key = %row.dedup_key, attempts, "delivered: {note}");
-                self.store.mark_delivered(row.id).await
+                self.record(row, || self.store.mark_delivered(row.id)).await
             }
             Err(Failure::Unavailable(e)) => {
                 let delay = channels.backoff_after(attempts);
                 info!(kind = %row.kind, key = %row.dedup_key, retry_in = ?delay, error = %e, "waiting for the target to answer; no attempt spent");
                 let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-                self.store.defer(row.id, e, next).await
+                self.record(row, || self.store.defer(row.id, e, next)).await
             }
             Err(failure @ (Failure::Retry(_) | Failure::Throttled(..))) if attempts < channels.max_attempts => {
                 let delay = channels.backoff_after(attempts).max(failure.retry_after());
@@ -258,17 +274,41 @@ impl Dispatcher {
                 crate::metrics::record_delivery(row.kind, "retried");
                 warn!(kind = %row.kind, key = %row.dedup_key, attempts, retry_in = ?delay, error = %e, "delivery failed; will retry");
                 let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-                self.store.mark_attempt(row.id, e, Some(next)).await
+                self.record(row, || self.store.mark_attempt(row.id, e, Some(next))).await
             }
             Err(failure) => {
                 crate::metrics::record_delivery(row.kind, "failed");
                 warn!(kind = %row.kind, key = %row.dedup_key, attempts, error = %failure, "delivery failed for good; `warden outbox retry` re-drives it");
-                self.store.mark_attempt(row.id, &failure.to_string(), None).await
+                let e = &failure.to_string();
+                self.record(row, || self.store.mark_attempt(row.id, e, None)).await
             }
-        };
-        if let Err(e) = marked {
-            // The lease runs out and the row is attempted again: at least once, never lost.
-            warn!(key = %row.dedup_key, error = %e, "could not record the delivery attempt");
+        }
+    }
+
+    /// Writes an attempt's outcome, trying again while the store refuses (busy, locked,
+    /// briefly away) for up to half the lease. A sent row left unrecorded is sent again once
+    /// its lease runs out (at least once, never lost), so the lanes wait here instead of
+    /// sending more that could not be recorded either.
+    async fn record<F, Fut>(&self, row: &OutboxRow, mut write: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), crate::store::StoreError>>,
+    {
+        let give_up = Instant::now() + LEASE / 2;
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match write().await {
+                Ok(()) => return true,
+                Err(e) if Instant::now() + wait < give_up => {
+                    debug!(key = %row.dedup_key, error = %e, retry_in = ?wait, "could not record the delivery attempt yet");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    warn!(key = %row.dedup_key, error = %e, "could not record the delivery attempt; the row is attempted again after its lease");
+                    return false;
+                }
+            }
         }
     }
 
