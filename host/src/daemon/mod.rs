@@ -419,6 +419,7 @@ impl Daemon {
             }
         }
         self.jobs = config.jobs.iter().map(|j| (j.name.clone(), Arc::clone(j))).collect();
+        crate::metrics::retain_jobs(|job| self.jobs.contains_key(job));
         for job in config.jobs.iter().filter(|j| j.enabled) {
             if let Some(period) = job.schedule.period(Utc::now()) {
                 crate::metrics::record_job_period(&job.name, period);

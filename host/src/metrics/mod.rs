@@ -4,6 +4,8 @@
 //! records it through that entry's constant, so a name and its help are written once. The
 //! gauges a `sql-gauge` job defines (`warden_<metric>_<column>`) are the operator's own.
 
+mod jobs;
+
 use std::sync::OnceLock;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
@@ -162,29 +164,32 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// `GET /metrics`: the registry's series, then the per-job ones.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut out = handle.render();
+    jobs::render(&mut out);
+    out
+}
+
+/// A finished run (the per-job series are kept apart from the registry: `jobs.rs`).
 pub fn record_run(job: &str, outcome: &str, seconds: f64) {
-    counter!(JOB_RUNS.name, "job" => job.to_owned(), "outcome" => outcome.to_owned()).increment(1);
-    if outcome != "skipped" {
-        histogram!(JOB_DURATION.name, "job" => job.to_owned()).record(seconds);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        gauge!(JOB_LAST_RUN.name, "job" => job.to_owned()).set(now.as_secs_f64());
-    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    jobs::run(job, outcome, seconds, now.as_secs_f64());
 }
 
 /// A scheduled job's period, for "no run for three periods" alerts.
 pub fn record_job_period(job: &str, period: std::time::Duration) {
-    gauge!(JOB_PERIOD.name, "job" => job.to_owned()).set(period.as_secs_f64());
+    jobs::period(job, period.as_secs_f64());
 }
 
 pub fn record_snapshot(snapshot: &Snapshot) {
-    let job = snapshot.job.clone();
-    gauge!(STATUS.name, "job" => job.clone()).set(snapshot.status.level());
-    for check in &snapshot.checks {
-        let up = if check.ok { 1.0 } else { 0.0 };
-        gauge!(CHECK_UP.name, "job" => job.clone(), "check" => check.name.clone()).set(up);
-        gauge!(CHECK_DURATION.name, "job" => job.clone(), "check" => check.name.clone())
-            .set(check.duration_ms as f64 / 1000.0);
-    }
+    let checks = snapshot.checks.iter().map(|c| (c.name.as_str(), c.ok, c.duration_ms as f64 / 1000.0));
+    jobs::snapshot(&snapshot.job, snapshot.status.level(), checks);
+}
+
+/// Drops the series of the jobs a reload removed.
+pub fn retain_jobs(keep: impl Fn(&str) -> bool) {
+    jobs::retain(keep);
 }
 
 /// How long a due run waited for a slot before it started (all jobs in one histogram, so
