@@ -99,9 +99,18 @@ pub(super) fn snapshot<'a>(job: &str, status: f64, checks: impl Iterator<Item = 
     });
 }
 
-/// Drops the series of jobs no longer configured (a reload removed them).
+/// For jobs no longer configured (a reload removed them): drops the gauges, which would
+/// describe a job that is not there (a removed job that was down would stay down, and one
+/// that no longer runs would look stuck), and keeps the run counters and durations, which
+/// are totals (as a counter keeps counting from where it was if the job comes back).
 pub(super) fn retain(keep: impl Fn(&str) -> bool) {
-    JOBS.write().unwrap_or_else(|e| e.into_inner()).retain(|job, _| keep(job));
+    let jobs = JOBS.read().unwrap_or_else(|e| e.into_inner());
+    for (_, s) in jobs.iter().filter(|(job, _)| !keep(job)) {
+        for gauge in [&s.last_run, &s.period, &s.status] {
+            gauge.set(f64::NAN);
+        }
+        s.checks.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
 }
 
 /// Appends every job's series in the text exposition format, by family, jobs in name order.
@@ -234,6 +243,13 @@ mod tests {
         retain(|job| job != "jobs-test-a");
         let mut out = String::new();
         render(&mut out);
-        assert!(!out.contains("jobs-test-a"), "a removed job's series go: {out}");
+        let left: Vec<&str> = out.lines().filter(|l| l.contains("jobs-test-a")).collect();
+        assert!(
+            !left.is_empty()
+                && left
+                    .iter()
+                    .all(|l| l.starts_with("warden_job_runs_total") || l.starts_with("warden_job_duration_seconds")),
+            "a removed job keeps its totals and loses its gauges: {left:#?}"
+        );
     }
 }
