@@ -41,6 +41,8 @@ struct State {
     /// While set, every message is refused with `451` after DATA.
     defer: AtomicBool,
     sessions: AtomicUsize,
+    /// While set, a message is kept and its `250` waits until it is cleared.
+    hold: AtomicBool,
     /// Count messages without keeping them (the bench).
     discard: bool,
     accepted: AtomicUsize,
@@ -113,6 +115,12 @@ impl SmtpServer {
     /// While on, each message is refused with `451` after its DATA.
     pub fn defer(&self, on: bool) {
         self.state.defer.store(on, Ordering::SeqCst);
+    }
+
+    /// While on, each accepted message waits for its `250`: the sender has sent it but does
+    /// not know yet.
+    pub fn hold(&self, on: bool) {
+        self.state.hold.store(on, Ordering::SeqCst);
     }
 
     pub fn sessions(&self) -> usize {
@@ -261,6 +269,9 @@ fn session(stream: TcpStream, state: &State) -> std::io::Result<()> {
                         state.messages.lock().unwrap().push(message);
                     }
                     state.accepted.fetch_add(1, Ordering::SeqCst);
+                    while state.hold.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                     reply(&mut input, b"250 queued\r\n")?;
                 }
             }

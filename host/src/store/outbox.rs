@@ -7,8 +7,32 @@ use chrono::{DateTime, Utc};
 
 use super::{NewOutboxRow, StateStore, StoreError};
 use crate::base::{OutboxKind, OutboxState};
-use crate::db::Ts;
+use crate::db::{Pool, Ts};
 use crate::with_pool;
+
+/// Runs `$body`, a write returning `Result<_, sqlx::Error>`, with `$c` as its executor: on
+/// SQLite the writer connection, in this process's turn (so the dispatcher's writes never
+/// meet the runs' in SQLite's busy handler, and none can land on a pooled connection some
+/// failure left inside a transaction); on Postgres the pool.
+macro_rules! on_writer {
+    ($store:expr, |$c:ident| $body:expr) => {{
+        let store: &StateStore = $store;
+        match store.sqlite_turn().await {
+            Some((mut turn, options)) => {
+                let done = match turn.conn(&options).await {
+                    Ok($c) => $body,
+                    Err(e) => Err(e),
+                };
+                turn.end(done.is_err()).await;
+                done
+            }
+            None => {
+                let crate::db::Pool::Postgres($c) = store.pool() else { unreachable!("a SQLite store has a writer") };
+                $body
+            }
+        }
+    }};
+}
 
 /// A row the dispatcher holds for delivery.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -62,6 +86,19 @@ fn ser_opt_ts<S: serde::Serializer>(ts: &Option<Ts>, s: S) -> Result<S::Ok, S::E
     }
 }
 
+/// The parent of a fan-out, once its notices are queued.
+const EXPANDED: &str = "UPDATE outbox SET state = 'delivered', delivered_at = $2, attempts = attempts + 1, \
+                        claimed_by = NULL, last_error = $3 WHERE id = $1";
+
+/// A fan-out on SQLite in one command: the children (`$1`, a JSON array) and the parent.
+const EXPAND_SQLITE: &str = "BEGIN IMMEDIATE; \
+     INSERT INTO outbox (dedup_key, kind, payload, job, policy, next_attempt_at, created_at, recipient) \
+     SELECT c.value->>'key', c.value->>'kind', c.value->>'payload', p.job, p.policy, $2, $2, c.value->>'recipient' \
+     FROM json_each($1) AS c, outbox AS p WHERE p.id = $3 ON CONFLICT (dedup_key) DO NOTHING; \
+     UPDATE outbox SET state = 'delivered', delivered_at = $2, attempts = attempts + 1, claimed_by = NULL, \
+     last_error = $4 WHERE id = $3; \
+     COMMIT";
+
 impl StateStore {
     /// Leases up to `limit` due pending rows of `kinds` to this process until `lease`
     /// from now, oldest due first. Replicas sharing a Postgres store never get the same row.
@@ -82,13 +119,13 @@ impl StateStore {
                ORDER BY next_attempt_at, id LIMIT $4{lock}) \
              RETURNING id, dedup_key, kind, payload, job, policy, attempts, created_at"
         );
-        let mut rows: Vec<OutboxRow> = with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+        let mut rows: Vec<OutboxRow> = on_writer!(self, |c| sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(Ts(until))
             .bind(&self.replica)
             .bind(Ts(now))
             .bind(limit)
-            .fetch_all(p)
-            .await?);
+            .fetch_all(c)
+            .await)?;
         rows.sort_by_key(|r| r.id);
         Ok(rows)
     }
@@ -101,14 +138,19 @@ impl StateStore {
             return Ok(0);
         }
         let sql = "UPDATE outbox SET next_attempt_at = $1, claimed_by = NULL WHERE state = 'pending' AND claimed_by IS NOT NULL";
-        Ok(with_pool!(&self.pool, |p| sqlx::query(sql).bind(Ts(Utc::now())).execute(p).await?.rows_affected()))
+        Ok(on_writer!(self, |c| sqlx::query(sql).bind(Ts(Utc::now())).execute(c).await.map(|r| r.rows_affected()))?)
     }
 
     pub async fn mark_delivered(&self, id: i64) -> Result<(), StoreError> {
         self.ready().await?;
         let sql = "UPDATE outbox SET state = 'delivered', delivered_at = $2, attempts = attempts + 1, claimed_by = NULL, \
                    last_error = NULL WHERE id = $1";
-        with_pool!(&self.pool, |p| sqlx::query(sql).bind(id).bind(Ts(Utc::now())).execute(p).await.map(|_| ())?);
+        on_writer!(self, |c| sqlx::query(sql)
+            .bind(id)
+            .bind(Ts(Utc::now()))
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -136,15 +178,15 @@ impl StateStore {
         self.ready().await?;
         let sql = "UPDATE outbox SET state = $2, next_attempt_at = $3, attempts = attempts + $5, claimed_by = NULL, \
                    last_error = $4 WHERE id = $1";
-        with_pool!(&self.pool, |p| sqlx::query(sql)
+        on_writer!(self, |c| sqlx::query(sql)
             .bind(id)
             .bind(state)
             .bind(Ts(next))
             .bind(error)
             .bind(attempts)
-            .execute(p)
+            .execute(c)
             .await
-            .map(|_| ())?);
+            .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -153,33 +195,37 @@ impl StateStore {
     pub async fn expand(&self, parent: &OutboxRow, children: &[NewOutboxRow], note: &str) -> Result<(), StoreError> {
         self.ready().await?;
         let now = Ts(Utc::now());
-        with_pool!(&self.pool, |p| {
-            let mut tx = p.begin().await?;
-            for child in children {
-                sqlx::query(
-                    "INSERT INTO outbox (dedup_key, kind, payload, job, policy, next_attempt_at, created_at, recipient) \
-                     SELECT $1, $2, $3, job, policy, $4, $4, $6 FROM outbox WHERE id = $5 ON CONFLICT (dedup_key) DO NOTHING",
-                )
-                .bind(&child.dedup_key)
-                .bind(child.kind.as_str())
-                .bind(&child.payload)
-                .bind(now)
-                .bind(parent.id)
-                .bind(&child.recipient)
-                .execute(&mut *tx)
-                .await?;
-            }
+        if self.pool.is_sqlite() {
+            // One command on the writer: the children as a JSON array.
+            let json: Vec<serde_json::Value> = children
+                .iter()
+                .map(|c| {
+                    serde_json::json!({"key": c.dedup_key, "kind": c.kind.as_str(), "payload": c.payload, "recipient": c.recipient})
+                })
+                .collect();
+            let json = serde_json::to_string(&json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            return self
+                .execute_on_writer(sqlx::query(EXPAND_SQLITE).bind(json).bind(now).bind(parent.id).bind(note))
+                .await;
+        }
+        let Pool::Postgres(p) = &self.pool else { unreachable!("SQLite expands on its writer") };
+        let mut tx = p.begin().await?;
+        for child in children {
             sqlx::query(
-                "UPDATE outbox SET state = 'delivered', delivered_at = $2, attempts = attempts + 1, claimed_by = NULL, \
-                 last_error = $3 WHERE id = $1",
+                "INSERT INTO outbox (dedup_key, kind, payload, job, policy, next_attempt_at, created_at, recipient) \
+                 SELECT $1, $2, $3, job, policy, $4, $4, $6 FROM outbox WHERE id = $5 ON CONFLICT (dedup_key) DO NOTHING",
             )
-            .bind(parent.id)
+            .bind(&child.dedup_key)
+            .bind(child.kind.as_str())
+            .bind(&child.payload)
             .bind(now)
-            .bind(note)
+            .bind(parent.id)
+            .bind(&child.recipient)
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
-        });
+        }
+        sqlx::query(EXPANDED).bind(parent.id).bind(now).bind(note).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -206,7 +252,7 @@ impl StateStore {
         self.ready().await?;
         let sql = "UPDATE outbox SET state = 'superseded', last_error = CASE WHEN last_error IS NULL THEN $2 \
                    ELSE $2 || ' (earlier attempts failed: ' || last_error || ')' END, claimed_by = NULL WHERE id = $1";
-        with_pool!(&self.pool, |p| sqlx::query(sql).bind(id).bind(why).execute(p).await.map(|_| ())?);
+        on_writer!(self, |c| sqlx::query(sql).bind(id).bind(why).execute(c).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -214,7 +260,7 @@ impl StateStore {
     pub async fn mark_silenced(&self, id: i64, why: &str) -> Result<(), StoreError> {
         self.ready().await?;
         let sql = "UPDATE outbox SET state = 'silenced', last_error = $2, claimed_by = NULL WHERE id = $1";
-        with_pool!(&self.pool, |p| sqlx::query(sql).bind(id).bind(why).execute(p).await.map(|_| ())?);
+        on_writer!(self, |c| sqlx::query(sql).bind(id).bind(why).execute(c).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -223,7 +269,7 @@ impl StateStore {
         self.ready().await?;
         let sql = "UPDATE outbox SET state = 'silenced', last_error = 'recipient unsubscribed', claimed_by = NULL \
                    WHERE kind = 'notice' AND state = 'pending' AND recipient = $1";
-        Ok(with_pool!(&self.pool, |p| sqlx::query(sql).bind(recipient).execute(p).await?.rows_affected()))
+        Ok(on_writer!(self, |c| sqlx::query(sql).bind(recipient).execute(c).await.map(|r| r.rows_affected()))?)
     }
 
     /// Row counts by (kind, state).
@@ -238,6 +284,11 @@ impl StateStore {
         self.ready().await?;
         let sql = "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = $2, claimed_by = NULL \
                    WHERE state = 'failed' AND ($1 IS NULL OR id = $1)";
-        Ok(with_pool!(&self.pool, |p| sqlx::query(sql).bind(id).bind(Ts(Utc::now())).execute(p).await?.rows_affected()))
+        Ok(on_writer!(self, |c| sqlx::query(sql)
+            .bind(id)
+            .bind(Ts(Utc::now()))
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))?)
     }
 }

@@ -54,6 +54,46 @@ async fn smtp_down_for_several_attempts_then_up_delivers_every_alert_once() {
     assert_eq!(messages[0].from, "warden@example.org");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_sent_while_the_store_is_locked_is_recorded_once_it_frees_and_nothing_else_is_sent_meanwhile() {
+    use sqlx::Connection;
+    let smtp = SmtpServer::start();
+    let outbox = Outbox::start(&format!(
+        "admin = [\"ops@example.org\"]\nfrom = \"warden@example.org\"\nsmtp = \"{}\"\nbackoff = \"100ms\"\n",
+        smtp.url()
+    ))
+    .await;
+    let state = outbox.path.parent().unwrap().join("warden-state.db");
+    let mut locker = sqlx::SqliteConnection::connect(&format!("sqlite://{}", state.display())).await.unwrap();
+
+    // The mail reaches the server; before warden hears the 250, another process takes the
+    // store's write lock and keeps it past warden's busy timeout (5 s).
+    smtp.hold(true);
+    outbox.queue(vec![email("locked", "sent while the store is locked")]).await;
+    smtp.wait_for(1, Duration::from_secs(10));
+    outbox.queue(vec![email("after", "queued while the first is sent")]).await;
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut locker).await.unwrap();
+    smtp.hold(false);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let pending = outbox.states().await;
+    assert_eq!(smtp.count(), 1, "nothing more is sent while the first send is unrecorded");
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+
+    let states =
+        outbox.wait_states("both delivered", |s| s.len() == 2 && s.iter().all(|(_, st, _)| st == "delivered")).await;
+    assert!(
+        pending.iter().all(|(k, st, _)| k != "locked" || st == "pending"),
+        "recorded only after the lock: {pending:?}"
+    );
+    assert!(states.iter().all(|(.., attempts)| *attempts == 1), "one attempt each, recorded once: {states:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        subjects(&smtp.messages()),
+        ["sent while the store is locked", "queued while the first is sent"],
+        "each once"
+    );
+}
+
 #[tokio::test]
 async fn a_row_out_of_attempts_is_failed_visible_and_can_be_re_driven() {
     let smtp = SmtpServer::start();
