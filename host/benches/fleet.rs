@@ -227,11 +227,11 @@ fn run(s: &Scenario) -> Row {
         }),
     );
     let cpu = |children: &[(Child, u16)]| children.iter().map(|(c, _)| cpu_ticks(c.id())).sum::<u64>();
-    let t0 = Utc::now();
+    let t0 = now_millis();
     let cpu0 = cpu(&children);
     std::thread::sleep(window);
     let cpu1 = cpu(&children);
-    let t1 = Utc::now();
+    let t1 = now_millis();
     let rss_each: Vec<(f64, f64)> = children.iter().map(|(c, _)| rss(c.id())).collect();
     let rss_mb = rss_each.iter().map(|r| r.0).fold(0.0, f64::max);
     let peak_rss_mb = rss_each.iter().map(|r| r.1).fold(0.0, f64::max);
@@ -416,6 +416,12 @@ fn expected_occurrences(s: &Scenario, t0: DateTime<Utc>, t1: DateTime<Utc>) -> i
             n
         })
         .sum()
+}
+
+/// Now to the millisecond, as occurrences are scheduled and SQLite stores times: with the
+/// microseconds an occurrence in the millisecond of `t0` was expected and not counted.
+fn now_millis() -> DateTime<Utc> {
+    chrono::TimeZone::timestamp_millis_opt(&Utc, Utc::now().timestamp_millis()).unwrap()
 }
 
 fn sqlite_ts(t: DateTime<Utc>) -> String {

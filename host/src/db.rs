@@ -41,6 +41,12 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
     /// Open connections on first use, so warden starts while the database is down.
     pub lazy: bool,
+    /// A SQLite file warden keeps (its state, or the demo application it creates): created
+    /// when missing, in WAL mode. An application's file is opened as it is: a missing one
+    /// is a failure to report, and its journal mode is the application's (switching it
+    /// needs a lock no busy timeout waits for, so a probe would fail while the
+    /// application reads).
+    pub warden_owns: bool,
 }
 
 /// A pooled Postgres connection idle longer than this is pinged before it is handed out.
@@ -50,18 +56,21 @@ impl Pool {
     pub async fn open(url: &DbUrl, settings: PoolSettings, pg_schema: Option<&str>) -> Result<Self, sqlx::Error> {
         match url {
             DbUrl::Sqlite(path) => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                if settings.warden_owns
+                    && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+                {
                     std::fs::create_dir_all(dir)?;
                 }
-                let options = SqliteConnectOptions::new()
-                    .filename(path)
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    // In WAL mode NORMAL is crash-safe for the process (a commit survives
-                    // warden being killed); only an OS crash or power loss can undo the last
-                    // commits. FULL would sync on every commit: 10,000 runs a round.
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(5));
+                let mut options = SqliteConnectOptions::new().filename(path).busy_timeout(Duration::from_secs(5));
+                if settings.warden_owns {
+                    options = options
+                        .create_if_missing(true)
+                        .journal_mode(SqliteJournalMode::Wal)
+                        // In WAL mode NORMAL is crash-safe for the process (a commit survives
+                        // warden being killed); only an OS crash or power loss can undo the
+                        // last commits. FULL would sync on every commit: 10,000 runs a round.
+                        .synchronous(SqliteSynchronous::Normal);
+                }
                 // A file does not hang up: no ping before each hand-out (a round trip to the
                 // connection's thread, as many as the statement itself).
                 let pool = SqlitePoolOptions::new()

@@ -80,16 +80,24 @@ impl Targets {
     /// Opens the target pool lazily and, when asked, creates the demo schema.
     pub async fn open(config: &config::TargetsConfig) -> Result<Self, TargetError> {
         let url = config.database.display();
-        let settings =
-            PoolSettings { max_connections: config.pool, acquire_timeout: Duration::from_secs(10), lazy: true };
+        let settings = PoolSettings {
+            max_connections: config.pool,
+            acquire_timeout: Duration::from_secs(10),
+            lazy: true,
+            warden_owns: config.demo_schema,
+        };
         let db = Pool::open(&config.database, settings, None)
             .await
             .map_err(|source| TargetError::Open { url: url.clone(), source })?;
         let db_slots = Arc::new(Semaphore::new(config.pool as usize));
         let mut databases = std::collections::HashMap::new();
         for named in &config.databases {
-            let settings =
-                PoolSettings { max_connections: named.pool, acquire_timeout: Duration::from_secs(10), lazy: true };
+            let settings = PoolSettings {
+                max_connections: named.pool,
+                acquire_timeout: Duration::from_secs(10),
+                lazy: true,
+                warden_owns: false,
+            };
             let pool = Pool::open(&named.url, settings, None)
                 .await
                 .map_err(|source| TargetError::Open { url: named.url.display(), source })?;

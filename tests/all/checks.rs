@@ -194,6 +194,8 @@ fn one_probe_checks_named_sqlite_and_postgres_databases() {
         .with("metric = \"reports\"")
         .with("query = \"SELECT 'all' AS part, 3.0::float8 AS rows\"");
     let text = schedule().table(targets).job(probe("dbs", "1s", &checks)).job(gauge).to_string();
+    // An empty file is an empty SQLite database; warden does not make an application's.
+    std::fs::File::create(dir.path().join("archive.db")).unwrap();
     let path = dir.path().join("schedules.toml");
     std::fs::write(&path, text).unwrap();
     let daemon = Daemon::start(dir.path(), &path);
@@ -222,4 +224,67 @@ fn one_probe_checks_named_sqlite_and_postgres_databases() {
     });
     drop(daemon);
     rt.block_on(db.drop_db());
+}
+
+/// An application's SQLite file is probed as the application keeps it. warden leaves its
+/// journal mode alone (switching it to WAL needs a lock no busy timeout waits for: the first
+/// probes failed, `error`, while the application held a read), and a file that is not there
+/// is a failed check, not a new empty database that passes.
+#[test]
+fn an_application_sqlite_file_is_probed_as_the_application_keeps_it() {
+    use sqlx::Connection;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app.db");
+    // The application: a rollback journal, and a read transaction open the whole time.
+    let mut reader = rt.block_on(async {
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&app).create_if_missing(true);
+        let mut conn = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
+        sqlx::raw_sql("CREATE TABLE session (id TEXT); INSERT INTO session VALUES ('a')")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::raw_sql("BEGIN; SELECT COUNT(*) FROM session").execute(&mut conn).await.unwrap();
+        conn
+    });
+    let checks = [
+        crate::schedule::DB,
+        crate::schedule::SESSIONS,
+        r#"{ name = "typo", kind = "db", database = "typo", critical = false, timeout = "2s" }"#,
+    ];
+    let text = schedule()
+        .target(
+            &format!("sqlite://{}", app.display()),
+            "demo_schema = false\n[targets.databases.typo]\nurl = \"sqlite://no-such-app.db\"",
+        )
+        .job(probe("app", "1s", &checks))
+        .to_string();
+    let path = dir.path().join("schedules.toml");
+    std::fs::write(&path, text).unwrap();
+    let daemon = Daemon::start(dir.path(), &path);
+    let state = format!("sqlite://{}", dir.path().join("warden-state.db").display());
+    let snapshots: Vec<(String, String)> = wait_for(Duration::from_secs(30), "three snapshots of the probe", || {
+        let rows: Vec<(String, String)> = rt.block_on(async {
+            let pool = sqlx::SqlitePool::connect(&state).await.ok()?;
+            sqlx::query_as("SELECT status, checks FROM health_history WHERE job = 'app' ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .ok()
+        })?;
+        (rows.len() >= 3).then_some(rows)
+    });
+    for (status, checks) in &snapshots {
+        let checks: serde_json::Value = serde_json::from_str(checks).unwrap();
+        let failed: Vec<&str> =
+            checks.as_array().unwrap().iter().filter(|c| c["ok"] == false).filter_map(|c| c["name"].as_str()).collect();
+        assert_eq!(
+            (status.as_str(), failed),
+            ("degraded", vec!["typo"]),
+            "only the missing file fails, from the first probe on: {checks}"
+        );
+    }
+    let mode: (String,) = rt.block_on(sqlx::query_as("PRAGMA journal_mode").fetch_one(&mut reader)).unwrap();
+    assert_eq!(mode.0, "delete", "the application's journal mode is its own");
+    assert!(!dir.path().join("no-such-app.db").exists(), "a missing application database is not created");
+    drop(daemon);
 }

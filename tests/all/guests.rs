@@ -114,6 +114,7 @@ async fn python_and_javascript_policies_are_refused_ungranted_sql_inside_the_gue
         max_connections: 1,
         acquire_timeout: std::time::Duration::from_secs(5),
         lazy: false,
+        warden_owns: true,
     };
     let pool = warden::db::Pool::open(&url, settings, None).await.unwrap();
     for file in BUILDS {

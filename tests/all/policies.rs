@@ -372,6 +372,7 @@ async fn ungranted_sql_fails_inside_the_guest_and_granted_sql_reads_only() {
             max_connections: 2,
             acquire_timeout: std::time::Duration::from_secs(5),
             lazy: false,
+            warden_owns: true,
         },
         None,
     )

@@ -65,6 +65,11 @@ impl<'s> Diagnostics<'s> {
         self.errors.push((span.start, error));
     }
 
+    /// Forgets the problems found so far (the text is being read again).
+    pub(crate) fn clear(&mut self) {
+        self.errors.clear();
+    }
+
     pub(crate) fn src(&self) -> &'s str {
         self.src
     }

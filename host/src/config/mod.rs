@@ -3,6 +3,7 @@
 //! Architecture invariant: this module does no IO beyond reading the file it is given
 //! (and the process environment for `${VAR}`); it never connects to anything.
 
+mod document;
 mod env;
 mod error;
 mod model;

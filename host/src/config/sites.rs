@@ -33,7 +33,7 @@ pub enum SqlText {
 /// Every SQL text `config` holds, with its place in `src` (the file it was read from).
 pub fn sql_sites(config: &Config, src: &str) -> Vec<SqlSite> {
     let file = config.path.display().to_string();
-    let (root, _) = DeTable::parse_recoverable(src);
+    let (root, _) = super::document::tree(src);
     let root = root.into_inner();
     let place = |span: Range<usize>| {
         let (line, col) = super::error::line_col(src, span.start);
@@ -42,11 +42,15 @@ pub fn sql_sites(config: &Config, src: &str) -> Vec<SqlSite> {
     let mut out = Vec::new();
     let jobs: &[toml::Spanned<toml::de::DeValue<'_>>] =
         root.get("job").and_then(|v| v.get_ref().as_array()).map_or(&[], |a| &a[..]);
+    // The first item of each name: a duplicate name is refused before a check connects.
+    let mut items: std::collections::HashMap<&str, &DeTable<'_>> = std::collections::HashMap::new();
+    for t in jobs.iter().filter_map(|item| item.get_ref().as_table()) {
+        if let Some(name) = t.get("name").and_then(|n| n.get_ref().as_str()) {
+            items.entry(name).or_insert(t);
+        }
+    }
     for job in &config.jobs {
-        let Some(item) = jobs.iter().find_map(|item| {
-            let t = item.get_ref().as_table()?;
-            (t.get("name")?.get_ref().as_str()? == job.name).then_some(t)
-        }) else {
+        let Some(&item) = items.get(job.name.as_str()) else {
             continue;
         };
         let span_of = |t: &DeTable<'_>, key: &str| t.get(key).map(|v| v.span()).unwrap_or_default();

@@ -249,8 +249,12 @@ impl StateStore {
     /// prepared on first contact, so warden starts (and spools) while it is down.
     pub async fn open(config: &StateConfig) -> Result<Self, StoreError> {
         let url = config.url.display();
-        let settings =
-            PoolSettings { max_connections: config.pool, acquire_timeout: Duration::from_secs(3), lazy: false };
+        let settings = PoolSettings {
+            max_connections: config.pool,
+            acquire_timeout: Duration::from_secs(3),
+            lazy: false,
+            warden_owns: true,
+        };
         let pool = match Pool::open(&config.url, settings, Some(PG_SCHEMA)).await {
             Ok(pool) => pool,
             Err(e) if matches!(config.url, DbUrl::Postgres(_)) && unreachable(&e) => {

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use chrono_tz::Tz;
-use toml::de::DeTable;
 
 use super::error::{ConfigErrors, Diagnostics};
 use super::model::*;
@@ -23,24 +22,93 @@ use jobs::read_job;
 
 pub(super) fn config(src: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
     let mut ctx = Ctx { diag: Diagnostics::new(src, path), env };
-    let (root, syntax) = DeTable::parse_recoverable(src);
-    for e in syntax {
-        let span = e.span().unwrap_or(0..0);
-        ctx.diag.error(span, "", e.message().trim().to_owned());
-    }
-    if !ctx.diag.is_empty() {
+    // Each job is read as its piece of the file is parsed, and its tree dropped then: the
+    // tree of 100,000 jobs is about 200 MB.
+    let mut jobs = Jobs::default();
+    let (root, syntax, pieces) = super::document::stream(src, &mut |restart, item| {
+        if restart {
+            jobs = Jobs::default();
+            ctx.diag.clear();
+        }
+        if let Some(item) = item {
+            jobs.read(&item, &mut ctx);
+        }
+    });
+    if !syntax.is_empty() {
+        ctx.diag.clear();
+        for e in syntax {
+            let span = e.span().unwrap_or(0..0);
+            ctx.diag.error(span, "", e.message().trim().to_owned());
+        }
         return Err(ctx.diag.into_errors());
     }
     let base = super::base_dir(path);
     let root_value: Value<'_> = toml::Spanned::new(root.span(), toml::de::DeValue::Table(root.into_inner()));
-    let config = read_root(&root_value, &base, path, &mut ctx);
+    let config = read_root(&root_value, jobs, &pieces, &base, path, &mut ctx);
     match config {
         Some(config) if ctx.diag.is_empty() => Ok(config),
         _ => Err(ctx.diag.into_errors()),
     }
 }
 
-fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> Option<Config> {
+/// The jobs read so far, in order.
+#[derive(Default)]
+struct Jobs {
+    jobs: Vec<std::sync::Arc<Job>>,
+    /// Where each valid job's name is written.
+    seen: HashMap<String, usize>,
+    /// Every job name written, valid job or not, so a policy listening to a job with a
+    /// mistake in it is not also told that the job does not exist.
+    declared: std::collections::HashSet<String>,
+    /// `[[job]]` tables so far.
+    items: usize,
+}
+
+impl Jobs {
+    fn read(&mut self, item: &Value<'_>, ctx: &mut Ctx<'_>) {
+        let index = self.items;
+        self.items += 1;
+        if let Some(name) = item.get_ref().as_table().and_then(|t| t.get("name")?.get_ref().as_str()) {
+            self.declared.insert(name.to_owned());
+        }
+        let Some((job, name_span)) = read_job(item, index, ctx) else { return };
+        // The line is counted only for a duplicate: counting it for every job would scan
+        // the file once per job (100,000 jobs, minutes).
+        if let Some(first) = self.seen.get(&job.name) {
+            let first = super::error::line_col(ctx_src(ctx), *first).0;
+            let msg = format!("duplicate job name `{}` (first defined on line {first})", job.name);
+            ctx.diag.error(name_span, format!("job \"{}\".name", job.name), msg);
+            return;
+        }
+        self.seen.insert(job.name.clone(), name_span.start);
+        self.jobs.push(std::sync::Arc::new(job));
+    }
+}
+
+/// A job's `[[job]]` table again, for a message about one of its fields found after the
+/// jobs were read (and their trees dropped): its piece of the file is parsed once more.
+struct JobItems<'a> {
+    src: &'a str,
+    pieces: &'a [std::ops::Range<usize>],
+    at: &'a HashMap<String, usize>,
+}
+
+impl<'a> JobItems<'a> {
+    fn get(&self, name: &str) -> Option<toml::de::DeTable<'a>> {
+        let at = *self.at.get(name)?;
+        let piece = self.pieces.iter().find(|p| p.contains(&at))?.clone();
+        super::document::job_in(self.src, piece, name)
+    }
+}
+
+fn read_root(
+    root: &Value<'_>,
+    read: Jobs,
+    pieces: &[std::ops::Range<usize>],
+    base: &Path,
+    path: &Path,
+    ctx: &mut Ctx<'_>,
+) -> Option<Config> {
     let mut t = TableReader::new(root, "", ctx)?;
     match t.get("version").map(|v| (v, v.get_ref().as_integer().map(|i| i.as_str().to_owned()))) {
         Some((_, Some(v))) if v == "1" => {}
@@ -60,31 +128,10 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
         Some(v) => read_alerts(v, base, ctx),
         None => Some(default_alerts(base)),
     };
-    let mut jobs = Vec::new();
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    // Every job name written, valid job or not, so a policy listening to a job with a
-    // mistake in it is not also told that the job does not exist.
-    let mut declared: Vec<String> = Vec::new();
-    if let Some(items) = t.array(ctx, "job") {
-        declared = items
-            .iter()
-            .filter_map(|item| item.get_ref().as_table()?.get("name")?.get_ref().as_str().map(str::to_owned))
-            .collect();
-        for (i, item) in items.iter().enumerate() {
-            if let Some((job, name_span)) = read_job(item, i, ctx) {
-                // The line is counted only for a duplicate: counting it for every job would
-                // scan the file once per job (100,000 jobs, minutes).
-                if let Some(first) = seen.get(&job.name) {
-                    let first = super::error::line_col(ctx_src(ctx), *first).0;
-                    let msg = format!("duplicate job name `{}` (first defined on line {first})", job.name);
-                    ctx.diag.error(name_span, format!("job \"{}\".name", job.name), msg);
-                    continue;
-                }
-                seen.insert(job.name.clone(), name_span.start);
-                jobs.push(std::sync::Arc::new(job));
-            }
-        }
-    }
+    // The jobs were read as the file was parsed; `job` is there to be an array of tables.
+    t.array(ctx, "job");
+    let Jobs { jobs, seen, declared, .. } = read;
+    let items = JobItems { src: ctx_src(ctx), pieces, at: &seen };
     let mut policies: Vec<PolicySpec> = Vec::new();
     if let Some(items) = t.array(ctx, "policy") {
         for (i, item) in items.iter().enumerate() {
@@ -100,7 +147,7 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
     }
     for p in &policies {
         for job in &p.on {
-            if !seen.contains_key(job) && !declared.contains(job) {
+            if !seen.contains_key(job) && !declared.contains(job.as_str()) {
                 let span = policy_on_span(root, &p.name).unwrap_or_default();
                 let msg = format!(
                     "no job named `{job}` (jobs: {})",
@@ -113,7 +160,7 @@ fn read_root(root: &Value<'_>, base: &Path, path: &Path, ctx: &mut Ctx<'_>) -> O
     // A [targets] with a mistake in it is reported already; without one, nothing is named.
     let has_targets = root.get_ref().as_table().is_some_and(|t| t.get("targets").is_some());
     if targets.is_some() || !has_targets {
-        check_named_targets(root, &jobs, targets.as_ref(), ctx);
+        check_named_targets(&items, &jobs, targets.as_ref(), ctx);
         check_granted_databases(root, &policies, targets.as_ref(), ctx);
     }
     let mut maintenance = Vec::new();
@@ -511,7 +558,7 @@ fn read_policy(
 
 /// Every database or bucket a check names is configured.
 fn check_named_targets(
-    root: &Value<'_>,
+    items: &JobItems<'_>,
     jobs: &[std::sync::Arc<Job>],
     targets: Option<&TargetsConfig>,
     ctx: &mut Ctx<'_>,
@@ -528,7 +575,7 @@ fn check_named_targets(
         if let Some(DbRole::Named(name)) = role
             && !databases.contains(&name.as_str())
         {
-            let span = job_item(root, &job.name).and_then(|t| t.get("db").map(|v| v.span())).unwrap_or_default();
+            let span = items.get(&job.name).and_then(|t| t.get("db").map(|v| v.span())).unwrap_or_default();
             let msg = format!("no database named `{name}` in [targets.databases] (named: {named})");
             ctx.diag.error(span, format!("job \"{}\".db", job.name), msg);
         }
@@ -546,7 +593,8 @@ fn check_named_targets(
             if known.contains(&name.as_str()) {
                 continue;
             }
-            let span = job_item(root, &job.name)
+            let span = items
+                .get(&job.name)
                 .and_then(|t| {
                     t.get("checks")?.get_ref().as_array()?.get(j)?.get_ref().as_table()?.get(key).map(|v| v.span())
                 })
@@ -559,15 +607,6 @@ fn check_named_targets(
             ctx.diag.error(span, format!("job \"{}\".checks[{j}].{key}", job.name), msg);
         }
     }
-}
-
-/// A `[[job]]` table by its name.
-fn job_item<'a, 'i>(root: &'a Value<'i>, name: &str) -> Option<&'a toml::de::DeTable<'i>> {
-    let items = root.get_ref().as_table()?.get("job")?.get_ref().as_array()?;
-    items.iter().find_map(|i| {
-        let t = i.get_ref().as_table()?;
-        (t.get("name")?.get_ref().as_str()? == name).then_some(t)
-    })
 }
 
 /// Every `sql:read:NAME` grant names a configured database.
