@@ -324,3 +324,69 @@ async fn runs_left_running_before_the_cutoff_are_recorded_failed_once() {
     assert_eq!(by_id(fresh).outcome, "running");
     db.drop_db().await;
 }
+
+/// The backends connected to `db` other than the asking one.
+async fn backends(admin: &sqlx::PgPool, db: &TestDb) -> Vec<i32> {
+    sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() ORDER BY pid")
+        .bind(&db.name)
+        .fetch_all(admin)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn checks_keep_their_connection_but_never_one_a_timeout_cut_off() {
+    let state = TestDb::create().await;
+    let target = TestDb::create().await;
+    let admin = state.pool().await;
+    let quick = probe("quick", "30s", &[r#"{ name = "db", kind = "db", timeout = "5s" }"#]);
+    let slow =
+        probe("slow", "30s", &[r#"{ name = "sleep", kind = "sql", query = "SELECT pg_sleep(3)", timeout = "300ms" }"#]);
+    let refused =
+        probe("refused", "30s", &[r#"{ name = "missing", kind = "sql", query = "SELECT 1 FROM no_such_table" }"#]);
+    let cfg = config(
+        &schedule()
+            .target(&target.url, "pool = 1\ndemo_schema = false")
+            .state(&state.url)
+            .job(quick)
+            .job(slow)
+            .job(refused)
+            .to_string(),
+    );
+    let ctx = open(&cfg).await;
+    let run = |name: &'static str| {
+        let (cfg, ctx) = (&cfg, &ctx);
+        async move { snapshot(&execute(cfg.job(name).unwrap(), Utc::now(), Trigger::Manual, ctx).await).clone() }
+    };
+
+    // One slot: every check on one connection, kept from check to check.
+    assert!(run("quick").await.checks[0].ok);
+    let first = backends(&admin, &target).await;
+    assert_eq!(first.len(), 1, "one connection for the one slot: {first:?}");
+    for _ in 0..5 {
+        assert!(run("quick").await.checks[0].ok);
+    }
+    assert_eq!(backends(&admin, &target).await, first, "the same connection, reused");
+    // The database's own refusal leaves the connection sound: kept.
+    let missing = run("refused").await;
+    assert!(missing.checks[0].error.as_deref().is_some_and(|e| e.contains("no_such_table")), "{missing:?}");
+    assert!(run("quick").await.checks[0].ok);
+    assert_eq!(backends(&admin, &target).await, first, "kept after a refused statement");
+    assert_eq!(ctx.targets.db.stats().0, 0, "the checks never open the pool");
+
+    // A check cut off mid-statement: its connection still has the sleep's answer coming,
+    // so it is closed; the next check opens a fresh one and answers at once, not after the
+    // sleep (as it would on the old connection).
+    let cut = run("slow").await;
+    assert_eq!(cut.checks[0].error.as_deref(), Some("timed out after 300ms"));
+    let next = run("quick").await;
+    assert!(next.checks[0].ok, "{next:?}");
+    assert!(next.duration_ms < 1000, "the next check waited for the cut-off sleep: {} ms", next.duration_ms);
+    let now = backends(&admin, &target).await;
+    assert!(now.iter().any(|pid| !first.contains(pid)), "a fresh connection: {first:?} then {now:?}");
+
+    admin.close().await;
+    ctx.targets.db.close().await;
+    target.drop_db().await;
+    state.drop_db().await;
+}

@@ -1,14 +1,17 @@
 //! Group commit: the claims of occurrences due within a few milliseconds of each other, and
 //! the plain commits (a claimed run that decided nothing new) of runs that end so, go to the
-//! store as ONE command and ONE transaction each. On SQLite that is one wake-up of the
-//! writer's thread and one WAL commit for them all, on Postgres one round trip. A fleet of 10,000 probes every 30 s ends a run
-//! every 3 ms: grouped, their commits cost a fraction of a statement each.
+//! store together. On Postgres the claims are ONE statement and the commits ONE writing CTE,
+//! one round trip each. On SQLite both go as ONE command, one transaction: one wake-up of the
+//! writer's thread and one WAL commit for them all (the pages of `job_runs` a claim and a
+//! commit both touch are written once). A fleet of 10,000 probes every 30 s claims and ends a
+//! run every 3 ms: grouped, each costs a fraction of a statement.
 //!
-//! One task per store writes the groups. A run hands it its row and waits for the answer; a
-//! group that fails is answered "alone", and each of its runs then commits by itself, so an
-//! error (busy, unreachable, a row the group could not take) is classified for each run as
-//! before. A run cancelled while it waits loses nothing: the group still lands (a claim so
-//! left `running` is recorded abandoned by the reaper, as a claim cut off alone would be).
+//! A task per store (two on Postgres) writes the groups. A run hands it its row and waits for
+//! the answer; a group that fails is answered "alone", and each of its runs then claims or
+//! commits by itself, so an error (busy, unreachable, a row the group could not take) is
+//! classified for each run as before. A run cancelled while it waits loses nothing: the
+//! group still lands (a claim so left `running` is recorded abandoned by the reaper, as a
+//! claim cut off alone would be).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -19,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::commit::as_i64;
 use super::{ABANDONED, DECIDED_KEY, JobStates, RunCommit, StateStore, StoreError, decided_mark, states_of_triples};
 use crate::db::{Pool, Ts};
+use sqlx::PgPool;
 
 /// How long the first of a group waits for others to join it, under load.
 const GATHER: Duration = Duration::from_millis(10);
@@ -147,12 +151,38 @@ impl StateStore {
         let (commits, mut commit_queue) = mpsc::unbounded_channel::<Pending>();
         let (claims, mut claim_queue) = mpsc::unbounded_channel::<PendingClaim>();
         let store = StateStore { groups: Groups::default(), ..self.clone() };
-        let claimer = store.clone();
+        let Pool::Postgres(pg) = store.pool.clone() else {
+            // SQLite has one writer: the claims and the plain commits gathered together go
+            // as ONE command, one transaction and one wake-up of the writer's thread.
+            tokio::spawn(async move {
+                let mut joined = false;
+                while let Some((claims, commits)) = gather_both(&mut claim_queue, &mut commit_queue, &mut joined).await
+                {
+                    let (claims, twice) = once_each(claims);
+                    let rows: Vec<&PlainRow> = commits.iter().map(|p| &p.row).collect();
+                    let wanted: Vec<&PendingClaim> = claims.iter().collect();
+                    let answers = match store.write_sqlite_group(&wanted, &rows).await {
+                        Ok(answers) => Some(answers),
+                        Err(e) => {
+                            tracing::debug!(error = %e, runs = rows.len(), claims = wanted.len(), "a group failed; its runs claim and commit alone");
+                            None
+                        }
+                    };
+                    for pending in commits {
+                        let _ = pending.written.send(answers.is_some());
+                    }
+                    answer_claims(claims, answers);
+                    answer_claims(twice, None);
+                }
+            });
+            return Writers { commits, claims };
+        };
+        let (claimer, claim_pg) = (store.clone(), pg.clone());
         tokio::spawn(async move {
             let mut joined = false;
             while let Some(group) = gather(&mut commit_queue, &mut joined).await {
                 let rows: Vec<&PlainRow> = group.iter().map(|p| &p.row).collect();
-                let written = match store.write_group(&rows).await {
+                let written = match store.write_group(&pg, &rows).await {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::debug!(error = %e, runs = rows.len(), "a group commit failed; its runs commit alone");
@@ -166,130 +196,118 @@ impl StateStore {
         });
         tokio::spawn(async move {
             let mut joined = false;
-            while let Some(mut group) = gather(&mut claim_queue, &mut joined).await {
-                // The same occurrence twice (a run-now racing its schedule): the later claims
-                // alone, and finds it taken.
-                let mut seen = std::collections::HashSet::new();
-                let (unique, twice): (Vec<_>, Vec<_>) =
-                    group.drain(..).partition(|c| seen.insert((c.job.clone(), c.at)));
-                for claim in twice {
-                    let _ = claim.claimed.send(None);
-                }
+            while let Some(group) = gather(&mut claim_queue, &mut joined).await {
+                let (unique, twice) = once_each(group);
+                answer_claims(twice, None);
                 let claims: Vec<&PendingClaim> = unique.iter().collect();
-                match claimer.claim_group(&claims).await {
-                    Ok(answers) => {
-                        for (claim, answer) in unique.into_iter().zip(answers) {
-                            let _ = claim.claimed.send(Some(answer));
-                        }
-                    }
+                let answers = match claimer.claim_group(&claim_pg, &claims).await {
+                    Ok(answers) => Some(answers),
                     Err(e) => {
                         tracing::debug!(error = %e, claims = claims.len(), "a group claim failed; its runs claim alone");
-                        for claim in unique {
-                            let _ = claim.claimed.send(None);
-                        }
+                        None
                     }
-                }
+                };
+                answer_claims(unique, answers);
             }
         });
         Writers { commits, claims }
     }
 
-    /// One statement claims every occurrence of the group and reads their jobs' state;
-    /// the answers in the order of `claims`.
-    async fn claim_group(&self, claims: &[&PendingClaim]) -> Result<Vec<Claimed>, StoreError> {
+    /// One statement claims every occurrence of the group and reads their jobs' state (on
+    /// Postgres; SQLite's claims go with its commits, `write_sqlite_group`); the answers in
+    /// the order of `claims`.
+    async fn claim_group(&self, p: &PgPool, claims: &[&PendingClaim]) -> Result<Vec<Claimed>, StoreError> {
         let now = Utc::now();
         let mut answers: Vec<Claimed> = vec![None; claims.len()];
-        match &self.pool {
-            Pool::Postgres(p) => {
-                type Row = (i64, i64, Option<String>, Option<String>, Option<String>);
-                let rows: Vec<Row> = sqlx::query_as(CLAIM_GROUP_POSTGRES)
-                    .bind(claims.iter().map(|c| c.job.as_str()).collect::<Vec<_>>())
-                    .bind(claims.iter().map(|c| c.at).collect::<Vec<_>>())
-                    .bind(claims.iter().map(|c| c.trigger.as_str()).collect::<Vec<_>>())
-                    .bind(&self.replica)
-                    .bind(now)
-                    .bind(ABANDONED)
-                    .fetch_all(p)
-                    .await?;
-                for (n, id, policy, key, value) in rows {
-                    let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| answers.get_mut(i)) else { continue };
-                    let (_, states) = slot.get_or_insert_with(|| (id, JobStates::new()));
-                    if let (Some(policy), Some(key), Some(value)) = (policy, key, value) {
-                        states.entry(policy).or_default().insert(key, value);
-                    }
-                }
-            }
-            Pool::Sqlite(_) => {
-                #[derive(serde::Serialize)]
-                struct Wanted<'a> {
-                    job: &'a str,
-                    at: String,
-                    trigger: &'a str,
-                }
-                let wanted: Vec<Wanted> = claims
-                    .iter()
-                    .map(|c| Wanted { job: &c.job, at: Ts(c.at).sqlite_text(), trigger: &c.trigger })
-                    .collect();
-                let json = serde_json::to_string(&wanted).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let query =
-                    sqlx::query_as(CLAIM_GROUP_SQLITE).bind(json).bind(&self.replica).bind(Ts(now)).bind(ABANDONED);
-                let Some((mut turn, options)) = self.sqlite_turn().await else {
-                    unreachable!("a SQLite store has a writer")
-                };
-                let rows: Result<Vec<(i64, String, String, String)>, _> = match turn.conn(&options).await {
-                    Ok(conn) => query.fetch_all(conn).await,
-                    Err(e) => Err(e),
-                };
-                turn.end(rows.is_err()).await;
-                let by_occurrence: std::collections::HashMap<(String, String), (i64, String)> =
-                    rows?.into_iter().map(|(id, job, at, triples)| ((job, at), (id, triples))).collect();
-                for (claim, (answer, want)) in claims.iter().zip(answers.iter_mut().zip(&wanted)) {
-                    let Some((id, triples)) = by_occurrence.get(&(claim.job.clone(), want.at.clone())) else {
-                        continue;
-                    };
-                    *answer = Some((*id, states_of_triples(triples)?));
-                }
+        type Row = (i64, i64, Option<String>, Option<String>, Option<String>);
+        let rows: Vec<Row> = sqlx::query_as(CLAIM_GROUP_POSTGRES)
+            .bind(claims.iter().map(|c| c.job.as_str()).collect::<Vec<_>>())
+            .bind(claims.iter().map(|c| c.at).collect::<Vec<_>>())
+            .bind(claims.iter().map(|c| c.trigger.as_str()).collect::<Vec<_>>())
+            .bind(&self.replica)
+            .bind(now)
+            .bind(ABANDONED)
+            .fetch_all(p)
+            .await?;
+        for (n, id, policy, key, value) in rows {
+            let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| answers.get_mut(i)) else { continue };
+            let (_, states) = slot.get_or_insert_with(|| (id, JobStates::new()));
+            if let (Some(policy), Some(key), Some(value)) = (policy, key, value) {
+                states.entry(policy).or_default().insert(key, value);
             }
         }
         Ok(answers)
     }
 
-    async fn write_group(&self, rows: &[&PlainRow]) -> Result<(), StoreError> {
-        match &self.pool {
-            Pool::Postgres(p) => {
-                let col = |f: fn(&PlainRow) -> Option<String>| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
-                let policies: Vec<String> = rows
-                    .iter()
-                    .map(|r| serde_json::to_string(&r.policies))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                sqlx::query(GROUP_POSTGRES)
-                    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
-                    .bind(rows.iter().map(|r| r.finished).collect::<Vec<_>>())
-                    .bind(rows.iter().map(|r| r.outcome).collect::<Vec<_>>())
-                    .bind(col(|r| r.error.clone()))
-                    .bind(rows.iter().map(|r| r.affected).collect::<Vec<_>>())
-                    .bind(col(|r| r.detail.clone()))
-                    .bind(rows.iter().map(|r| r.late).collect::<Vec<_>>())
-                    .bind(col(|r| r.hjob.clone()))
-                    .bind(rows.iter().map(|r| r.checked).collect::<Vec<_>>())
-                    .bind(rows.iter().map(|r| r.hstatus).collect::<Vec<_>>())
-                    .bind(rows.iter().map(|r| r.hdur).collect::<Vec<_>>())
-                    .bind(col(|r| r.checks.clone()))
-                    .bind(rows.iter().map(|r| r.job.as_str()).collect::<Vec<_>>())
-                    .bind(rows.iter().map(|r| r.mark.as_str()).collect::<Vec<_>>())
-                    .bind(policies)
-                    .bind(&self.replica)
-                    .bind(DECIDED_KEY)
-                    .execute(p)
-                    .await?;
-                Ok(())
-            }
-            Pool::Sqlite(_) => {
-                let json = serde_json::to_string(rows).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                self.execute_on_writer(sqlx::query(GROUP_SQLITE).bind(json).bind(&self.replica).bind(DECIDED_KEY)).await
+    /// SQLite: the plain commits `rows` and the claims, in one command and one transaction
+    /// on the writer (`GROUP_SQLITE`); the claims' answers in their order.
+    async fn write_sqlite_group(
+        &self,
+        claims: &[&PendingClaim],
+        rows: &[&PlainRow],
+    ) -> Result<Vec<Claimed>, StoreError> {
+        #[derive(serde::Serialize)]
+        struct Wanted<'a> {
+            job: &'a str,
+            at: String,
+            trigger: &'a str,
+        }
+        let wanted: Vec<Wanted> =
+            claims.iter().map(|c| Wanted { job: &c.job, at: Ts(c.at).sqlite_text(), trigger: &c.trigger }).collect();
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+        let query = sqlx::query_as(GROUP_SQLITE)
+            .bind(serde_json::to_string(rows).map_err(corrupt)?)
+            .bind(&self.replica)
+            .bind(DECIDED_KEY)
+            .bind(serde_json::to_string(&wanted).map_err(corrupt)?)
+            .bind(Ts(Utc::now()))
+            .bind(ABANDONED);
+        let Some((mut turn, options)) = self.sqlite_turn().await else { unreachable!("a SQLite store has a writer") };
+        let claimed: Result<Vec<(i64, String, String, String)>, _> = match turn.conn(&options).await {
+            Ok(conn) => query.fetch_all(conn).await,
+            Err(e) => Err(e),
+        };
+        turn.end(claimed.is_err()).await;
+        let by_occurrence: std::collections::HashMap<(String, String), (i64, String)> =
+            claimed?.into_iter().map(|(id, job, at, triples)| ((job, at), (id, triples))).collect();
+        let mut answers: Vec<Claimed> = vec![None; claims.len()];
+        for (claim, (answer, want)) in claims.iter().zip(answers.iter_mut().zip(&wanted)) {
+            if let Some((id, triples)) = by_occurrence.get(&(claim.job.clone(), want.at.clone())) {
+                *answer = Some((*id, states_of_triples(triples)?));
             }
         }
+        Ok(answers)
+    }
+
+    /// Postgres: the plain commits `rows` in one statement (`GROUP_POSTGRES`).
+    async fn write_group(&self, p: &PgPool, rows: &[&PlainRow]) -> Result<(), StoreError> {
+        let col = |f: fn(&PlainRow) -> Option<String>| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
+        let policies: Vec<String> = rows
+            .iter()
+            .map(|r| serde_json::to_string(&r.policies))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(GROUP_POSTGRES)
+            .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.finished).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.outcome).collect::<Vec<_>>())
+            .bind(col(|r| r.error.clone()))
+            .bind(rows.iter().map(|r| r.affected).collect::<Vec<_>>())
+            .bind(col(|r| r.detail.clone()))
+            .bind(rows.iter().map(|r| r.late).collect::<Vec<_>>())
+            .bind(col(|r| r.hjob.clone()))
+            .bind(rows.iter().map(|r| r.checked).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.hstatus).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.hdur).collect::<Vec<_>>())
+            .bind(col(|r| r.checks.clone()))
+            .bind(rows.iter().map(|r| r.job.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.mark.as_str()).collect::<Vec<_>>())
+            .bind(policies)
+            .bind(&self.replica)
+            .bind(DECIDED_KEY)
+            .execute(p)
+            .await?;
+        Ok(())
     }
 }
 
@@ -312,6 +330,59 @@ async fn gather<T>(queue: &mut mpsc::UnboundedReceiver<T>, joined: &mut bool) ->
     Some(group)
 }
 
+/// The next group on SQLite: claims and plain commits, gathered together as `gather` does.
+async fn gather_both(
+    claims: &mut mpsc::UnboundedReceiver<PendingClaim>,
+    commits: &mut mpsc::UnboundedReceiver<Pending>,
+    joined: &mut bool,
+) -> Option<(Vec<PendingClaim>, Vec<Pending>)> {
+    let (mut claimed, mut committed) = (Vec::new(), Vec::new());
+    tokio::select! {
+        Some(claim) = claims.recv() => claimed.push(claim),
+        Some(commit) = commits.recv() => committed.push(commit),
+        else => return None,
+    }
+    let waited = *joined || !claims.is_empty() || !commits.is_empty();
+    if waited {
+        tokio::time::sleep(GATHER).await;
+    }
+    while claimed.len() < MAX_GROUP
+        && let Ok(next) = claims.try_recv()
+    {
+        claimed.push(next);
+    }
+    while committed.len() < MAX_GROUP
+        && let Ok(next) = commits.try_recv()
+    {
+        committed.push(next);
+    }
+    *joined = waited && claimed.len() + committed.len() > 1;
+    Some((claimed, committed))
+}
+
+/// The claims of distinct occurrences, and those of an occurrence already in the group (a
+/// run-now racing its schedule): the latter claim alone, and find it taken.
+fn once_each(mut group: Vec<PendingClaim>) -> (Vec<PendingClaim>, Vec<PendingClaim>) {
+    let mut seen = std::collections::HashSet::new();
+    group.drain(..).partition(|c| seen.insert((c.job.clone(), c.at)))
+}
+
+/// Answers each claim from its group's answers (`None`: the group failed, claim alone).
+fn answer_claims(claims: Vec<PendingClaim>, answers: Option<Vec<Claimed>>) {
+    match answers {
+        Some(answers) => {
+            for (claim, answer) in claims.into_iter().zip(answers) {
+                let _ = claim.claimed.send(Some(answer));
+            }
+        }
+        None => {
+            for claim in claims {
+                let _ = claim.claimed.send(None);
+            }
+        }
+    }
+}
+
 /// The claim (`store::CLAIM`) of many occurrences with their jobs' state, the occurrences
 /// as arrays numbered by `WITH ORDINALITY`.
 const CLAIM_GROUP_POSTGRES: &str = "WITH c AS (SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[]) \
@@ -324,17 +395,6 @@ const CLAIM_GROUP_POSTGRES: &str = "WITH c AS (SELECT * FROM unnest($1::text[], 
      RETURNING id, job, scheduled_at) \
      SELECT c.n, i.id, s.plugin, s.key, s.value FROM i JOIN c ON c.job = i.job AND c.at = i.scheduled_at \
      LEFT JOIN policy_state s ON s.job = i.job";
-
-/// The same on SQLite, the occurrences a JSON array, each claimed row returned with its
-/// job's state as a JSON array of triples.
-const CLAIM_GROUP_SQLITE: &str = "INSERT INTO job_runs (job, scheduled_at, trigger, replica, started_at, outcome) \
-     SELECT c.value->>'job', c.value->>'at', c.value->>'trigger', $2, $3, 'running' FROM json_each($1) AS c \
-     WHERE true ON CONFLICT (job, scheduled_at) DO UPDATE SET \
-     trigger = excluded.trigger, replica = excluded.replica, started_at = excluded.started_at, \
-     outcome = 'running', finished_at = NULL, error = NULL, detail = NULL \
-     WHERE job_runs.outcome = 'skipped' OR (job_runs.outcome = 'failed' AND job_runs.error = $4) \
-     RETURNING id, job, scheduled_at, (SELECT json_group_array(json_array(plugin, key, value)) \
-     FROM policy_state WHERE policy_state.job = job_runs.job)";
 
 /// `PLAIN_POSTGRES` for many runs: each column an array, the policies of each run a JSON
 /// array. Two runs of one job in a group would upsert the same mark twice, which Postgres
@@ -354,7 +414,10 @@ const GROUP_POSTGRES: &str = "WITH r AS (SELECT * FROM unnest($1::int8[], $2::ti
      INSERT INTO health_history (job, checked_at, status, duration_ms, checks) \
      SELECT r.hjob, r.hat, r.hstatus, r.hdur, r.checks FROM r JOIN u ON u.id = r.id WHERE r.checks IS NOT NULL";
 
-/// `PLAIN_SQLITE` for many runs, the rows a JSON array of objects, in one command.
+/// SQLite's group: `PLAIN_SQLITE` for many runs (`$1`, a JSON array of objects), then the
+/// claim (`store::CLAIM`) of many occurrences (`$4`, a JSON array), each claimed row returned
+/// with its job's state as a JSON array of triples (read after the commits: the freshest);
+/// one command, one transaction.
 const GROUP_SQLITE: &str = "BEGIN IMMEDIATE; \
      UPDATE job_runs SET finished_at = r.value->>'fin', outcome = r.value->>'outcome', \
      error = r.value->>'error', rows_affected = r.value->>'affected', detail = r.value->>'detail', \
@@ -370,4 +433,12 @@ const GROUP_SQLITE: &str = "BEGIN IMMEDIATE; \
      SELECT r.value->>'hjob', r.value->>'hat', r.value->>'hstatus', r.value->>'hdur', r.value->>'checks' \
      FROM json_each($1) AS r WHERE r.value->>'checks' IS NOT NULL \
      AND EXISTS (SELECT 1 FROM job_runs WHERE id = r.value->>'id' AND replica = $2); \
+     INSERT INTO job_runs (job, scheduled_at, trigger, replica, started_at, outcome) \
+     SELECT c.value->>'job', c.value->>'at', c.value->>'trigger', $2, $5, 'running' FROM json_each($4) AS c \
+     WHERE true ON CONFLICT (job, scheduled_at) DO UPDATE SET \
+     trigger = excluded.trigger, replica = excluded.replica, started_at = excluded.started_at, \
+     outcome = 'running', finished_at = NULL, error = NULL, detail = NULL \
+     WHERE job_runs.outcome = 'skipped' OR (job_runs.outcome = 'failed' AND job_runs.error = $6) \
+     RETURNING id, job, scheduled_at, (SELECT json_group_array(json_array(plugin, key, value)) \
+     FROM policy_state WHERE policy_state.job = job_runs.job); \
      COMMIT";

@@ -8,7 +8,6 @@ use futures_util::future::join_all;
 use crate::config::{Check, CheckKind};
 use crate::health::{CheckResult, Snapshot, derive_status};
 use crate::targets::Targets;
-use crate::with_pool;
 
 /// Runs every check; a hung dependency becomes a failed check at its timeout. The probe's
 /// duration is its slowest check's: the checks run together, and time spent waiting for a
@@ -26,12 +25,12 @@ pub async fn run_probe(job: &str, checks: &[Check], targets: &Targets) -> Snapsh
 }
 
 async fn run_check(check: &Check, targets: &Targets) -> CheckResult {
-    // A database check waits for a free connection first (bounded by the job's timeout),
-    // then starts its clock: the check measures the target, not warden's queue.
+    // A database check waits for a free slot first (bounded by the job's timeout), then
+    // starts its clock: the check measures the target, not warden's queue.
     let database = targets.database(check.target.as_deref());
-    let _slot = match check.kind {
+    let slot = match check.kind {
         CheckKind::Db | CheckKind::Sql { .. } => match database {
-            Some((_, slots)) => slots.acquire().await.ok(),
+            Some((_, checks)) => Some(checks.slot().await),
             None => None,
         },
         CheckKind::S3 | CheckKind::Http(_) | CheckKind::Tcp { .. } | CheckKind::Tls { .. } => None,
@@ -39,32 +38,21 @@ async fn run_check(check: &Check, targets: &Targets) -> CheckResult {
     let started = Instant::now();
     let work = async {
         let no_database = || format!("no database named `{}`", check.target.as_deref().unwrap_or_default());
-        match &check.kind {
-            CheckKind::Db => {
-                let (db, _) = database.ok_or_else(no_database)?;
-                with_pool!(db, |p| sqlx::query("SELECT 1").fetch_one(p).await.map(|_| ()))
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-            CheckKind::S3 => match targets.bucket(check.target.as_deref()) {
+        match (&check.kind, &slot, database) {
+            (CheckKind::Db, Some(slot), _) => slot.run("SELECT 1", true).await,
+            (CheckKind::Sql { query }, Some(slot), Some((db, _))) => match query.for_sqlite(db.is_sqlite()) {
+                None => Err(format!("no query for the {} backend", db.backend())),
+                Some(sql) => slot.run(sql, false).await,
+            },
+            (CheckKind::Db | CheckKind::Sql { .. }, _, _) => Err(no_database()),
+            (CheckKind::S3, _, _) => match targets.bucket(check.target.as_deref()) {
                 // Not configured counts as OK, as in the original monitor.
                 None => Ok(()),
                 Some(bucket) => bucket.head().await,
             },
-            CheckKind::Sql { query } => match database {
-                None => Err(no_database()),
-                Some((db, _)) => match query.for_sqlite(db.is_sqlite()) {
-                    None => Err(format!("no query for the {} backend", db.backend())),
-                    Some(sql) => {
-                        with_pool!(db, |p| sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_optional(p).await.map(|_| ()))
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    }
-                },
-            },
-            CheckKind::Http(http) => super::net::http(http).await,
-            CheckKind::Tcp { address } => super::net::tcp(address).await,
-            CheckKind::Tls { address, min_days, ca_file } => {
+            (CheckKind::Http(http), _, _) => super::net::http(http).await,
+            (CheckKind::Tcp { address }, _, _) => super::net::tcp(address).await,
+            (CheckKind::Tls { address, min_days, ca_file }, _, _) => {
                 super::net::tls(address, *min_days, ca_file.as_deref()).await
             }
         }

@@ -7,14 +7,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-
 use aws_config::environment::EnvironmentVariableCredentialsProvider;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
 use sqlx::migrate::Migrator;
 
 use crate::config;
 use crate::db::{Pool, PoolSettings};
+
+mod checks;
+pub use checks::{CheckConnections, Slot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -30,11 +31,12 @@ pub struct Targets {
     pub db: Pool,
     pub s3: Option<S3Bucket>,
     pub config: config::TargetsConfig,
-    /// One permit per connection of `db`: a check takes one before it starts its clock, so
-    /// waiting for the pool is never counted as the target's time, nor as its failure.
-    pub db_slots: Arc<Semaphore>,
-    /// `[targets.databases.NAME]`: each with a pool (and slots) of its own.
-    pub databases: Arc<std::collections::HashMap<String, (Pool, Arc<Semaphore>)>>,
+    /// The `db` and `sql` checks' connections to `db`, one slot per connection of its pool: a
+    /// check takes a slot before it starts its clock, so waiting for one is never counted as
+    /// the target's time, nor as its failure.
+    pub db_checks: Arc<CheckConnections>,
+    /// `[targets.databases.NAME]`: each with a pool (and check connections) of its own.
+    pub databases: Arc<std::collections::HashMap<String, (Pool, Arc<CheckConnections>)>>,
     /// `[targets.buckets.NAME]`.
     pub buckets: Arc<std::collections::HashMap<String, S3Bucket>>,
 }
@@ -47,10 +49,10 @@ pub struct S3Bucket {
 }
 
 impl Targets {
-    /// The database a check names (`None`: the default target) and its slots.
-    pub fn database(&self, name: Option<&str>) -> Option<(&Pool, &Arc<Semaphore>)> {
+    /// The database a check names (`None`: the default target) and its checks' connections.
+    pub fn database(&self, name: Option<&str>) -> Option<(&Pool, &Arc<CheckConnections>)> {
         match name {
-            None => Some((&self.db, &self.db_slots)),
+            None => Some((&self.db, &self.db_checks)),
             Some(name) => self.databases.get(name).map(|(p, s)| (p, s)),
         }
     }
@@ -89,7 +91,7 @@ impl Targets {
         let db = Pool::open(&config.database, settings, None)
             .await
             .map_err(|source| TargetError::Open { url: url.clone(), source })?;
-        let db_slots = Arc::new(Semaphore::new(config.pool as usize));
+        let db_checks = Arc::new(CheckConnections::new(db.clone(), config.pool as usize));
         let mut databases = std::collections::HashMap::new();
         for named in &config.databases {
             let settings = PoolSettings {
@@ -101,14 +103,15 @@ impl Targets {
             let pool = Pool::open(&named.url, settings, None)
                 .await
                 .map_err(|source| TargetError::Open { url: named.url.display(), source })?;
-            databases.insert(named.name.clone(), (pool, Arc::new(Semaphore::new(named.pool as usize))));
+            let checks = Arc::new(CheckConnections::new(pool.clone(), named.pool as usize));
+            databases.insert(named.name.clone(), (pool, checks));
         }
         let buckets = config.buckets.iter().map(|(name, b)| (name.clone(), S3Bucket::new(b))).collect();
         let targets = Self {
             db,
             s3: config.s3.as_ref().map(S3Bucket::new),
             config: config.clone(),
-            db_slots,
+            db_checks,
             databases: Arc::new(databases),
             buckets: Arc::new(buckets),
         };
