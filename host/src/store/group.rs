@@ -421,20 +421,20 @@ const GROUP_POSTGRES: &str = "WITH r AS (SELECT * FROM unnest($1::int8[], $2::ti
 const GROUP_SQLITE: &str = "BEGIN IMMEDIATE; \
      UPDATE job_runs SET finished_at = r.value->>'fin', outcome = r.value->>'outcome', \
      error = r.value->>'error', rows_affected = r.value->>'affected', detail = r.value->>'detail', \
-     lateness_ms = r.value->>'late' FROM json_each($1) AS r \
+     lateness_ms = r.value->>'late' FROM jsonb_each($1) AS r \
      WHERE job_runs.id = r.value->>'id' AND job_runs.replica = $2; \
      INSERT INTO policy_state (plugin, job, key, value, updated_at) \
      SELECT p.value, r.value->>'job', $3, r.value->>'mark', r.value->>'fin' \
-     FROM json_each($1) AS r, json_each(r.value, '$.policies') AS p \
+     FROM jsonb_each($1) AS r, jsonb_each(r.value, '$.policies') AS p \
      WHERE EXISTS (SELECT 1 FROM job_runs WHERE id = r.value->>'id' AND replica = $2) \
      ON CONFLICT (plugin, job, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at \
      WHERE policy_state.value < excluded.value; \
      INSERT INTO health_history (job, checked_at, status, duration_ms, checks) \
      SELECT r.value->>'hjob', r.value->>'hat', r.value->>'hstatus', r.value->>'hdur', r.value->>'checks' \
-     FROM json_each($1) AS r WHERE r.value->>'checks' IS NOT NULL \
+     FROM jsonb_each($1) AS r WHERE r.value->>'checks' IS NOT NULL \
      AND EXISTS (SELECT 1 FROM job_runs WHERE id = r.value->>'id' AND replica = $2); \
      INSERT INTO job_runs (job, scheduled_at, trigger, replica, started_at, outcome) \
-     SELECT c.value->>'job', c.value->>'at', c.value->>'trigger', $2, $5, 'running' FROM json_each($4) AS c \
+     SELECT c.value->>'job', c.value->>'at', c.value->>'trigger', $2, $5, 'running' FROM jsonb_each($4) AS c \
      WHERE true ON CONFLICT (job, scheduled_at) DO UPDATE SET \
      trigger = excluded.trigger, replica = excluded.replica, started_at = excluded.started_at, \
      outcome = 'running', finished_at = NULL, error = NULL, detail = NULL \
