@@ -321,11 +321,7 @@ async fn gather<T>(queue: &mut mpsc::UnboundedReceiver<T>, joined: &mut bool) ->
         tokio::time::sleep(GATHER).await;
     }
     let mut group = vec![first];
-    while group.len() < MAX_GROUP
-        && let Ok(next) = queue.try_recv()
-    {
-        group.push(next);
-    }
+    take_queued(queue, &mut group);
     *joined = waited && group.len() > 1;
     Some(group)
 }
@@ -346,18 +342,19 @@ async fn gather_both(
     if waited {
         tokio::time::sleep(GATHER).await;
     }
-    while claimed.len() < MAX_GROUP
-        && let Ok(next) = claims.try_recv()
-    {
-        claimed.push(next);
-    }
-    while committed.len() < MAX_GROUP
-        && let Ok(next) = commits.try_recv()
-    {
-        committed.push(next);
-    }
+    take_queued(claims, &mut claimed);
+    take_queued(commits, &mut committed);
     *joined = waited && claimed.len() + committed.len() > 1;
     Some((claimed, committed))
+}
+
+/// Adds what is queued to `group`, up to `MAX_GROUP`.
+fn take_queued<T>(queue: &mut mpsc::UnboundedReceiver<T>, group: &mut Vec<T>) {
+    while group.len() < MAX_GROUP
+        && let Ok(next) = queue.try_recv()
+    {
+        group.push(next);
+    }
 }
 
 /// The claims of distinct occurrences, and those of an occurrence already in the group (a
