@@ -96,8 +96,8 @@ struct Daemon {
     shared: Arc<Shared>,
     /// Runs in flight: each ends with its job's name and whether it queued alerts.
     running: JoinSet<(String, bool)>,
-    /// The text of the configuration now running, so an unchanged file is not reloaded.
-    loaded_text: Option<String>,
+    /// The digest of the configuration now running, so an unchanged file is not reloaded.
+    loaded: Option<reload::FileDigest>,
     /// The delivery channels the dispatcher and the unsubscribe page use.
     channels: watch::Sender<Arc<Channels>>,
     wake: Arc<Notify>,
@@ -233,7 +233,7 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
         shared,
         running: JoinSet::new(),
         config: config.clone(),
-        loaded_text: std::fs::read_to_string(path).ok(),
+        loaded: reload::file_digest(path),
         channels: channels_tx,
         wake,
         slots: Arc::new(tokio::sync::Semaphore::new(config.max_running)),

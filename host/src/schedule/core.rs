@@ -106,6 +106,8 @@ impl Scheduler {
             .count();
         let frequent_ok = frequent_catch_ups <= self.burst;
         let mut fires = Vec::new();
+        self.entries.reserve_exact(jobs.len());
+        self.by_name.reserve(jobs.len());
         for (name, spec, enabled) in jobs {
             let previous = old.remove(&name);
             let running = previous.as_ref().is_some_and(|p| p.running);

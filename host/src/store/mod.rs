@@ -10,6 +10,7 @@ mod commit;
 mod group;
 mod heartbeats;
 mod history;
+mod known;
 mod outbox;
 mod replicas;
 mod silences;

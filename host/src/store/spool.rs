@@ -10,7 +10,7 @@
 //! last read from the store, so a restart during the outage evaluates from the same state.
 //! `drain` moves everything into the store in one transaction and then empties the file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -20,14 +20,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{NewOutboxRow, RunCommit, Silence, SpoolApply, StateStore, StoreError};
 
-type PolicyState = BTreeMap<String, String>;
+use super::known::{KnownStates, PolicyState};
+
 /// A policy's state is kept per (policy, job); spooled as `policy/job`. A key without a
 /// `/` was written before state was per job and stands for every job of the policy.
 type StateKey = String;
-
-fn state_key(policy: &str, job: &str) -> StateKey {
-    format!("{policy}/{job}")
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "kebab-case")]
@@ -65,7 +62,7 @@ struct Inner {
     /// Rows held back (dedup key → why): never sent, recorded `silenced` in the outbox.
     silenced: HashMap<String, String>,
     /// Each (policy, job)'s state as last known: read from the store, or written since.
-    known: HashMap<StateKey, PolicyState>,
+    known: KnownStates,
 }
 
 /// The spool. Cheap to clone; one per process.
@@ -131,55 +128,41 @@ impl Spool {
 
     /// Notes a policy's state for a job as just read from the store.
     pub fn remember(&self, policy: &str, job: &str, state: &PolicyState) {
-        let mut inner = self.lock();
-        let key = state_key(policy, job);
-        if inner.known.get(&key) != Some(state) {
-            inner.known.insert(key, state.clone());
-        }
+        self.lock().known.remember(policy, job, state);
     }
 
     /// Notes state writes the store just committed.
     pub fn committed(&self, run: &RunCommit) {
         let mut inner = self.lock();
         for d in &run.decisions {
-            inner.write(&d.policy, &run.job, &d.state_writes);
-            inner.mark(&d.policy, &run.job, run.scheduled_at);
+            inner.known.write(&d.policy, &run.job, &d.state_writes);
+            inner.known.mark(&d.policy, &run.job, run.scheduled_at);
         }
     }
 
     /// Every (policy, job) state as last known, with the occurrence it is as of
     /// (`DECIDED_KEY`): what another replica asks for before it decides during an outage.
     pub fn known_states(&self) -> HashMap<String, PolicyState> {
-        self.lock().known.clone()
+        self.lock().known.to_map()
     }
 
     /// Takes each state another replica knows that is newer (by `DECIDED_KEY`) than this
     /// one's; returns how many were newer.
     pub fn merge_newer(&self, states: HashMap<String, PolicyState>) -> usize {
         let mut inner = self.lock();
-        let mut newer = 0;
-        for (key, state) in states {
-            let theirs = state.get(super::DECIDED_KEY).cloned().unwrap_or_default();
-            let ours = inner.known.get(&key).and_then(|s| s.get(super::DECIDED_KEY)).cloned().unwrap_or_default();
-            if theirs > ours {
-                inner.known.insert(key, state);
-                newer += 1;
-            }
-        }
-        newer
+        states.iter().filter(|(key, state)| inner.known.take_if_newer(key, state)).count()
     }
 
     /// A policy's state for a job as last known, for an evaluation while the store is
     /// unreachable.
     pub fn state(&self, policy: &str, job: &str) -> PolicyState {
-        let inner = self.lock();
-        inner.known.get(&state_key(policy, job)).or_else(|| inner.known.get(policy)).cloned().unwrap_or_default()
+        self.lock().known.state(policy, job)
     }
 
     /// Appends a run; it is on disk when this returns.
     pub fn push(&self, run: RunCommit) -> std::io::Result<()> {
         let mut inner = self.lock();
-        let base_state = if inner.runs.is_empty() { inner.known.clone() } else { HashMap::new() };
+        let base_state = if inner.runs.is_empty() { inner.known.to_map() } else { HashMap::new() };
         let mark = format!("{:032x}", rand::random::<u128>());
         let record = Record::Run { mark, run: Box::new(run), base_state };
         self.append(&record)?;
@@ -349,12 +332,12 @@ impl Inner {
     fn apply(&mut self, record: Record) {
         match record {
             Record::Run { mark, run, base_state } => {
-                for (policy, state) in base_state {
-                    self.known.entry(policy).or_insert(state);
+                for (key, state) in &base_state {
+                    self.known.insert_if_absent(key, state);
                 }
                 for d in &run.decisions {
-                    self.write(&d.policy, &run.job, &d.state_writes);
-                    self.mark(&d.policy, &run.job, run.scheduled_at);
+                    self.known.write(&d.policy, &run.job, &d.state_writes);
+                    self.known.mark(&d.policy, &run.job, run.scheduled_at);
                 }
                 self.runs.push((mark, *run));
             }
@@ -366,35 +349,12 @@ impl Inner {
             }
         }
     }
-
-    /// Notes the occurrence a (policy, job)'s known state is as of (`DECIDED_KEY`).
-    fn mark(&mut self, policy: &str, job: &str, scheduled: DateTime<Utc>) {
-        let mark = super::decided_mark(scheduled);
-        let state = self.known.entry(state_key(policy, job)).or_default();
-        if state.get(super::DECIDED_KEY).is_none_or(|m| *m < mark) {
-            state.insert(super::DECIDED_KEY.to_owned(), mark);
-        }
-    }
-
-    fn write(&mut self, policy: &str, job: &str, writes: &BTreeMap<String, Option<String>>) {
-        let key = state_key(policy, job);
-        if !self.known.contains_key(&key)
-            && let Some(unscoped) = self.known.get(policy).cloned()
-        {
-            self.known.insert(key.clone(), unscoped);
-        }
-        let state = self.known.entry(key).or_default();
-        for (key, value) in writes {
-            match value {
-                Some(v) => state.insert(key.clone(), v.clone()),
-                None => state.remove(key),
-            };
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::store::Decision;
 
