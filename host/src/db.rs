@@ -70,6 +70,10 @@ impl Pool {
                         // warden being killed); only an OS crash or power loss can undo the
                         // last commits. FULL would sync on every commit: 10,000 runs a round.
                         .synchronous(SqliteSynchronous::Normal);
+                    // A statement that writes many rows inside a transaction (a group
+                    // commit's) keeps a statement journal; past 64 KiB SQLite spills it to a
+                    // temporary file, created and deleted on disk for every such statement.
+                    options = options.pragma("temp_store", "memory");
                 }
                 // A file does not hang up: no ping before each hand-out (a round trip to the
                 // connection's thread, as many as the statement itself).
