@@ -213,10 +213,11 @@ fn components_changed(running: &PolicySet) -> bool {
     running.policies.iter().any(|p| crate::runtime::file_sha256(&p.spec.component).as_deref() != Some(&p.hash))
 }
 
-/// A file's SHA-256, to tell an unchanged file without keeping its text (16 MB at 100,000
-/// jobs); `None` when it cannot be read.
+/// A file's SHA-256: what tells an unchanged file, without keeping its text (16 MB at
+/// 100,000 jobs).
 pub(super) type FileDigest = [u8; 32];
 
+/// The file's digest; `None` when it cannot be read.
 pub(super) fn file_digest(path: &std::path::Path) -> Option<FileDigest> {
     use sha2::{Digest, Sha256};
     std::fs::read(path).ok().map(|bytes| Sha256::digest(bytes).into())
