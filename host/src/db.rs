@@ -49,8 +49,9 @@ pub struct PoolSettings {
     pub warden_owns: bool,
 }
 
-/// A pooled Postgres connection idle longer than this is pinged before it is handed out.
-const PING_IDLE_AFTER: Duration = Duration::from_secs(10);
+/// A Postgres connection idle longer than this is pinged before it is used again (the
+/// pool's hand-out, and the checks' kept connections in `targets::checks`).
+pub(crate) const PING_IDLE_AFTER: Duration = Duration::from_secs(10);
 
 impl Pool {
     pub async fn open(url: &DbUrl, settings: PoolSettings, pg_schema: Option<&str>) -> Result<Self, sqlx::Error> {

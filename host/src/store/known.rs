@@ -185,21 +185,18 @@ impl KnownStates {
     /// returns whether it did.
     pub(super) fn take_if_newer(&mut self, key: &str, state: &PolicyState) -> bool {
         let theirs = Packed::of(state);
-        let ours = match split(key) {
-            (policy, Some(job)) => self.get(policy, job),
-            (policy, None) => self.unscoped.get(policy),
+        let (policy, job) = split(key);
+        let ours = match job {
+            Some(job) => self.get(policy, job),
+            None => self.unscoped.get(policy),
         };
         if theirs.decided <= ours.and_then(|p| p.decided) {
             return false;
         }
-        match split(key) {
-            (policy, Some(job)) => {
-                self.scoped.entry(policy.into()).or_default().insert(job.into(), theirs);
-            }
-            (policy, None) => {
-                self.unscoped.insert(policy.into(), theirs);
-            }
-        }
+        match job {
+            Some(job) => self.scoped.entry(policy.into()).or_default().insert(job.into(), theirs),
+            None => self.unscoped.insert(policy.into(), theirs),
+        };
         true
     }
 }

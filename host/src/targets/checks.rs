@@ -18,10 +18,8 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::{ConnectOptions, Connection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::db::Pool;
+use crate::db::{PING_IDLE_AFTER, Pool};
 
-/// A Postgres connection idle longer than this is pinged before a check uses it.
-const PING_IDLE_AFTER: Duration = Duration::from_secs(10);
 /// A connection older than this is closed when its check ends (the server's memory for a
 /// session grows with what it ran; the pool's default lifetime).
 const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
