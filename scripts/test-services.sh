@@ -37,6 +37,10 @@ fi
 for db in $(psql "$PG_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'warden\_t\_%'"); do
   psql "$PG_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
 done
+# And the least-privilege roles the grant tests create (their databases are gone by now).
+for role in $(psql "$PG_URL" -Atqc "SELECT rolname FROM pg_roles WHERE rolname LIKE 'warden\_p\_%'"); do
+  psql "$PG_URL" -qc "DROP ROLE IF EXISTS \"$role\"" >/dev/null 2>&1 || true
+done
 echo "export WARDEN_TEST_PG='$PG_URL'"
 
 # --- S3: moto's server, in a virtualenv of our own ---------------------------------------

@@ -209,6 +209,7 @@ fn main() {
     }
     rows.push(Row::new("native (the same decide, no sandbox)", s));
     rows.push(Row::new("in the daemon: interleaved with real runs, cold", in_the_daemon(&plugins, n / 10)));
+    rows.extend(rt.block_on(sql_rows(&engine, &plugins, n / 10, &event, now)));
     let guests = rt.block_on(guest_rows(&plugins, n / 10, &event, now, full));
     rows.extend(guests.rows);
     report(&mut rows);
@@ -383,6 +384,144 @@ fn in_the_daemon(plugins: &std::path::Path, runs: usize) -> Vec<Duration> {
     });
     let _ = std::fs::remove_dir_all(dir);
     samples
+}
+
+/// A granted one-row `SELECT 1` on each backend: the whole evaluation of `sql-guest` (guard,
+/// read-only connection, reset), the statement guard alone, and the host's query before and
+/// after this grant was walled (the old sequence on a writable pool: SQLite `PRAGMA
+/// query_only` on and off around it; PostgreSQL `BEGIN`, `SET TRANSACTION READ ONLY`, `SET
+/// LOCAL statement_timeout`, the query, `ROLLBACK`).
+async fn sql_rows(
+    engine: &PolicyEngine,
+    plugins: &std::path::Path,
+    n: usize,
+    event: &Event,
+    now: chrono::DateTime<Utc>,
+) -> Vec<Row> {
+    use warden::capabilities::sql::{guard, read_only};
+    let mut rows = Vec::new();
+    let mut spec = PolicySpec {
+        name: "sql-guest".into(),
+        component: plugins.join("sql-guest.wasm"),
+        on: vec!["health-probe".into()],
+        config: vec![("query".into(), "SELECT 1".into())],
+        grants: Grants::default(),
+        sql_database: None,
+        s3_bucket: None,
+        limits: Limits::default(),
+        quarantine_after: u32::MAX,
+        enabled: true,
+    };
+    spec.grants.sql_read = true;
+    if !spec.component.exists() {
+        println!("sql-guest.wasm: not built (scripts/build-plugins.sh --tests); no sql:read rows");
+        return rows;
+    }
+    let policy = engine.load(&spec).unwrap();
+    let dir = tempfile_dir();
+    let file = dir.join("app.db");
+    let writable = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(&file).create_if_missing(true))
+        .await
+        .unwrap();
+    let sqlite = warden::targets::PolicyDb::open(&warden::config::DbUrl::Sqlite(file.clone()), None).unwrap();
+    let pg = bench_pg_role().await;
+    let mut backends: Vec<(&'static str, warden::targets::PolicyDb, guard::Backend)> =
+        vec![("SQLite", sqlite, guard::Backend::Sqlite)];
+    if let Some((_, url, _)) = &pg {
+        let target = warden::config::DbUrl::Postgres(url.clone());
+        backends.push((
+            "PostgreSQL",
+            warden::targets::PolicyDb::open(&target, None).unwrap(),
+            guard::Backend::Postgres,
+        ));
+    }
+    for (label, db, backend) in backends {
+        let name =
+            |what: &str| -> &'static str { Box::leak(format!("sql:read SELECT 1, {label}: {what}").into_boxed_str()) };
+        let caps = || Capabilities { sql: Some(db.clone()), s3: None };
+        let e = engine.evaluate(&policy, "health-probe", event, BTreeMap::new(), now, caps()).await.unwrap();
+        assert!(format!("{:?}", e.actions).contains("rows=1 cells=1"), "{:?}", e.actions);
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            engine.evaluate(&policy, "health-probe", event, BTreeMap::new(), now, caps()).await.unwrap();
+            samples.push(t.elapsed());
+        }
+        rows.push(Row::new(name("whole evaluation"), samples));
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n * 10 {
+            let t = Instant::now();
+            guard::check(backend, std::hint::black_box("SELECT 1")).unwrap();
+            samples.push(t.elapsed());
+        }
+        rows.push(Row::new(name("the guard (parse + check)"), samples));
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            guard::check(backend, "SELECT 1").unwrap();
+            read_only(&db, "SELECT 1", 1000).await.unwrap();
+            samples.push(t.elapsed());
+        }
+        rows.push(Row::new(name("host query, after (guard + walls)"), samples));
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            match &pg {
+                Some((_, _, admin)) if backend == guard::Backend::Postgres => {
+                    let mut tx = admin.begin().await.unwrap();
+                    sqlx::query("SET TRANSACTION READ ONLY").execute(&mut *tx).await.unwrap();
+                    sqlx::query("SET LOCAL statement_timeout = 5000").execute(&mut *tx).await.unwrap();
+                    let _: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *tx).await.unwrap();
+                    tx.rollback().await.unwrap();
+                }
+                _ => {
+                    let mut conn = writable.acquire().await.unwrap();
+                    sqlx::query("PRAGMA query_only = 1").execute(&mut *conn).await.unwrap();
+                    let _: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *conn).await.unwrap();
+                    sqlx::query("PRAGMA query_only = 0").execute(&mut *conn).await.unwrap();
+                }
+            }
+            samples.push(t.elapsed());
+        }
+        rows.push(Row::new(name("host query, before (writable pool)"), samples));
+    }
+    if let Some((role, _, admin)) = pg {
+        admin.close().await;
+        bench_drop_role(&role).await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    rows
+}
+
+/// A least-privilege role on the tests' PostgreSQL (`WARDEN_TEST_PG`, else the local
+/// default), with its URL and a superuser pool; `None` (and a line saying so) without one.
+async fn bench_pg_role() -> Option<(String, String, sqlx::PgPool)> {
+    let admin_url =
+        std::env::var("WARDEN_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let Ok(admin) = sqlx::PgPool::connect(&admin_url).await else {
+        println!("no PostgreSQL at {admin_url}: no PostgreSQL sql:read rows");
+        return None;
+    };
+    let role = format!("warden_p_bench_{}", std::process::id());
+    let database: String = sqlx::query_scalar("SELECT current_database()::text").fetch_one(&admin).await.unwrap();
+    let sql = format!("CREATE ROLE {role} LOGIN PASSWORD 'bench'; GRANT CONNECT ON DATABASE \"{database}\" TO {role}");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&admin).await.unwrap();
+    let host = &admin_url[admin_url.rfind('@').unwrap() + 1..admin_url.rfind('/').unwrap()];
+    Some((role.clone(), format!("postgres://{role}:bench@{host}/{database}"), admin))
+}
+
+async fn bench_drop_role(role: &str) {
+    let admin_url =
+        std::env::var("WARDEN_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
+    let sql = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'; \
+         DROP OWNED BY {role}; DROP ROLE {role}"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&admin).await.unwrap();
+    admin.close().await;
 }
 
 fn tempfile_dir() -> PathBuf {

@@ -116,13 +116,13 @@ async fn python_and_javascript_policies_are_refused_ungranted_sql_inside_the_gue
         lazy: false,
         warden_owns: true,
     };
-    let pool = warden::db::Pool::open(&url, settings, None).await.unwrap();
+    let _app = warden::db::Pool::open(&url, settings, None).await.unwrap();
     for file in BUILDS {
         // A database at hand, but no `sql:read` grant: the call fails in the guest, which
         // logs it and still mails.
         let policy = load(file, &[("note_query", "SELECT 1")], "5s");
         let mut state = BTreeMap::from([("last_status".to_owned(), "operational".to_owned())]);
-        let caps = Capabilities { sql: Some(pool.clone()), s3: None };
+        let caps = Capabilities { sql: Some(warden::targets::PolicyDb::open(&url, None).unwrap()), s3: None };
         let e = evaluate(&policy, &mut state, &snapshot(Status::Error, 0), caps).await.unwrap();
         let warned = e.actions.iter().any(|a| {
             matches!(a, ActionRecord::Log { message, .. }

@@ -12,6 +12,7 @@ mod delivery;
 mod deploy;
 mod e2e;
 mod fleet;
+mod grants;
 mod guests;
 mod heartbeats;
 mod openapi;

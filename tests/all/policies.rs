@@ -99,11 +99,11 @@ impl Harness {
     }
 }
 
-fn at(minutes: i64) -> DateTime<Utc> {
+pub fn at(minutes: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_800_000_000, 0).unwrap() + chrono::Duration::minutes(minutes)
 }
 
-fn snapshot(status: Status, minutes: i64) -> Event {
+pub fn snapshot(status: Status, minutes: i64) -> Event {
     let check = |name: &str, ok: bool| CheckResult {
         name: name.into(),
         kind: name.into(),
@@ -379,7 +379,8 @@ async fn ungranted_sql_fails_inside_the_guest_and_granted_sql_reads_only() {
     .await
     .unwrap();
     pool.execute("CREATE TABLE t (n INTEGER); INSERT INTO t VALUES (1), (2), (3)").await.unwrap();
-    let caps = Capabilities { sql: Some(pool.clone()), s3: None };
+    let read_only = warden::targets::PolicyDb::open(&url, None).unwrap();
+    let caps = Capabilities { sql: Some(read_only.clone()), s3: None };
     let denied = engine().evaluate(&policy, "job", &snapshot(O, 0), BTreeMap::new(), at(0), caps).await.unwrap();
     assert!(
         matches!(&denied.actions[0], ActionRecord::Log { message, .. }
@@ -391,7 +392,7 @@ async fn ungranted_sql_fails_inside_the_guest_and_granted_sql_reads_only() {
         s.grants.sql_read = true;
         s.limits.sql_rows = 2;
         let policy = engine().load(&s).unwrap();
-        let caps = Capabilities { sql: Some(pool.clone()), s3: None };
+        let caps = Capabilities { sql: Some(read_only.clone()), s3: None };
         async move {
             let e = engine().evaluate(&policy, "job", &snapshot(O, 0), BTreeMap::new(), at(0), caps).await.unwrap();
             match &e.actions[0] {

@@ -108,3 +108,44 @@ async fn a_check_and_a_grant_name_their_bucket() {
     spec.s3_bucket = Some("backups".into());
     assert_eq!(ctx.targets.granted_bucket(&spec).unwrap().bucket, "nightly");
 }
+
+/// A policy granted `s3:head` and `s3:list` on one bucket reaches for another through the
+/// keys and prefixes it sends (`tests/guests/hostile-sql`): each is refused, and its own
+/// bucket still lists.
+#[tokio::test]
+async fn a_granted_key_or_prefix_cannot_reach_another_bucket() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &server.endpoint, "media");
+    let ctx = warden::daemon::open(&cfg).await.unwrap();
+    let media = ctx.targets.s3.clone().unwrap();
+    for bucket in ["media", "nightly"] {
+        media.client.create_bucket().bucket(bucket).send().await.unwrap();
+    }
+    let put = |bucket: &'static str, key: &'static str| {
+        media.client.put_object().bucket(bucket).key(key).body(b"NIGHTLY-SECRET".to_vec().into()).send()
+    };
+    put("media", "ok.txt").await.unwrap();
+    put("nightly", "secret.txt").await.unwrap();
+    let mut spec = crate::policies::spec("hostile-sql", "hostile-sql.wasm", &[("s3", "nightly")]);
+    spec.grants.s3_head = true;
+    spec.grants.s3_list = true;
+    spec.limits.deadline = warden::config::Duration::try_from("20s").unwrap();
+    let engine = crate::policies::engine();
+    let policy = engine.load(&spec).unwrap();
+    let caps = warden::runtime::Capabilities { sql: None, s3: ctx.targets.granted_bucket(&spec) };
+    let event = crate::policies::snapshot(Status::Operational, 0);
+    let e = engine.evaluate(&policy, "job", &event, Default::default(), Utc::now(), caps).await.unwrap();
+    let lines: Vec<String> = e
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            warden::runtime::ActionRecord::Log { message, .. } => Some(message.clone()),
+            _ => None,
+        })
+        .collect();
+    let tries: Vec<&String> = lines.iter().filter(|l| l.starts_with("s3 ")).collect();
+    assert_eq!(tries.len(), 10, "{lines:#?}");
+    assert!(tries.iter().all(|l| l.contains(": denied: refused")), "{lines:#?}");
+    assert!(lines.contains(&"probe own-bucket: ok.txt".to_owned()), "{lines:#?}");
+}

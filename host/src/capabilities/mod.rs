@@ -7,7 +7,7 @@ mod clock;
 mod config;
 mod log;
 mod s3;
-mod sql;
+pub mod sql;
 mod state;
 
 impl crate::runtime::bindings::types::Host for crate::runtime::PluginCtx {}

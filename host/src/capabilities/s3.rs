@@ -1,4 +1,9 @@
-//! `warden:policy/s3` (grants "s3:head", "s3:list"): the configured bucket only.
+//! `warden:policy/s3` (grants "s3:head", "s3:list"): the granted bucket only.
+//!
+//! The bucket is the host's (named in `schedules.toml`, never by the guest); the key or prefix
+//! is the guest's, and is refused when it could name another bucket on a server or proxy that
+//! normalises paths (a `.` or `..` segment, a leading `/`), carries control characters, or
+//! is longer than S3 allows (1024 bytes).
 
 use std::time::Duration;
 
@@ -7,6 +12,21 @@ use crate::runtime::bindings::warden::policy::s3::{Host, Object};
 
 const S3_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_LIST: u32 = 1000;
+const MAX_KEY_BYTES: usize = 1024;
+
+/// A key or prefix that stays inside the bucket, or why not.
+pub fn checked_key(key: &str) -> Result<&str, String> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(format!("refused: the key is {} bytes, over {MAX_KEY_BYTES}", key.len()));
+    }
+    if key.chars().any(char::is_control) {
+        return Err("refused: a control character in the key".into());
+    }
+    if key.starts_with('/') || key.split('/').any(|segment| segment == "." || segment == "..") {
+        return Err(format!("refused: `{key}` could leave the bucket (a leading `/` or a `.`/`..` segment)"));
+    }
+    Ok(key)
+}
 
 impl Host for PluginCtx {
     async fn head(&mut self, key: String) -> wasmtime::Result<Result<Option<u64>, String>> {
@@ -16,6 +36,9 @@ impl Host for PluginCtx {
         let Some(bucket) = self.caps.s3.clone() else {
             return Ok(Err("no S3 bucket is configured (targets.s3)".into()));
         };
+        if let Err(refused) = checked_key(&key) {
+            return Ok(Err(refused));
+        }
         let call = bucket.client.head_object().bucket(&bucket.bucket).key(&key).send();
         Ok(match tokio::time::timeout(S3_TIMEOUT, call).await {
             Err(_) => Err("S3 head timed out".into()),
@@ -32,6 +55,9 @@ impl Host for PluginCtx {
         let Some(bucket) = self.caps.s3.clone() else {
             return Ok(Err("no S3 bucket is configured (targets.s3)".into()));
         };
+        if let Err(refused) = checked_key(&prefix) {
+            return Ok(Err(refused));
+        }
         let call = bucket
             .client
             .list_objects_v2()

@@ -498,6 +498,13 @@ async fn check_connect(path: &Path, config: &Config) -> anyhow::Result<usize> {
     {
         report("targets.s3", &file.to_string(), e);
     }
+    if let Some(t) = &targets {
+        let places = crate::config::sites::grants_places(config, &src);
+        for (policy, why) in t.verify_grants(&config.policies, &config.state.url).await {
+            let place = places.get(&policy).cloned().unwrap_or_else(|| file.to_string());
+            report(&format!("policy \"{policy}\".grants"), &place, format!("refused: {why}"));
+        }
+    }
     let store = match crate::store::StateStore::open(&config.state).await {
         Ok(store) => Some(store),
         Err(e) => {

@@ -105,6 +105,9 @@ pub async fn test(
             }
         };
         let targets = crate::targets::Targets::open(&config.targets).await?;
+        if let Some((_, why)) = targets.verify_grants(std::slice::from_ref(&spec), &config.state.url).await.pop() {
+            bail!("--grant sql:read: refused: {why}");
+        }
         Capabilities { sql: targets.granted_sql(&spec), s3: targets.granted_bucket(&spec) }
     };
     let job = job.map(str::to_owned).or_else(|| spec.on.first().cloned()).unwrap_or_else(|| "test".into());

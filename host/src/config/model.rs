@@ -276,6 +276,9 @@ pub struct TargetsConfig {
     pub pool: u32,
     /// More databases, by name (`[targets.databases.NAME]`): checks name the one they use.
     pub databases: Vec<NamedDatabase>,
+    /// PostgreSQL: the URL policies granted `sql:read` connect with, as a role of their own
+    /// (`targets::policy`); absent, `database` is used and checked the same way.
+    pub policy_url: Option<String>,
     /// More buckets, by name (`[targets.buckets.NAME]`).
     pub buckets: Vec<(String, S3Target)>,
 }
@@ -287,6 +290,8 @@ pub struct NamedDatabase {
     pub name: String,
     pub url: DbUrl,
     pub pool: u32,
+    /// As `TargetsConfig::policy_url`, for `sql:read:NAME`.
+    pub policy_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

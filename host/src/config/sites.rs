@@ -120,3 +120,22 @@ pub fn sql_sites(config: &Config, src: &str) -> Vec<SqlSite> {
     }
     out
 }
+
+/// Where each policy's `grants` is written (`file:line:column`), by policy name.
+pub fn grants_places(config: &Config, src: &str) -> std::collections::HashMap<String, String> {
+    let file = config.path.display().to_string();
+    let (root, _) = super::document::tree(src);
+    let root = root.into_inner();
+    let policies: &[toml::Spanned<toml::de::DeValue<'_>>] =
+        root.get("policy").and_then(|v| v.get_ref().as_array()).map_or(&[], |a| &a[..]);
+    policies
+        .iter()
+        .filter_map(|item| {
+            let t = item.get_ref().as_table()?;
+            let name = t.get("name")?.get_ref().as_str()?;
+            let span = t.get("grants").map_or(item.span(), |g| g.span());
+            let (line, col) = super::error::line_col(src, span.start);
+            Some((name.to_owned(), format!("{file}:{line}:{col}")))
+        })
+        .collect()
+}

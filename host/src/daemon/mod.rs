@@ -50,8 +50,21 @@ pub async fn open(config: &Config) -> anyhow::Result<RunContext> {
     let spool_path = warden_dir(config).join("spool.jsonl");
     let spool = Spool::open(&spool_path).with_context(|| format!("cannot open the spool {}", spool_path.display()))?;
     let targets = Targets::open(&config.targets).await?;
+    refuse_grants(&targets, config).await?;
     let router = Arc::new(crate::delivery::route::Router::new(config));
     Ok(RunContext { targets, store, spool, fleet: None, router })
+}
+
+/// Refuses a configuration whose `sql:read` grants reach a connection a policy could leave
+/// the database through (a superuser, a role holding the server-file roles or warden's own
+/// schema, warden's own SQLite file).
+pub async fn refuse_grants(targets: &Targets, config: &Config) -> anyhow::Result<()> {
+    let refused = targets.verify_grants(&config.policies, &config.state.url).await;
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = refused.iter().map(|(policy, why)| format!("policy \"{policy}\": {why}")).collect();
+    anyhow::bail!("{}: refused the sql:read grant:\n{}", config.path.display(), lines.join("\n"))
 }
 
 /// What a run needs: the targets its task acts on, the state store it is recorded in, and

@@ -201,6 +201,7 @@ async fn prepare(inputs: Inputs) -> Built {
     };
     // Always rebuilt: cheap, and it carries the maintenance windows too.
     let for_channels = targets.clone().unwrap_or(current_targets);
+    super::refuse_grants(&for_channels, &config).await.map_err(|e| vec![format!("{e:#}")])?;
     let secret =
         crate::delivery::unsubscribe::shared_secret(&config, &store).await.map_err(|e| vec![format!("{e:#}")])?;
     let channels =

@@ -12,7 +12,6 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::PolicyEngine;
 use crate::config::{Grants, Limits};
-use crate::db::Pool;
 use crate::targets::S3Bucket;
 
 /// Bytes of guest stdout/stderr kept per evaluation.
@@ -23,7 +22,7 @@ pub const LOG_CAP: usize = 64 << 10;
 /// Handles behind the granted host interfaces. The plugin never sees them.
 #[derive(Debug, Clone, Default)]
 pub struct Capabilities {
-    pub sql: Option<Pool>,
+    pub sql: Option<crate::targets::PolicyDb>,
     pub s3: Option<S3Bucket>,
 }
 

@@ -15,7 +15,9 @@ use crate::config;
 use crate::db::{Pool, PoolSettings};
 
 mod checks;
+pub mod policy;
 pub use checks::{CheckConnections, Slot};
+pub use policy::{PolicyDb, Verified};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -39,6 +41,9 @@ pub struct Targets {
     pub databases: Arc<std::collections::HashMap<String, (Pool, Arc<CheckConnections>)>>,
     /// `[targets.buckets.NAME]`.
     pub buckets: Arc<std::collections::HashMap<String, S3Bucket>>,
+    /// The read-only pools policies' `sql:read` grants query through, by database (`None`:
+    /// the default target); opened lazily, never the pools above.
+    pub policy_dbs: Arc<std::collections::HashMap<Option<String>, PolicyDb>>,
 }
 
 /// The configured bucket and a client for it.
@@ -57,13 +62,55 @@ impl Targets {
         }
     }
 
-    /// The pool a policy's `sql:read` grant reaches: the default target, or the named
-    /// database of `sql:read:NAME`.
-    pub fn granted_sql(&self, spec: &config::PolicySpec) -> Option<Pool> {
+    /// The read-only pool a policy's `sql:read` grant reaches: the default target's, or the
+    /// named database's of `sql:read:NAME`.
+    pub fn granted_sql(&self, spec: &config::PolicySpec) -> Option<PolicyDb> {
         if !spec.grants.sql_read {
             return None;
         }
-        self.database(spec.sql_database.as_deref()).map(|(pool, _)| pool.clone())
+        self.policy_dbs.get(&spec.sql_database).cloned()
+    }
+
+    /// Checks the connection of every `sql:read` grant (`targets::policy`), once per
+    /// database: each refusal as (policy, why). A database that does not answer within a few
+    /// seconds is not refused here (its role is checked on every connection it opens), only
+    /// logged.
+    pub async fn verify_grants(&self, policies: &[config::PolicySpec], state: &config::DbUrl) -> Vec<(String, String)> {
+        let mut verdicts: std::collections::HashMap<Option<String>, Option<String>> = Default::default();
+        let mut refused = Vec::new();
+        for spec in policies.iter().filter(|p| p.grants.sql_read && p.enabled) {
+            if !verdicts.contains_key(&spec.sql_database) {
+                let verdict = match (self.granted_sql(spec), self.url_of(spec.sql_database.as_deref())) {
+                    (Some(db), Some(url)) => {
+                        match tokio::time::timeout(Duration::from_secs(3), db.verify(url, state)).await {
+                            Ok(Verified::Refused(why)) => Some(why),
+                            Ok(Verified::Ok) => None,
+                            Ok(Verified::Unreachable(e)) => {
+                                tracing::warn!(policy = %spec.name, error = %e, "the sql:read grant's database did not answer; its role is checked when it does");
+                                None
+                            }
+                            Err(_) => {
+                                tracing::warn!(policy = %spec.name, "the sql:read grant's database did not answer in 3s; its role is checked when it does");
+                                None
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                verdicts.insert(spec.sql_database.clone(), verdict);
+            }
+            if let Some(Some(why)) = verdicts.get(&spec.sql_database) {
+                refused.push((spec.name.clone(), why.clone()));
+            }
+        }
+        refused
+    }
+
+    fn url_of(&self, name: Option<&str>) -> Option<&config::DbUrl> {
+        match name {
+            None => Some(&self.config.database),
+            Some(name) => self.config.databases.iter().find(|d| d.name == name).map(|d| &d.url),
+        }
     }
 
     /// The bucket a policy's `s3:head` / `s3:list` grant reaches.
@@ -93,7 +140,13 @@ impl Targets {
             .map_err(|source| TargetError::Open { url: url.clone(), source })?;
         let db_checks = Arc::new(CheckConnections::new(db.clone(), config.pool as usize));
         let mut databases = std::collections::HashMap::new();
+        let mut policy_dbs = std::collections::HashMap::new();
+        let policy_db = |url: &config::DbUrl, policy_url: Option<&str>| {
+            PolicyDb::open(url, policy_url).map_err(|source| TargetError::Open { url: url.display(), source })
+        };
+        policy_dbs.insert(None, policy_db(&config.database, config.policy_url.as_deref())?);
         for named in &config.databases {
+            policy_dbs.insert(Some(named.name.clone()), policy_db(&named.url, named.policy_url.as_deref())?);
             let settings = PoolSettings {
                 max_connections: named.pool,
                 acquire_timeout: Duration::from_secs(10),
@@ -114,6 +167,7 @@ impl Targets {
             db_checks,
             databases: Arc::new(databases),
             buckets: Arc::new(buckets),
+            policy_dbs: Arc::new(policy_dbs),
         };
         if config.demo_schema {
             targets.create_demo_schema().await.map_err(|source| TargetError::Demo { url, source })?;

@@ -221,6 +221,7 @@ fn read_root(
             s3: None,
             pool: DEFAULT_POOL,
             databases: Vec::new(),
+            policy_url: None,
             buckets: Vec::new(),
         },
     };
@@ -270,9 +271,10 @@ fn read_targets(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> Option<Tar
                 None => None,
             };
             let pool = pool_size(&mut d, ctx);
-            d.finish(ctx, &["url", "pool"]);
+            let policy_url = read_policy_url(&mut d, url.as_ref(), ctx);
+            d.finish(ctx, &["url", "pool", "policy_url"]);
             if let Some(url) = url {
-                databases.push(NamedDatabase { name, url, pool });
+                databases.push(NamedDatabase { name, url, pool, policy_url });
             }
         }
     }
@@ -284,10 +286,27 @@ fn read_targets(value: &Value<'_>, base: &Path, ctx: &mut Ctx<'_>) -> Option<Tar
             }
         }
     }
-    t.finish(ctx, &["database", "demo_schema", "s3", "pool", "databases", "buckets"]);
+    let policy_url = read_policy_url(&mut t, database.as_ref(), ctx);
+    t.finish(ctx, &["database", "demo_schema", "s3", "pool", "databases", "buckets", "policy_url"]);
     let database = database?;
     let demo_schema = demo_schema.unwrap_or(database.is_sqlite());
-    Some(TargetsConfig { database, demo_schema, s3: s3?, pool, databases, buckets })
+    Some(TargetsConfig { database, demo_schema, s3: s3?, pool, databases, policy_url, buckets })
+}
+
+/// `policy_url`: the role policies' `sql:read` connects as, for a PostgreSQL database only (a
+/// SQLite one is read through a read-only connection of its own).
+fn read_policy_url(t: &mut TableReader<'_, '_>, database: Option<&DbUrl>, ctx: &mut Ctx<'_>) -> Option<String> {
+    let url = t.string(ctx, "policy_url")?;
+    let field = t.field("policy_url");
+    if !(url.value.starts_with("postgres://") || url.value.starts_with("postgresql://")) {
+        ctx.diag.error(url.span, field, "expected a `postgres://` URL (the role policies query as)");
+        return None;
+    }
+    if database.is_some_and(DbUrl::is_sqlite) {
+        ctx.diag.error(url.span, field, "only for a PostgreSQL database: this one is SQLite, which policies read through a read-only connection of their own");
+        return None;
+    }
+    Some(url.value)
 }
 
 /// The entries of a table of named tables (`[targets.databases.NAME]`), names checked.
