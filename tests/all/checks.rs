@@ -10,6 +10,8 @@ use std::time::Duration;
 use crate::schedule::{probe, schedule};
 use crate::support::{Daemon, free_port, wait_for};
 
+const ADMIN: &str = "checks-admin-token-0123456789abcdef";
+
 /// An HTTP server: `/ok` (JSON `{"status":"ok"}`), `/fail` (500), `/slow` (200 after 1.5 s),
 /// `/loop` (a redirect to itself), `/hop` (a redirect to `/ok`), `/text` ("hello world").
 fn http_server() -> SocketAddr {
@@ -128,12 +130,39 @@ fn http_tcp_and_tls_checks_report_what_they_saw_on_health() {
     let text = schedule().job(probe("edge", "1s", &refs).with("timeout = \"10s\"")).to_string();
     let path = dir.path().join("schedules.toml");
     std::fs::write(&path, text).unwrap();
-    let daemon = Daemon::start(dir.path(), &path);
-    let health: serde_json::Value = wait_for(Duration::from_secs(60), "a snapshot of the edge probe", || {
+    let daemon = Daemon::start_with_env(dir.path(), &path, &[("WARDEN_ADMIN_TOKEN", ADMIN)]);
+    let public: serde_json::Value = wait_for(Duration::from_secs(60), "a snapshot of the edge probe", || {
         let (_, body) = daemon.get("/health");
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
         (v["job"] == "edge").then_some(v)
     });
+    // What each check saw in detail is the admin API's; `/health` says only a class of it.
+    let auth = format!("Bearer {ADMIN}");
+    let (_, history) =
+        crate::support::http(daemon.addr, "GET", "/admin/health?limit=1", &[("Authorization", &auth)], "").unwrap();
+    let history: serde_json::Value = serde_json::from_str(&history).unwrap();
+    let health = history["items"][0].clone();
+    assert_eq!(health["job"], "edge", "{history}");
+    let classes: std::collections::HashMap<String, String> = public["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap().to_owned(), c["error"].as_str().unwrap_or_default().to_owned()))
+        .collect();
+    for (name, class) in [
+        ("fail", "status 500"),
+        ("slow", "too slow"),
+        ("loop", "too many redirects"),
+        ("text", "unexpected answer"),
+        ("json", "unexpected answer"),
+        ("cache", "connection refused"),
+        ("cert-soon", "TLS certificate expires in 5 days"),
+        ("untrusted", "TLS error"),
+        ("ok", ""),
+    ] {
+        assert_eq!(classes[name], class, "{name} on /health: {public}");
+    }
+    assert!(!public.to_string().contains("hello world"), "a target's body is not published: {public}");
     let checks: std::collections::HashMap<String, (bool, String)> = health["checks"]
         .as_array()
         .unwrap()

@@ -19,6 +19,7 @@ mod openapi;
 mod plugin_cli;
 pub mod policies;
 mod postgres;
+mod public_http;
 mod replicas;
 mod s3;
 mod status_page;

@@ -4,13 +4,12 @@
 use axum::http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 
-/// The token of `Authorization: Bearer <token>`, if the request sends one.
+/// The token of `Authorization: Bearer <token>`, if the request sends one (the scheme is
+/// case-insensitive, RFC 9110 §11.1).
 pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Whether two secrets are equal, in time independent of where they differ.

@@ -33,12 +33,21 @@ pub async fn badge(State(shared): State<Arc<Shared>>, Path(file): Path<String>) 
     let config = shared.config();
     let Some(spec) = config.as_ref().and_then(|c| c.jobs.iter().find(|j| j.name == job).cloned()) else {
         let said = Said { label: job, message: "no such job".into(), color: ("lightgrey", "#9f9f9f") };
-        return (StatusCode::NOT_FOUND, render(&said, svg)).into_response();
+        let (_, content_type, body) = render(&said, svg);
+        return (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, content_type)], body).into_response();
     };
+    // Rendered at most once per `cache::FRESH` per badge, whoever asks.
+    let rendering = shared.clone();
+    shared.rendered.get(&format!("badge/{file}"), async move { said(&rendering, spec, job, svg).await }).await
+}
+
+async fn said(shared: &Shared, spec: Arc<crate::config::Job>, job: String, svg: bool) -> super::cache::Page {
     let said = match &spec.task {
         Task::Probe { .. } | Task::Heartbeat(_) => {
-            let (status, counts) =
+            let (stored, counts) =
                 shared.store.job_health(&job, Utc::now() - Duration::days(30)).await.unwrap_or_default();
+            // The newest status as this process knows it (the store may not have it yet).
+            let status = shared.latest_of(&job).map(|s| s.status).or(stored);
             let uptime = super::status_page::uptime(&counts).map(|u| format!(" · {}", percent(u))).unwrap_or_default();
             let (message, color) = match status {
                 Some(Status::Operational) => ("operational", ("brightgreen", "#4c1")),
@@ -67,8 +76,7 @@ fn percent(uptime: f64) -> String {
     if uptime >= 100.0 { "100%".to_owned() } else { format!("{:.2}%", (uptime * 100.0).floor() / 100.0) }
 }
 
-fn render(said: &Said, svg: bool) -> Response {
-    let cache = (header::CACHE_CONTROL, "no-cache, max-age=0");
+fn render(said: &Said, svg: bool) -> super::cache::Page {
     if !svg {
         let body = serde_json::json!({
             "schemaVersion": 1,
@@ -76,7 +84,7 @@ fn render(said: &Said, svg: bool) -> Response {
             "message": said.message,
             "color": said.color.0,
         });
-        return ([cache], axum::Json(body)).into_response();
+        return (StatusCode::OK, "application/json", body.to_string().into());
     }
     // Verdana 11px averages about 7 px per character: close enough for a flat badge.
     let width = |text: &str| 10 + 7 * text.chars().count();
@@ -94,7 +102,7 @@ fn render(said: &Said, svg: bool) -> Response {
         lx = lw / 2,
         mx = lw + mw / 2,
     );
-    ([(header::CONTENT_TYPE, "image/svg+xml"), cache], svg).into_response()
+    (StatusCode::OK, "image/svg+xml", svg.into())
 }
 
 #[cfg(test)]

@@ -10,8 +10,10 @@
 mod api;
 mod auth;
 mod badge;
+mod cache;
 pub mod peer;
 mod ping;
+pub mod server;
 
 pub use api::openapi;
 mod status_page;
@@ -37,7 +39,8 @@ use crate::store::StateStore;
 
 /// What the daemon shares with the HTTP handlers.
 pub struct Shared {
-    latest: RwLock<Option<Snapshot>>,
+    /// The newest snapshot of each job that takes them (probes, heartbeats).
+    latest: RwLock<std::collections::HashMap<String, Snapshot>>,
     metrics: PrometheusHandle,
     /// The delivery channels (signing key, opt-out statement), replaced on reload.
     channels: RwLock<Option<Arc<Channels>>>,
@@ -52,6 +55,10 @@ pub struct Shared {
     commands: RwLock<Option<mpsc::UnboundedSender<Command>>>,
     /// What replicas on one store show each other (`/peer/*`); none on SQLite.
     peer: RwLock<Option<Arc<peer::PeerView>>>,
+    /// Heartbeat pings per job this second, to coalesce bursts.
+    pings: ping::Pings,
+    /// The status page and badges as last rendered (`cache.rs`).
+    rendered: cache::Rendered,
 }
 
 /// What the admin API asks the daemon loop to do; each carries where the answer goes.
@@ -78,14 +85,14 @@ impl Shared {
     /// unsubscribe page and the admin API read.
     pub fn with_delivery(
         metrics: PrometheusHandle,
-        latest: Option<Snapshot>,
+        latest: Vec<Snapshot>,
         store: StateStore,
         channels: Arc<Channels>,
         config: Arc<Config>,
         admin_token: Option<String>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            latest: RwLock::new(latest),
+            latest: RwLock::new(latest.into_iter().map(|s| (s.job.clone(), s)).collect()),
             metrics,
             channels: RwLock::new(Some(channels)),
             store,
@@ -94,6 +101,8 @@ impl Shared {
             policies: RwLock::new(None),
             commands: RwLock::new(None),
             peer: RwLock::new(None),
+            pings: ping::Pings::default(),
+            rendered: cache::Rendered::default(),
         })
     }
 
@@ -127,6 +136,7 @@ impl Shared {
 
     pub fn set_config(&self, config: Arc<Config>) {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Some(config);
+        self.rendered.clear();
     }
 
     pub fn config(&self) -> Option<Arc<Config>> {
@@ -141,48 +151,94 @@ impl Shared {
         self.channels.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Keeps the newest snapshot: one this process just took, or a newer one another
-    /// replica took (read from the store), so every replica answers `/health` alike.
-    /// Returns whether it was newer.
+    /// Keeps each job's newest snapshot: one this process just took, or a newer one another
+    /// replica took (read from the store or a peer), so every replica answers `/health`
+    /// alike. Returns whether it was newer.
     pub fn set_latest(&self, snapshot: Snapshot) -> bool {
         let mut latest = self.latest.write().unwrap_or_else(|e| e.into_inner());
-        if latest.as_ref().is_some_and(|l| l.checked_at > snapshot.checked_at) {
+        if latest.get(&snapshot.job).is_some_and(|l| l.checked_at > snapshot.checked_at) {
             return false;
         }
-        *latest = Some(snapshot);
+        // A changed status is shown at once; the rest of a page waits for its next render.
+        if latest.get(&snapshot.job).map(|l| l.status) != Some(snapshot.status) {
+            self.rendered.forget(&snapshot.job);
+        }
+        latest.insert(snapshot.job.clone(), snapshot);
         true
     }
 
+    /// `job`'s newest snapshot, as this process knows it.
+    pub fn latest_of(&self, job: &str) -> Option<Snapshot> {
+        self.latest.read().unwrap_or_else(|e| e.into_inner()).get(job).cloned()
+    }
+
+    /// The newest snapshot of any job (what a replica tells its peers).
     pub fn latest(&self) -> Option<Snapshot> {
-        self.latest.read().unwrap_or_else(|e| e.into_inner()).clone()
+        let latest = self.latest.read().unwrap_or_else(|e| e.into_inner());
+        latest.values().max_by_key(|s| s.checked_at).cloned()
+    }
+
+    /// The jobs whose snapshots make the service's health: those with `health` on (every
+    /// probe by default); when none is, every job that takes snapshots.
+    pub fn health_jobs(&self) -> Vec<String> {
+        let Some(config) = self.config() else { return Vec::new() };
+        let counted: Vec<String> = config.jobs.iter().filter(|j| j.health).map(|j| j.name.clone()).collect();
+        if !counted.is_empty() {
+            return counted;
+        }
+        config
+            .jobs
+            .iter()
+            .filter(|j| matches!(j.task, crate::config::Task::Probe { .. } | crate::config::Task::Heartbeat(_)))
+            .map(|j| j.name.clone())
+            .collect()
+    }
+
+    /// The service's health: the newest snapshot of each counted job, worst first (the
+    /// worst status; among equals the oldest check). Empty before any counted job reported.
+    pub fn health(&self) -> Vec<Snapshot> {
+        let jobs = self.health_jobs();
+        let latest = self.latest.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<Snapshot> = jobs.iter().filter_map(|j| latest.get(j).cloned()).collect();
+        out.sort_by(|a, b| b.status.cmp(&a.status).then(a.checked_at.cmp(&b.checked_at)));
+        out
     }
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
+    router_with(shared, server::Limits::default())
+}
+
+/// The routes, the public ones under `limits`' request timeout, every answer with the
+/// security headers.
+pub fn router_with(shared: Arc<Shared>, limits: server::Limits) -> Router {
     let routes = shared.config().map(|c| c.http).unwrap_or_default();
-    let mut router = Router::new();
+    let mut public = Router::new();
     if routes.status_page {
-        router = router.route("/", get(status_page::page));
+        public = public.route("/", get(status_page::page));
     }
     if routes.health {
-        router = router.route("/health", get(health));
+        public = public.route("/health", get(health));
     }
     if routes.metrics {
-        router = router.route("/metrics", get(metrics));
+        public = public.route("/metrics", get(metrics));
     }
     if routes.unsubscribe {
-        router = router.route("/unsubscribe", get(unsubscribe::page).post(unsubscribe::confirm));
+        public = public.route("/unsubscribe", get(unsubscribe::page).post(unsubscribe::confirm));
     }
     if routes.pings {
-        router = router
+        public = public
             .route("/ping/{job}", get(ping::success).post(ping::success))
             .route("/ping/{job}/{what}", get(ping::other).post(ping::other));
     }
     if routes.badges {
-        router = router.route("/badge/{file}", get(badge::badge));
+        public = public.route("/badge/{file}", get(badge::badge));
     }
-    router = router.route("/peer/status", get(peer::status)).route("/peer/states", get(peer::states));
-    router.merge(api::routes(shared.clone())).fallback(not_found).with_state(shared)
+    let router = server::public_layers(public, limits)
+        .route("/peer/status", get(peer::status))
+        .route("/peer/states", get(peer::states));
+    let router = router.merge(api::routes(shared.clone())).fallback(not_found).with_state(shared);
+    server::security_headers(router)
 }
 
 /// Any other path: 404 in the admin API's error shape.
@@ -191,25 +247,30 @@ async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> Response
     (StatusCode::NOT_FOUND, axum::Json(json!({ "error": { "code": "not_found", "message": message } }))).into_response()
 }
 
-/// 200 when operational or degraded; 503 on error or before the first check.
+/// The service's health: the worst newest snapshot over the jobs that count (`health_jobs`),
+/// 200 when operational or degraded, 503 when down or before any of them reported. The
+/// answer is that snapshot (its checks with OK/FAIL and a reason class, never what a target
+/// said) and each counted job's status.
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
-    match shared.latest() {
-        None => (
+    let snapshots = shared.health();
+    let Some(worst) = snapshots.first() else {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({ "status": "unknown", "message": "no check has run yet" })),
         )
-            .into_response(),
-        Some(snapshot) => {
-            let code = if snapshot.status == Status::Error { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
-            // How old the newest snapshot is: with replicas it may be another replica's.
-            let age = (chrono::Utc::now() - snapshot.checked_at).num_milliseconds().max(0) as f64 / 1000.0;
-            let mut body = serde_json::to_value(&snapshot).unwrap_or_default();
-            if let Some(map) = body.as_object_mut() {
-                map.insert("age_seconds".into(), json!(age));
-            }
-            (code, axum::Json(body)).into_response()
-        }
+            .into_response();
+    };
+    let code = if worst.status == Status::Error { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    // How old the worst snapshot is: with replicas it may be another replica's.
+    let age = (chrono::Utc::now() - worst.checked_at).num_milliseconds().max(0) as f64 / 1000.0;
+    let mut body = serde_json::to_value(crate::health::public(worst)).unwrap_or_default();
+    if let Some(map) = body.as_object_mut() {
+        map.insert("age_seconds".into(), json!(age));
+        let jobs: Vec<_> =
+            snapshots.iter().map(|s| json!({ "job": s.job, "status": s.status, "checked_at": s.checked_at })).collect();
+        map.insert("jobs".into(), json!(jobs));
     }
+    (code, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {

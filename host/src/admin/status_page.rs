@@ -5,8 +5,8 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use chrono::{DateTime, Duration, Utc};
 
 use super::Shared;
@@ -85,16 +85,26 @@ pub fn windows(maintenance: &[MaintenanceWindow], now: DateTime<Utc>) -> Vec<Win
     out
 }
 
+/// The page as last rendered, at most `cache::FRESH` old.
 pub async fn page(State(shared): State<Arc<Shared>>) -> Response {
+    let rendering = shared.clone();
+    shared.rendered.get("/", async move { render(&rendering).await }).await
+}
+
+/// The page: the service's health (the worst newest snapshot of the jobs that count, each
+/// failed check with its reason class only), uptime and the chart over the same jobs.
+async fn render(shared: &Shared) -> super::cache::Page {
     let now = Utc::now();
     let product = shared.config().map(|c| c.product.clone()).unwrap_or_else(|| "warden".into());
-    let latest = shared.latest();
+    let health = shared.health();
+    let latest = health.first().cloned();
+    let jobs = shared.health_jobs();
     let store = &shared.store;
     let mut up = Vec::new();
     for days in [1, 7, 30] {
-        up.push((days, store.status_counts(now - Duration::days(days)).await.ok().as_deref().and_then(uptime)));
+        up.push((days, store.status_counts(now - Duration::days(days), &jobs).await.ok().as_deref().and_then(uptime)));
     }
-    let series = store.status_series(now - Duration::days(7)).await.unwrap_or_default();
+    let series = store.status_series(now - Duration::days(7), &jobs).await.unwrap_or_default();
     let day: Vec<_> = series.iter().filter(|(t, _)| *t >= now - Duration::days(1)).copied().collect();
     let mut html = String::with_capacity(16 << 10);
     let p = escape(&product);
@@ -121,15 +131,21 @@ pub async fn page(State(shared): State<Arc<Shared>>) -> Response {
                 s.duration_ms
             );
             html.push_str("<h2>Checks</h2>\n<table id=\"checks\"><tr><th>check</th><th>state</th><th>time</th><th></th></tr>\n");
-            for c in &s.checks {
-                let (class, state) = if c.ok { ("ok", "OK") } else { ("fail", "FAIL") };
-                let _ = writeln!(
-                    html,
-                    "<tr><td>{}</td><td class=\"{class}\">{state}</td><td>{} ms</td><td class=\"muted\">{}</td></tr>",
-                    escape(&c.name),
-                    c.duration_ms,
-                    escape(c.error.as_deref().unwrap_or(""))
-                );
+            let several = health.len() > 1;
+            for snapshot in &health {
+                for c in &snapshot.checks {
+                    let (class, state) = if c.ok { ("ok", "OK") } else { ("fail", "FAIL") };
+                    let name =
+                        if several { format!("{} · {}", snapshot.job, c.name) } else { c.name.clone() };
+                    let reason = c.error.as_deref().map(crate::health::reason_class).unwrap_or_default();
+                    let _ = writeln!(
+                        html,
+                        "<tr><td>{}</td><td class=\"{class}\">{state}</td><td>{} ms</td><td class=\"muted\">{}</td></tr>",
+                        escape(&name),
+                        c.duration_ms,
+                        escape(&reason)
+                    );
+                }
             }
             html.push_str("</table>\n");
         }
@@ -227,8 +243,7 @@ pub async fn page(State(shared): State<Arc<Shared>>) -> Response {
         );
     }
     html.push_str("</ul>\n<script>setTimeout(function () { location.reload(); }, 30000);</script>\n</body></html>\n");
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], html)
-        .into_response()
+    (StatusCode::OK, "text/html; charset=utf-8", html.into())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use tracing::{info, warn};
 
 use super::Shared;
+use crate::base::text::for_log;
 use crate::delivery::mail::escape;
 use crate::delivery::unsubscribe::encode;
 use crate::delivery::{Channels, opt_out};
@@ -33,7 +34,7 @@ fn verified(shared: &Shared, link: &Link) -> Result<Arc<Channels>, Box<Response>
     };
     let signer = &channels.subscribers.as_ref().expect("checked above").signer;
     if link.u.is_empty() || !signer.verify(&link.u, &link.a, &link.s) {
-        warn!(user = %link.u, "unsubscribe link with a bad signature refused");
+        warn!(user = %for_log(&link.u, 64), "unsubscribe link with a bad signature refused");
         return Err(Box::new(render(
             StatusCode::FORBIDDEN,
             "Link not valid",
@@ -66,10 +67,10 @@ pub async fn confirm(State(shared): State<Arc<Shared>>, Query(link): Query<Link>
     match opt_out(&channels, &link.u).await {
         Ok(rows) => {
             let cancelled = shared.store.cancel_notices(&link.u).await.unwrap_or_else(|e| {
-                warn!(user = %link.u, error = %e, "could not cancel queued notices");
+                warn!(user = %for_log(&link.u, 64), error = %e, "could not cancel queued notices");
                 0
             });
-            info!(user = %link.u, rows, cancelled, "user unsubscribed from status notices");
+            info!(user = %for_log(&link.u, 64), rows, cancelled, "user unsubscribed from status notices");
             let product = escape(&channels.product);
             render(
                 StatusCode::OK,
@@ -78,7 +79,7 @@ pub async fn confirm(State(shared): State<Arc<Shared>>, Query(link): Query<Link>
             )
         }
         Err(e) => {
-            warn!(user = %link.u, error = %e, "opt-out failed");
+            warn!(user = %for_log(&link.u, 64), error = %e, "opt-out failed");
             render(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Try again later",

@@ -110,3 +110,72 @@ mod tests {
         assert!(Status::Operational < Status::Degraded && Status::Degraded < Status::Error);
     }
 }
+
+/// What a public reader (`/health`, the status page) may know of a failed check: a fixed
+/// class, never what the target answered (a body, a `Location`, another host's error). The
+/// detailed error stays in the admin API and the log.
+pub fn reason_class(error: &str) -> String {
+    let lower = error.to_ascii_lowercase();
+    if let Some(rest) = lower.strip_prefix("status ") {
+        let code: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if rest.contains("redirect from https") {
+            return "redirect to http refused".into();
+        }
+        if !code.is_empty() {
+            return format!("status {code}");
+        }
+    }
+    if let Some(at) = lower.find("expires in ") {
+        let days: String = lower[at + 11..].chars().take_while(char::is_ascii_digit).collect();
+        let unit = if days == "1" { "day" } else { "days" };
+        return format!("TLS certificate expires in {days} {unit}");
+    }
+    let classes: [(&[&str], &str); 9] = [
+        (&["timed out", "timeout", "deadline"], "timeout"),
+        (&["refused"], "connection refused"),
+        (&["dns", "lookup", "resolve", "name or service"], "DNS error"),
+        (&["certificate", "tls", "handshake"], "TLS error"),
+        (&["redirect"], "too many redirects"),
+        (&["latency"], "too slow"),
+        (&["the body", "json", "expected"], "unexpected answer"),
+        (&["connect", "reset", "closed", "broken pipe", "unreachable"], "connection failed"),
+        (&["database", "sql", "table", "column", "permission", "pool"], "database error"),
+    ];
+    for (needles, class) in classes {
+        if needles.iter().any(|n| lower.contains(n)) {
+            return class.into();
+        }
+    }
+    "failed".into()
+}
+
+/// The snapshot as a public reader sees it: each failed check's error as its reason class.
+pub fn public(snapshot: &Snapshot) -> Snapshot {
+    let mut out = snapshot.clone();
+    for check in &mut out.checks {
+        check.error = check.error.as_deref().map(reason_class);
+    }
+    out
+}
+
+#[cfg(test)]
+mod reason_tests {
+    #[test]
+    fn a_public_reason_is_a_class_never_the_targets_words() {
+        let cases = [
+            ("status 500 (expected 2xx)", "status 500"),
+            ("status 302: a redirect from https to http refused", "redirect to http refused"),
+            ("status 301: a redirect to `http://internal.example/admin?token=s3cr3t`", "status 301"),
+            ("certificate for example.org expires in 5 days (< 14)", "TLS certificate expires in 5 days"),
+            ("connect 10.0.0.7:5432: Connection refused (os error 111)", "connection refused"),
+            ("timed out after 5s", "timeout"),
+            ("the body does not contain \"ok\" (it starts \"<html>secret internal page\")", "unexpected answer"),
+            ("/status is \"down: disk /var full on db-7\", expected \"up\"", "unexpected answer"),
+            ("error returned from database: relation \"session\" does not exist", "database error"),
+            ("something nobody foresaw", "failed"),
+        ];
+        for (error, class) in cases {
+            assert_eq!(super::reason_class(error), class, "{error}");
+        }
+    }
+}

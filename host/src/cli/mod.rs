@@ -225,6 +225,7 @@ pub enum PluginCommand {
 }
 
 pub fn main() -> ExitCode {
+    crate::daemon::private_files();
     let cli = Cli::parse();
     init_logging();
     // One runtime worker unless WARDEN_WORKERS says more: a run spends its time waiting on

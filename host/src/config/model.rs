@@ -157,11 +157,27 @@ pub struct PublicRoutes {
     pub badges: bool,
     /// `/ping/{job}` for heartbeat jobs.
     pub pings: bool,
+    /// The server's limits (`admin::server::Limits`): how long a client has to send a
+    /// request's head (and how long a kept-alive connection may idle), how long a public
+    /// route may take, how many connections may be open. `None`: the defaults.
+    pub header_timeout: Option<std::time::Duration>,
+    pub request_timeout: Option<std::time::Duration>,
+    pub max_connections: Option<usize>,
 }
 
 impl Default for PublicRoutes {
     fn default() -> Self {
-        PublicRoutes { status_page: true, health: true, metrics: true, unsubscribe: true, badges: true, pings: true }
+        PublicRoutes {
+            status_page: true,
+            health: true,
+            metrics: true,
+            unsubscribe: true,
+            badges: true,
+            pings: true,
+            header_timeout: None,
+            request_timeout: None,
+            max_connections: None,
+        }
     }
 }
 
@@ -425,6 +441,9 @@ pub struct Job {
     pub timeout: Duration,
     pub enabled: bool,
     pub task: Task,
+    /// Whether its snapshots count for the service's health (`/health`, the status page's
+    /// overall status and uptime): `health = …`, by default every probe and no heartbeat.
+    pub health: bool,
 }
 
 /// Which database a maintenance task acts on.

@@ -153,9 +153,15 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
         let (engine, config) = (engine.clone(), config.clone());
         tokio::task::spawn_blocking(move || PolicySet::load(engine, &config, None))
     };
-    let latest = ctx.store.latest_health().await.unwrap_or_else(|e| {
-        warn!(error = %e, "could not read the last health snapshot");
-        None
+    let snapshot_jobs: Vec<String> = config
+        .jobs
+        .iter()
+        .filter(|j| matches!(j.task, config::Task::Probe { .. } | config::Task::Heartbeat(_)))
+        .map(|j| j.name.clone())
+        .collect();
+    let latest = ctx.store.newest_of(&snapshot_jobs).await.unwrap_or_else(|e| {
+        warn!(error = %e, "could not read the last health snapshots");
+        Vec::new()
     });
     if let Ok(n) = ctx.store.release_stale_claims().await
         && n > 0
@@ -192,9 +198,12 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
     let bound = listener.local_addr()?;
     info!(addr = %bound, "serving /health and /metrics");
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = admin::router(shared.clone());
+    let limits = admin::server::Limits::from(&config.http);
+    info!(max_connections = limits.max_connections, header_timeout = ?limits.header_timeout, "HTTP limits");
+    let app = admin::router_with(shared.clone(), limits);
     let server = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(async move { drop(http_stopped.await) }).await
+        admin::server::serve(listener, app, limits, async move { drop(http_stopped.await) }).await;
+        Ok::<(), std::io::Error>(())
     });
 
     let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
@@ -401,6 +410,16 @@ fn give_back_freed_memory() {
     // SAFETY: malloc_trim takes no pointers and only releases free heap pages.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Every file and folder this process creates from here on is its owner's alone (0600,
+/// 0700): the state store and its WAL, the spool, mail written as `.eml`, the secret.
+pub fn private_files() {
+    #[allow(unsafe_code)]
+    // SAFETY: umask takes a mode and returns the previous one; it touches no memory.
+    unsafe {
+        libc::umask(0o077);
     }
 }
 

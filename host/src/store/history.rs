@@ -85,11 +85,44 @@ impl StateStore {
         Ok(with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(state).bind(before).bind(limit).fetch_all(p).await?))
     }
 
-    /// Snapshot counts per status since `since`: the input to uptime.
-    pub async fn status_counts(&self, since: DateTime<Utc>) -> Result<Vec<(String, i64)>, StoreError> {
+    /// Snapshot counts per status since `since` over `jobs`: the input to uptime.
+    pub async fn status_counts(&self, since: DateTime<Utc>, jobs: &[String]) -> Result<Vec<(String, i64)>, StoreError> {
         self.ready().await?;
-        let sql = "SELECT status, COUNT(*) FROM health_history WHERE checked_at >= $1 GROUP BY status";
-        Ok(with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(Ts(since)).fetch_all(p).await?))
+        let sql = format!(
+            "SELECT status, COUNT(*) FROM health_history WHERE checked_at >= $1 AND job IN {} GROUP BY status",
+            self.job_list()
+        );
+        let jobs = serde_json::to_string(jobs).unwrap_or_default();
+        Ok(with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(Ts(since))
+            .bind(jobs)
+            .fetch_all(p)
+            .await?))
+    }
+
+    /// The newest snapshot of each of `jobs` that has one.
+    pub async fn newest_of(&self, jobs: &[String]) -> Result<Vec<Snapshot>, StoreError> {
+        self.ready().await?;
+        let sql = "SELECT job, checked_at, status, duration_ms, checks FROM health_history \
+                   WHERE job = $1 ORDER BY checked_at DESC, id DESC LIMIT 1";
+        let mut out = Vec::new();
+        for job in jobs {
+            let row: Option<(String, Ts, String, i64, String)> =
+                with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(job).fetch_optional(p).await?);
+            if let Some((job, checked_at, status, duration_ms, checks)) = row {
+                out.push(snapshot_of(HealthRow { job, checked_at, status, duration_ms, checks })?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `(SELECT …)` over the JSON array of job names bound as `$2`, per backend.
+    fn job_list(&self) -> &'static str {
+        if self.pool.is_sqlite() {
+            "(SELECT value FROM json_each($2))"
+        } else {
+            "(SELECT jsonb_array_elements_text($2::jsonb))"
+        }
     }
 
     /// One job's newest snapshot status, and its snapshot counts per status since `since`:
@@ -108,12 +141,24 @@ impl StateStore {
         Ok((status.as_deref().and_then(Status::parse), counts))
     }
 
-    /// (time, status) of every snapshot since `since`, oldest first: the chart and transitions.
-    pub async fn status_series(&self, since: DateTime<Utc>) -> Result<Vec<(DateTime<Utc>, Status)>, StoreError> {
+    /// (time, status) of every snapshot of `jobs` since `since`, oldest first: the chart and
+    /// transitions.
+    pub async fn status_series(
+        &self,
+        since: DateTime<Utc>,
+        jobs: &[String],
+    ) -> Result<Vec<(DateTime<Utc>, Status)>, StoreError> {
         self.ready().await?;
-        let sql = "SELECT checked_at, status FROM health_history WHERE checked_at >= $1 ORDER BY checked_at, id";
-        let rows: Vec<(Ts, String)> =
-            with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(Ts(since)).fetch_all(p).await?);
+        let sql = format!(
+            "SELECT checked_at, status FROM health_history WHERE checked_at >= $1 AND job IN {} ORDER BY checked_at, id",
+            self.job_list()
+        );
+        let jobs = serde_json::to_string(jobs).unwrap_or_default();
+        let rows: Vec<(Ts, String)> = with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(Ts(since))
+            .bind(jobs)
+            .fetch_all(p)
+            .await?);
         Ok(rows.into_iter().filter_map(|(t, s)| Some((t.0, Status::parse(&s)?))).collect())
     }
 }

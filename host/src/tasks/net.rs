@@ -56,6 +56,17 @@ fn shown(d: Duration) -> String {
     if d < Duration::from_secs(1) { format!("{}ms", d.as_millis()) } else { format!("{:.1}s", d.as_secs_f64()) }
 }
 
+/// Scheme, host and port (the default port made explicit).
+fn origin_of(uri: &hyper::Uri) -> (Option<String>, Option<String>, Option<u16>) {
+    let scheme = uri.scheme_str().map(str::to_ascii_lowercase);
+    let port = uri.port_u16().or(match scheme.as_deref() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    });
+    (scheme, uri.host().map(str::to_ascii_lowercase), port)
+}
+
 /// Where a redirect's `Location` points, from `base`.
 fn resolve(base: &hyper::Uri, location: &str) -> Option<hyper::Uri> {
     if location.starts_with("http://") || location.starts_with("https://") {
@@ -84,11 +95,16 @@ pub async fn http(check: &HttpCheck) -> Result<(), String> {
     let mut uri: hyper::Uri = check.url.parse().map_err(|e| format!("invalid URL: {e}"))?;
     let mut method: hyper::Method = check.method.parse().map_err(|_| format!("invalid method {}", check.method))?;
     let mut redirects = 0;
+    // The configured headers (credentials among them) go to the configured origin only: a
+    // redirect to another scheme, host or port drops them, as curl does.
+    let origin = origin_of(&uri);
     let response = loop {
         let mut request = hyper::Request::builder().method(method.clone()).uri(uri.clone());
         request = request.header(hyper::header::USER_AGENT, concat!("warden/", env!("CARGO_PKG_VERSION")));
-        for (name, value) in &check.headers {
-            request = request.header(name.as_str(), value.as_str());
+        if origin_of(&uri) == origin {
+            for (name, value) in &check.headers {
+                request = request.header(name.as_str(), value.as_str());
+            }
         }
         let request = request.body(Empty::new()).map_err(|e| format!("cannot build the request: {e}"))?;
         let response = client.request(request).await.map_err(|e| {
@@ -112,7 +128,14 @@ pub async fn http(check: &HttpCheck) -> Result<(), String> {
             return Err(format!("more than {} redirects (last to {location})", check.max_redirects));
         }
         redirects += 1;
-        uri = resolve(&uri, location).ok_or_else(|| format!("status {status}: a redirect to `{location}`"))?;
+        let next = resolve(&uri, location).ok_or_else(|| format!("status {status}: a redirect to `{location}`"))?;
+        if uri.scheme_str() == Some("https") && next.scheme_str() != Some("https") {
+            return Err(format!(
+                "status {status}: a redirect from https to {} refused",
+                next.scheme_str().unwrap_or("?")
+            ));
+        }
+        uri = next;
         if status == hyper::StatusCode::SEE_OTHER {
             method = hyper::Method::GET;
         }

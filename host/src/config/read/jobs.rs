@@ -11,7 +11,7 @@ use super::{valid_identifier, valid_name};
 
 pub const TASK_KINDS: &[&str] = &["probe", "pool-stats", "pg-activity", "sql-gauge", "prune", "sql", "heartbeat"];
 const COMMON_JOB_KEYS: &[&str] =
-    &["name", "every", "align", "cron", "tz", "jitter", "timeout", "enabled", "task", "description"];
+    &["name", "every", "align", "cron", "tz", "jitter", "timeout", "enabled", "task", "description", "health"];
 
 fn task_keys(kind: &str) -> &'static [&'static str] {
     match kind {
@@ -110,6 +110,9 @@ pub(super) fn read_job(value: &Value<'_>, index: usize, ctx: &mut Ctx<'_>) -> Op
         ctx.diag.error(span, t.field("timeout"), "timeout must be longer than zero");
     }
     let enabled = t.bool(ctx, "enabled").unwrap_or(true);
+    let health = t.bool(ctx, "health");
+    let health_span = t.get("health").map(|v| v.span()).unwrap_or_default();
+    let health_field = t.field("health");
     let _description = t.string(ctx, "description");
     let kind = t.required_string(ctx, "task");
     let job_name = name.as_ref().map(|n| n.value.clone()).unwrap_or_default();
@@ -144,7 +147,13 @@ pub(super) fn read_job(value: &Value<'_>, index: usize, ctx: &mut Ctx<'_>) -> Op
         })
     });
     let name = name?;
-    let job = Job { name: name.value, schedule: schedule?, timeout, enabled, task: task? };
+    let task = task?;
+    let snapshots = matches!(task, Task::Probe { .. } | Task::Heartbeat(_));
+    if health == Some(true) && !snapshots {
+        ctx.diag.error(health_span, health_field, "only probe and heartbeat jobs have a health to count");
+    }
+    let health = health.unwrap_or(matches!(task, Task::Probe { .. }));
+    let job = Job { name: name.value, schedule: schedule?, timeout, enabled, task, health };
     Some((job, name.span))
 }
 

@@ -187,7 +187,32 @@ fn read_root(
                 *field = on;
             }
         }
-        h.finish(ctx, &["status_page", "health", "metrics", "unsubscribe", "badges", "pings"]);
+        for (key, field) in
+            [("header_timeout", &mut http.header_timeout), ("request_timeout", &mut http.request_timeout)]
+        {
+            if let Some(d) = h.duration(ctx, key) {
+                if d.is_zero() {
+                    let span = h.get(key).map(|v| v.span()).unwrap_or_default();
+                    ctx.diag.error(span, h.field(key), "must be longer than zero");
+                }
+                *field = Some(d.std());
+            }
+        }
+        http.max_connections = h.count_from(ctx, "max_connections", 16, 1_000_000).map(|n| n as usize);
+        h.finish(
+            ctx,
+            &[
+                "status_page",
+                "health",
+                "metrics",
+                "unsubscribe",
+                "badges",
+                "pings",
+                "header_timeout",
+                "request_timeout",
+                "max_connections",
+            ],
+        );
     }
     let receivers = t.get("receivers").map(|v| receivers::read_receivers(v, ctx)).unwrap_or_default();
     let mut routes = Vec::new();
