@@ -420,8 +420,10 @@ async fn sql_rows(
     let policy = engine.load(&spec).unwrap();
     let dir = tempfile_dir();
     let file = dir.join("app.db");
+    // The jobs' pools as `db::Pool::open` builds them: no ping before a hand-out.
     let writable = sqlx::sqlite::SqlitePoolOptions::new()
         .max_connections(2)
+        .test_before_acquire(false)
         .connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(&file).create_if_missing(true))
         .await
         .unwrap();
@@ -500,7 +502,8 @@ async fn sql_rows(
 async fn bench_pg_role() -> Option<(String, String, sqlx::PgPool)> {
     let admin_url =
         std::env::var("WARDEN_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let Ok(admin) = sqlx::PgPool::connect(&admin_url).await else {
+    let admin = sqlx::postgres::PgPoolOptions::new().max_connections(2).test_before_acquire(false);
+    let Ok(admin) = admin.connect(&admin_url).await else {
         println!("no PostgreSQL at {admin_url}: no PostgreSQL sql:read rows");
         return None;
     };

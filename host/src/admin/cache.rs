@@ -20,11 +20,12 @@ pub const FRESH: Duration = Duration::from_secs(15);
 /// A rendered answer: status, content type, body.
 pub type Page = (StatusCode, &'static str, Bytes);
 
-type Render = Shared<BoxFuture<'static, Page>>;
+/// A render, shared; it yields when it was done and the page.
+type Render = Shared<BoxFuture<'static, (Instant, Page)>>;
 
 #[derive(Default)]
 pub struct Rendered {
-    pages: Mutex<HashMap<String, (Instant, Render)>>,
+    pages: Mutex<HashMap<String, Render>>,
 }
 
 impl std::fmt::Debug for Rendered {
@@ -39,27 +40,30 @@ impl Rendered {
     pub async fn get(&self, key: &str, render: impl Future<Output = Page> + Send + 'static) -> Response {
         let shared = {
             let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
+            // Fresh: still rendering (share it), or done less than `FRESH` ago. A render that
+            // takes longer than `FRESH` is still served for `FRESH` after it ends.
             match pages.get(key) {
-                Some((at, render)) if at.elapsed() < FRESH => render.clone(),
+                Some(render) if render.peek().is_none_or(|(done, _)| done.elapsed() < FRESH) => render.clone(),
                 _ => {
                     let task = tokio::spawn(render);
                     let render: Render = async move {
-                        task.await.unwrap_or_else(|_| {
+                        let page = task.await.unwrap_or_else(|_| {
                             (
                                 StatusCode::INTERNAL_SERVER_ERROR,
                                 "text/plain; charset=utf-8",
                                 Bytes::from_static(b"render failed\n"),
                             )
-                        })
+                        });
+                        (Instant::now(), page)
                     }
                     .boxed()
                     .shared();
-                    pages.insert(key.to_owned(), (Instant::now(), render.clone()));
+                    pages.insert(key.to_owned(), render.clone());
                     render
                 }
             }
         };
-        let (code, content_type, body) = shared.await;
+        let (_, (code, content_type, body)) = shared.await;
         let max_age = format!("public, max-age={}", FRESH.as_secs());
         (code, [(header::CONTENT_TYPE, content_type.to_owned()), (header::CACHE_CONTROL, max_age)], body)
             .into_response()

@@ -157,11 +157,15 @@ pub async fn keep_alive(store: StateStore, listen: String, fleet: Arc<Fleet>, gr
             Ok(_) => {}
             Err(e) => warn!(error = %e, "could not look for stopped replicas"),
         }
-        // One answer from every replica: the fleet's newest snapshot, whoever took it.
-        if let Ok(Some(snapshot)) = store.latest_health().await
-            && fleet.shared.set_latest(snapshot.clone())
-        {
-            crate::metrics::record_snapshot(&snapshot);
+        // One answer from every replica: each job's newest snapshot, whoever took it (what
+        // was stored since the last look, with a second's overlap).
+        let since = Utc::now() - chrono::Duration::from_std(HEARTBEAT * 2).unwrap_or_default();
+        if let Ok(page) = store.health_page(Some(since), None, 1000, None).await {
+            for (_, snapshot) in page.into_iter().rev() {
+                if fleet.shared.set_latest(snapshot.clone()) {
+                    crate::metrics::record_snapshot(&snapshot);
+                }
+            }
         }
         let since = Utc::now() - chrono::Duration::from_std(GRAB_WINDOW).unwrap_or_default();
         match store.skipped_elsewhere(since).await {
