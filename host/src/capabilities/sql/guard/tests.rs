@@ -37,6 +37,20 @@ const CASES: &[(Backend, &str, bool, &str)] = &[
     ),
     (Pg, "SELECT 1;", true, "one trailing semicolon ends the one statement"),
     (Pg, "select \"pg_read_file\" from t", true, "a column that shares a refused function's name is a column"),
+    (
+        Pg,
+        "SELECT usename, application_name, client_addr, state, count(*)\nFROM pg_stat_activity \
+         WHERE backend_type = 'client backend'\nGROUP BY 1, 2, 3, 4 ORDER BY 5 DESC;",
+        true,
+        "the shipped pg-saturation's diagnostic query",
+    ),
+    (
+        Pg,
+        "SELECT count(*) FILTER (WHERE state = 'active')::float / current_setting('max_connections')::int FROM pg_stat_activity",
+        true,
+        "casts, FILTER and settings: what a saturation policy reads",
+    ),
+    (Lite, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name LIMIT 10", true, "the schema, read"),
     // --- More than one statement: refused before any of it runs.
     (Lite, "SELECT 1; PRAGMA query_only = 0; DELETE FROM session", false, "the measured SQLite escape"),
     (Pg, "SELECT 1; SELECT 2", false, "two reads are still two statements"),
