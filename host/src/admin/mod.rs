@@ -59,6 +59,8 @@ pub struct Shared {
     pings: ping::Pings,
     /// The status page and badges as last rendered (`cache.rs`).
     rendered: cache::Rendered,
+    /// The jobs that count for `/health`, renewed with the configuration.
+    health_jobs: RwLock<Arc<Vec<String>>>,
 }
 
 /// What the admin API asks the daemon loop to do; each carries where the answer goes.
@@ -91,6 +93,7 @@ impl Shared {
         config: Arc<Config>,
         admin_token: Option<String>,
     ) -> Arc<Self> {
+        let counted = Arc::new(counted_jobs(&config));
         Arc::new(Self {
             latest: RwLock::new(latest.into_iter().map(|s| (s.job.clone(), s)).collect()),
             metrics,
@@ -103,6 +106,7 @@ impl Shared {
             peer: RwLock::new(None),
             pings: ping::Pings::default(),
             rendered: cache::Rendered::default(),
+            health_jobs: RwLock::new(counted),
         })
     }
 
@@ -135,6 +139,7 @@ impl Shared {
     }
 
     pub fn set_config(&self, config: Arc<Config>) {
+        *self.health_jobs.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(counted_jobs(&config));
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Some(config);
         self.rendered.clear();
     }
@@ -180,29 +185,69 @@ impl Shared {
 
     /// The jobs whose snapshots make the service's health: those with `health` on (every
     /// probe by default); when none is, every job that takes snapshots.
-    pub fn health_jobs(&self) -> Vec<String> {
-        let Some(config) = self.config() else { return Vec::new() };
-        let counted: Vec<String> = config.jobs.iter().filter(|j| j.health).map(|j| j.name.clone()).collect();
-        if !counted.is_empty() {
-            return counted;
-        }
-        config
-            .jobs
-            .iter()
-            .filter(|j| matches!(j.task, crate::config::Task::Probe { .. } | crate::config::Task::Heartbeat(_)))
-            .map(|j| j.name.clone())
-            .collect()
+    pub fn health_jobs(&self) -> Arc<Vec<String>> {
+        self.health_jobs.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The service's health: the newest snapshot of each counted job, worst first (the
-    /// worst status; among equals the oldest check). Empty before any counted job reported.
-    pub fn health(&self) -> Vec<Snapshot> {
+    /// The service's health from the counted jobs' newest snapshots, without copying them
+    /// all: the worst one, how many are in each status, and the worst `MAX_LISTED` jobs.
+    pub fn health(&self) -> HealthView {
         let jobs = self.health_jobs();
         let latest = self.latest.read().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<Snapshot> = jobs.iter().filter_map(|j| latest.get(j).cloned()).collect();
-        out.sort_by(|a, b| b.status.cmp(&a.status).then(a.checked_at.cmp(&b.checked_at)));
-        out
+        let mut view = HealthView { counted: jobs.len(), ..HealthView::default() };
+        let mut seen: Vec<&Snapshot> = Vec::new();
+        let mut worst: Option<&Snapshot> = None;
+        for snapshot in jobs.iter().filter_map(|j| latest.get(j)) {
+            view.reported += 1;
+            view.by_status[snapshot.status as usize] += 1;
+            if worst.is_none_or(|w| worse(snapshot, w)) {
+                worst = Some(snapshot);
+            }
+            if snapshot.status != Status::Operational || seen.len() < MAX_LISTED {
+                seen.push(snapshot);
+            }
+        }
+        seen.sort_by(|a, b| if worse(a, b) { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater });
+        view.jobs = seen.iter().take(MAX_LISTED).map(|s| (s.job.clone(), s.status, s.checked_at)).collect();
+        view.worst = worst.cloned();
+        view
     }
+}
+
+/// Jobs a health answer lists by name (worst first); the rest are counted.
+pub const MAX_LISTED: usize = 50;
+
+/// Whether `a` is worse news than `b`: a worse status, or the same status checked longer ago.
+fn worse(a: &Snapshot, b: &Snapshot) -> bool {
+    (a.status, std::cmp::Reverse(a.checked_at)) > (b.status, std::cmp::Reverse(b.checked_at))
+}
+
+/// The service's health as `/health` and the status page show it.
+#[derive(Debug, Default)]
+pub struct HealthView {
+    /// The worst newest snapshot of a counted job; `None` before any reported.
+    pub worst: Option<Snapshot>,
+    /// Counted jobs, worst first, at most `MAX_LISTED`: (job, status, checked at).
+    pub jobs: Vec<(String, Status, chrono::DateTime<chrono::Utc>)>,
+    /// Jobs that count, and how many of them have reported.
+    pub counted: usize,
+    pub reported: usize,
+    /// Reported jobs per status: operational, degraded, error.
+    pub by_status: [usize; 3],
+}
+
+/// The counted jobs of a configuration (`Shared::health_jobs`).
+fn counted_jobs(config: &Config) -> Vec<String> {
+    let counted: Vec<String> = config.jobs.iter().filter(|j| j.health).map(|j| j.name.clone()).collect();
+    if !counted.is_empty() {
+        return counted;
+    }
+    config
+        .jobs
+        .iter()
+        .filter(|j| matches!(j.task, crate::config::Task::Probe { .. } | crate::config::Task::Heartbeat(_)))
+        .map(|j| j.name.clone())
+        .collect()
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -252,8 +297,8 @@ async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> Response
 /// answer is that snapshot (its checks with OK/FAIL and a reason class, never what a target
 /// said) and each counted job's status.
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
-    let snapshots = shared.health();
-    let Some(worst) = snapshots.first() else {
+    let view = shared.health();
+    let Some(worst) = &view.worst else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({ "status": "unknown", "message": "no check has run yet" })),
@@ -266,9 +311,18 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let mut body = serde_json::to_value(crate::health::public(worst)).unwrap_or_default();
     if let Some(map) = body.as_object_mut() {
         map.insert("age_seconds".into(), json!(age));
-        let jobs: Vec<_> =
-            snapshots.iter().map(|s| json!({ "job": s.job, "status": s.status, "checked_at": s.checked_at })).collect();
+        let jobs: Vec<_> = view
+            .jobs
+            .iter()
+            .map(|(job, status, checked_at)| json!({ "job": job, "status": status, "checked_at": checked_at }))
+            .collect();
         map.insert("jobs".into(), json!(jobs));
+        let [operational, degraded, error] = view.by_status;
+        map.insert(
+            "counts".into(),
+            json!({ "counted": view.counted, "reported": view.reported,
+                    "operational": operational, "degraded": degraded, "error": error }),
+        );
     }
     (code, axum::Json(body)).into_response()
 }

@@ -97,7 +97,7 @@ async fn render(shared: &Shared) -> super::cache::Page {
     let now = Utc::now();
     let product = shared.config().map(|c| c.product.clone()).unwrap_or_else(|| "warden".into());
     let health = shared.health();
-    let latest = health.first().cloned();
+    let latest = health.worst.clone();
     let jobs = shared.health_jobs();
     let store = &shared.store;
     let mut up = Vec::new();
@@ -130,20 +130,40 @@ async fn render(shared: &Shared) -> super::cache::Page {
                 s.checked_at.format("%Y-%m-%d %H:%M:%S UTC"),
                 s.duration_ms
             );
-            html.push_str("<h2>Checks</h2>\n<table id=\"checks\"><tr><th>check</th><th>state</th><th>time</th><th></th></tr>\n");
-            let several = health.len() > 1;
-            for snapshot in &health {
-                for c in &snapshot.checks {
-                    let (class, state) = if c.ok { ("ok", "OK") } else { ("fail", "FAIL") };
-                    let name =
-                        if several { format!("{} · {}", snapshot.job, c.name) } else { c.name.clone() };
-                    let reason = c.error.as_deref().map(crate::health::reason_class).unwrap_or_default();
+            if health.counted > 1 {
+                let _ = writeln!(html, "<h2>Checks of {}</h2>", escape(&s.job));
+            } else {
+                html.push_str("<h2>Checks</h2>\n");
+            }
+            html.push_str("<table id=\"checks\"><tr><th>check</th><th>state</th><th>time</th><th></th></tr>\n");
+            for c in &s.checks {
+                let (class, state) = if c.ok { ("ok", "OK") } else { ("fail", "FAIL") };
+                let reason = c.error.as_deref().map(crate::health::reason_class).unwrap_or_default();
+                let _ = writeln!(
+                    html,
+                    "<tr><td>{}</td><td class=\"{class}\">{state}</td><td>{} ms</td><td class=\"muted\">{}</td></tr>",
+                    escape(&c.name),
+                    c.duration_ms,
+                    escape(&reason)
+                );
+            }
+            if health.counted > 1 {
+                html.push_str("</table>\n<h2>Jobs</h2>\n");
+                let [up, degraded, down] = health.by_status;
+                let _ = writeln!(
+                    html,
+                    "<p id=\"counts\" class=\"muted\">{up} operational, {degraded} degraded, {down} down, {} not yet checked</p>",
+                    health.counted - health.reported
+                );
+                html.push_str("<table id=\"jobs\"><tr><th>job</th><th>state</th><th>checked</th></tr>\n");
+                for (job, status, at) in &health.jobs {
                     let _ = writeln!(
                         html,
-                        "<tr><td>{}</td><td class=\"{class}\">{state}</td><td>{} ms</td><td class=\"muted\">{}</td></tr>",
-                        escape(&name),
-                        c.duration_ms,
-                        escape(&reason)
+                        "<tr><td>{}</td><td style=\"color:{}\">{}</td><td class=\"muted\">{}</td></tr>",
+                        escape(job),
+                        colour(Some(*status)),
+                        label(*status),
+                        at.format("%H:%M:%S UTC")
                     );
                 }
             }
