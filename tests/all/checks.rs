@@ -53,9 +53,8 @@ fn http_server() -> SocketAddr {
     addr
 }
 
-/// A TLS server on 127.0.0.1 for `localhost` with a certificate valid `days` more days,
-/// signed by `ca`.
-fn tls_server(rt: &tokio::runtime::Runtime, ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>, days: u64) -> u16 {
+/// A TLS acceptor for `localhost` with a certificate valid `days` more days, signed by `ca`.
+pub fn tls_acceptor(ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>, days: u64) -> tokio_rustls::TlsAcceptor {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
@@ -73,7 +72,13 @@ fn tls_server(rt: &tokio::runtime::Runtime, ca: &rcgen::CertifiedIssuer<'static,
             rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
         )
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// A TLS server on 127.0.0.1 for `localhost` with a certificate valid `days` more days,
+/// signed by `ca`.
+fn tls_server(rt: &tokio::runtime::Runtime, ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>, days: u64) -> u16 {
+    let acceptor = tls_acceptor(ca, days);
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let port = listener.local_addr().unwrap().port();
     rt.spawn(async move {

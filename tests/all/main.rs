@@ -6,7 +6,7 @@ mod smtp_server;
 mod support;
 
 pub mod admin_api;
-mod checks;
+pub mod checks;
 mod config_ui;
 mod delivery;
 mod deploy;

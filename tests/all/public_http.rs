@@ -197,11 +197,11 @@ fn the_status_page_over_a_million_snapshots_answers_and_is_cached() {
         pool.close().await;
     });
     // The first render reads the million rows (seconds in a debug build beside other tests).
-    let (code, first) = get_patiently(daemon.addr, "/");
+    let (code, _, first) = get_patiently(daemon.addr, "/");
     assert_eq!(code, 200);
     assert!(first.contains("id=\"uptime\"") && first.contains("%</strong>"), "{first}");
     daemon.wait_runs("web", 1);
-    let (_, again) = get_patiently(daemon.addr, "/");
+    let (_, _, again) = get_patiently(daemon.addr, "/");
     assert_eq!(first, again, "served from the cache (the probe ran meanwhile)");
     let (code, headers) = head(daemon.addr, "/");
     assert_eq!(code, 200);
@@ -211,28 +211,22 @@ fn the_status_page_over_a_million_snapshots_answers_and_is_cached() {
     assert_eq!(code, 200, "{badge}");
 }
 
-/// A GET that waits up to two minutes: its status and body.
-fn get_patiently(addr: SocketAddr, path: &str) -> (u16, String) {
+/// A GET that waits up to two minutes: its status, its head (lowercased) and its body.
+fn get_patiently(addr: SocketAddr, path: &str) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut all = Vec::new();
     let _ = stream.read_to_end(&mut all);
     let text = String::from_utf8_lossy(&all).to_string();
-    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, head.to_ascii_lowercase(), body.to_owned())
 }
 
 /// The status line and headers (lowercased) of a GET.
 fn head(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let mut all = Vec::new();
-    let _ = stream.read_to_end(&mut all);
-    let text = String::from_utf8_lossy(&all).to_string();
-    let head = text.split("\r\n\r\n").next().unwrap_or_default().to_ascii_lowercase();
-    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (code, head, _) = get_patiently(addr, path);
     (code, head)
 }
 
@@ -360,20 +354,7 @@ fn tls_redirect(
     location: String,
 ) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    let cert = params.signed_by(&key, ca).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let acceptor = crate::checks::tls_acceptor(ca, 60);
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let port = listener.local_addr().unwrap().port();
     rt.spawn(async move {
