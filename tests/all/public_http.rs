@@ -375,3 +375,79 @@ fn tls_redirect(
     });
     port
 }
+
+/// The status page's numbers, counted in SQL, the same on SQLite and PostgreSQL: uptime per
+/// window, the worst status per bucket, each job's changes (newest first).
+#[tokio::test]
+async fn the_status_page_counts_in_sql_on_both_backends() {
+    use chrono::Utc;
+    use warden::health::Status;
+    let pg = crate::support::TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let minutes = |m: i64| now - chrono::Duration::minutes(m);
+    for url in [format!("sqlite://{}", dir.path().join("state.db").display()), pg.url.clone()] {
+        let config =
+            warden::config::StateConfig { url: warden::config::DbUrl::parse(&url, dir.path()).unwrap(), pool: 2 };
+        let store = warden::store::StateStore::open(&config).await.unwrap();
+        // web: up, down 20 minutes ago for 5 minutes, up; api: degraded an hour ago; other: ignored.
+        let rows = [
+            ("web", 100, "operational"),
+            ("web", 20, "error"),
+            ("web", 16, "error"),
+            ("web", 14, "operational"),
+            ("api", 70, "operational"),
+            ("api", 59, "degraded"),
+            ("other", 10, "error"),
+        ];
+        for (job, ago, status) in rows {
+            let sql = "INSERT INTO health_history (job, checked_at, status, duration_ms, checks) VALUES ($1, $2, $3, 1, '[]')";
+            warden::with_pool!(store.pool(), |p| sqlx::query(sql)
+                .bind(job)
+                .bind(warden::db::Ts(minutes(ago)))
+                .bind(status)
+                .execute(p)
+                .await
+                .map(|_| ())
+                .unwrap());
+        }
+        let jobs = vec!["web".to_owned(), "api".to_owned()];
+        let windows = store.uptime_windows([minutes(90), minutes(30), minutes(15)], &jobs).await.unwrap();
+        assert_eq!(windows, [(5, 2), (3, 2), (1, 0)], "{url}");
+        let buckets = store.status_buckets(minutes(120), 15 * 60, 8, &jobs).await.unwrap();
+        // Buckets of 15 minutes from two hours ago: 100 min ago in #1, 70 and 59 in #3 and #4,
+        // 20 and 16 in #6, 14 in #7.
+        assert_eq!(
+            buckets,
+            [
+                None,
+                Some(Status::Operational),
+                None,
+                Some(Status::Operational),
+                Some(Status::Degraded),
+                None,
+                Some(Status::Error),
+                Some(Status::Operational)
+            ],
+            "{url}"
+        );
+        let changes: Vec<(String, Status, Status)> = store
+            .status_changes(minutes(120), 10, &jobs)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, job, from, to)| (job, from, to))
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                ("web".to_owned(), Status::Error, Status::Operational),
+                ("web".to_owned(), Status::Operational, Status::Error),
+                ("api".to_owned(), Status::Operational, Status::Degraded),
+            ],
+            "{url}"
+        );
+        store.pool().close().await;
+    }
+    pg.drop_db().await;
+}

@@ -42,27 +42,6 @@ pub(super) fn uptime(counts: &[(String, i64)]) -> Option<f64> {
     (total > 0).then(|| 100.0 * (total - down) as f64 / total as f64)
 }
 
-/// The worst status in each 15-minute bucket of the last 24 hours, oldest first.
-pub fn buckets(series: &[(DateTime<Utc>, Status)], now: DateTime<Utc>) -> Vec<Option<Status>> {
-    let start = now - Duration::minutes(CHART_BUCKETS * BUCKET_MINUTES);
-    let mut out = vec![None; CHART_BUCKETS as usize];
-    for (at, status) in series {
-        let i = (*at - start).num_minutes() / BUCKET_MINUTES;
-        if let Some(slot) = usize::try_from(i).ok().and_then(|i| out.get_mut(i)) {
-            *slot = Some(slot.map_or(*status, |s: Status| s.max(*status)));
-        }
-    }
-    out
-}
-
-/// Status changes, newest first.
-pub fn transitions(series: &[(DateTime<Utc>, Status)], max: usize) -> Vec<(DateTime<Utc>, Status, Status)> {
-    let mut out: Vec<_> = series.windows(2).filter(|w| w[0].1 != w[1].1).map(|w| (w[1].0, w[0].1, w[1].1)).collect();
-    out.reverse();
-    out.truncate(max);
-    out
-}
-
 /// A maintenance window worth telling visitors about: in progress (until when), or starting
 /// within the next seven days.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,12 +79,28 @@ async fn render(shared: &Shared) -> super::cache::Page {
     let latest = health.worst.clone();
     let jobs = shared.health_jobs();
     let store = &shared.store;
-    let mut up = Vec::new();
-    for days in [1, 7, 30] {
-        up.push((days, store.status_counts(now - Duration::days(days), &jobs).await.ok().as_deref().and_then(uptime)));
-    }
-    let series = store.status_series(now - Duration::days(7), &jobs).await.unwrap_or_default();
-    let day: Vec<_> = series.iter().filter(|(t, _)| *t >= now - Duration::days(1)).copied().collect();
+    // Everything below is counted in SQL: the page reads a few rows, however many
+    // snapshots there are (the time the database spends counting them still grows).
+    let since = [now - Duration::days(30), now - Duration::days(7), now - Duration::days(1)];
+    let counts = store.uptime_windows(since, &jobs).await.ok();
+    let up: Vec<(i64, Option<f64>)> = [30, 7, 1]
+        .into_iter()
+        .enumerate()
+        .map(|(i, days)| {
+            let share = counts.and_then(|c| {
+                let (total, down) = c[i];
+                (total > 0).then(|| 100.0 * (total - down) as f64 / total as f64)
+            });
+            (days, share)
+        })
+        .rev()
+        .collect();
+    let start = now - Duration::minutes(CHART_BUCKETS * BUCKET_MINUTES);
+    let bars = store
+        .status_buckets(start, BUCKET_MINUTES * 60, CHART_BUCKETS as usize, &jobs)
+        .await
+        .unwrap_or_else(|_| vec![None; CHART_BUCKETS as usize]);
+    let changes = store.status_changes(now - Duration::days(7), 20, &jobs).await.unwrap_or_default();
     let mut html = String::with_capacity(16 << 10);
     let p = escape(&product);
     let _ = write!(
@@ -226,14 +221,12 @@ async fn render(shared: &Shared) -> super::cache::Page {
         let _ = write!(html, "<span>{window}: <strong>{text}</strong></span> &nbsp; ");
     }
     html.push_str("</p>\n<h2>Last 24 hours</h2>\n");
-    let bars = buckets(&day, now);
     let _ = write!(
         html,
         "<svg id=\"chart\" role=\"img\" aria-label=\"status over the last 24 hours\" viewBox=\"0 0 {} 40\" \
          width=\"100%\" height=\"48\" preserveAspectRatio=\"none\">",
         CHART_BUCKETS * 6
     );
-    let start = now - Duration::minutes(CHART_BUCKETS * BUCKET_MINUTES);
     for (i, status) in bars.iter().enumerate() {
         let from = start + Duration::minutes(i as i64 * BUCKET_MINUTES);
         let _ = write!(
@@ -249,14 +242,14 @@ async fn render(shared: &Shared) -> super::cache::Page {
         "</svg>\n<p class=\"muted\">24 h ago … now; green operational, yellow degraded, red down, grey no data.</p>\n",
     );
     html.push_str("<h2>Recent changes</h2>\n<ul id=\"transitions\">\n");
-    let changes = transitions(&series, 20);
     if changes.is_empty() {
         html.push_str("<li class=\"muted\">none in the last 7 days</li>\n");
     }
-    for (at, from, to) in changes {
+    for (at, job, from, to) in changes {
+        let of = if health.counted > 1 { format!("{}: ", escape(&job)) } else { String::new() };
         let _ = writeln!(
             html,
-            "<li>{} — {} → <strong>{}</strong></li>",
+            "<li>{} — {of}{} → <strong>{}</strong></li>",
             at.format("%Y-%m-%d %H:%M:%S UTC"),
             label(from),
             label(to)
@@ -271,34 +264,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_keep_the_worst_status_and_transitions_come_newest_first() {
-        let now = Utc::now();
-        let at = |m: i64| now - Duration::minutes(m);
-        let series = vec![
-            (at(30), Status::Operational),
-            (at(29), Status::Error),
-            (at(20), Status::Operational),
-            (at(10), Status::Degraded),
-            (at(2000), Status::Operational), // older than the chart
-        ];
-        let bars = buckets(&series, now);
-        assert_eq!(bars.len(), 96);
-        assert_eq!(bars[94], Some(Status::Error), "operational and error in one bucket: error");
-        assert_eq!(bars[93], None);
-        assert_eq!(bars[95], Some(Status::Degraded));
-        assert_eq!(bars[0], None);
-        let mut ordered = series.clone();
-        ordered.sort_by_key(|(t, _)| *t);
-        let changes: Vec<(Status, Status)> = transitions(&ordered, 10).into_iter().map(|(_, a, b)| (a, b)).collect();
-        assert_eq!(
-            changes,
-            [
-                (Status::Operational, Status::Degraded),
-                (Status::Error, Status::Operational),
-                (Status::Operational, Status::Error)
-            ]
-        );
+    fn uptime_is_the_share_not_down() {
         assert_eq!(uptime(&[("operational".into(), 3), ("error".into(), 1)]), Some(75.0));
+        assert_eq!(uptime(&[("degraded".into(), 1)]), Some(100.0));
         assert_eq!(uptime(&[]), None);
     }
 

@@ -85,19 +85,101 @@ impl StateStore {
         Ok(with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(state).bind(before).bind(limit).fetch_all(p).await?))
     }
 
-    /// Snapshot counts per status since `since` over `jobs`: the input to uptime.
-    pub async fn status_counts(&self, since: DateTime<Utc>, jobs: &[String]) -> Result<Vec<(String, i64)>, StoreError> {
+    /// (snapshots, of which `error`) of `jobs` since each of `since`, oldest window first
+    /// (the status page's uptime over 30 d, 7 d, 24 h): one pass over the oldest window,
+    /// counted in SQL.
+    pub async fn uptime_windows(
+        &self,
+        since: [DateTime<Utc>; 3],
+        jobs: &[String],
+    ) -> Result<[(i64, i64); 3], StoreError> {
         self.ready().await?;
         let sql = format!(
-            "SELECT status, COUNT(*) FROM health_history WHERE checked_at >= $1 AND job IN {} GROUP BY status",
+            "SELECT count(*), count(*) FILTER (WHERE status = 'error'), \
+                    count(*) FILTER (WHERE checked_at >= $3), count(*) FILTER (WHERE checked_at >= $3 AND status = 'error'), \
+                    count(*) FILTER (WHERE checked_at >= $4), count(*) FILTER (WHERE checked_at >= $4 AND status = 'error') \
+             FROM health_history WHERE job IN {} AND checked_at >= $2",
             self.job_list()
         );
         let jobs = serde_json::to_string(jobs).unwrap_or_default();
-        Ok(with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(Ts(since))
+        let row: (i64, i64, i64, i64, i64, i64) = with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(jobs)
+            .bind(Ts(since[0]))
+            .bind(Ts(since[1]))
+            .bind(Ts(since[2]))
+            .fetch_one(p)
+            .await?);
+        Ok([(row.0, row.1), (row.2, row.3), (row.4, row.5)])
+    }
+
+    /// The worst status of `jobs` in each of `count` buckets of `bucket_secs` from `since`,
+    /// oldest first (the status page's chart), aggregated in SQL.
+    pub async fn status_buckets(
+        &self,
+        since: DateTime<Utc>,
+        bucket_secs: i64,
+        count: usize,
+        jobs: &[String],
+    ) -> Result<Vec<Option<Status>>, StoreError> {
+        self.ready().await?;
+        let bucket = if self.pool.is_sqlite() {
+            "(CAST(strftime('%s', checked_at) AS INTEGER) - CAST(strftime('%s', $2) AS INTEGER)) / $3"
+        } else {
+            "CAST(floor(extract(epoch FROM (checked_at - $2)) / $3) AS BIGINT)"
+        };
+        let sql = format!(
+            "SELECT {bucket} AS b, max(CASE status WHEN 'error' THEN 2 WHEN 'degraded' THEN 1 ELSE 0 END) \
+             FROM health_history WHERE job IN {} AND checked_at >= $2 GROUP BY b",
+            self.job_list()
+        );
+        let jobs = serde_json::to_string(jobs).unwrap_or_default();
+        let rows: Vec<(i64, i32)> = with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(jobs)
+            .bind(Ts(since))
+            .bind(bucket_secs)
             .fetch_all(p)
-            .await?))
+            .await?);
+        let mut out = vec![None; count];
+        for (b, worst) in rows {
+            if let Some(slot) = usize::try_from(b).ok().and_then(|b| out.get_mut(b)) {
+                *slot = Some(match worst {
+                    2 => Status::Error,
+                    1 => Status::Degraded,
+                    _ => Status::Operational,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Each of `jobs`' status changes since `since`, newest first, at most `max`: (when, job,
+    /// from, to), found in SQL (`LAG` over each job's snapshots).
+    pub async fn status_changes(
+        &self,
+        since: DateTime<Utc>,
+        max: i64,
+        jobs: &[String],
+    ) -> Result<Vec<(DateTime<Utc>, String, Status, Status)>, StoreError> {
+        self.ready().await?;
+        let sql = format!(
+            "SELECT checked_at, job, previous, status FROM ( \
+               SELECT checked_at, job, status, LAG(status) OVER (PARTITION BY job ORDER BY checked_at, id) AS previous \
+               FROM health_history WHERE job IN {} AND checked_at >= $2) AS s \
+             WHERE previous <> status ORDER BY checked_at DESC LIMIT $3",
+            self.job_list()
+        );
+        let jobs = serde_json::to_string(jobs).unwrap_or_default();
+        let rows: Vec<(Ts, String, String, String)> =
+            with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(jobs)
+                .bind(Ts(since))
+                .bind(max)
+                .fetch_all(p)
+                .await?);
+        Ok(rows
+            .into_iter()
+            .filter_map(|(at, job, from, to)| Some((at.0, job, Status::parse(&from)?, Status::parse(&to)?)))
+            .collect())
     }
 
     /// The newest snapshot of each of `jobs` that has one.
@@ -116,12 +198,12 @@ impl StateStore {
         Ok(out)
     }
 
-    /// `(SELECT …)` over the JSON array of job names bound as `$2`, per backend.
+    /// `(SELECT …)` over the JSON array of job names bound as `$1`, per backend.
     fn job_list(&self) -> &'static str {
         if self.pool.is_sqlite() {
-            "(SELECT value FROM json_each($2))"
+            "(SELECT value FROM json_each($1))"
         } else {
-            "(SELECT jsonb_array_elements_text($2::jsonb))"
+            "(SELECT jsonb_array_elements_text($1::jsonb))"
         }
     }
 
@@ -139,26 +221,5 @@ impl StateStore {
             with_pool!(&self.pool, |p| sqlx::query_scalar(newest).bind(job).fetch_optional(p).await?);
         let counts = with_pool!(&self.pool, |p| sqlx::query_as(counts).bind(job).bind(Ts(since)).fetch_all(p).await?);
         Ok((status.as_deref().and_then(Status::parse), counts))
-    }
-
-    /// (time, status) of every snapshot of `jobs` since `since`, oldest first: the chart and
-    /// transitions.
-    pub async fn status_series(
-        &self,
-        since: DateTime<Utc>,
-        jobs: &[String],
-    ) -> Result<Vec<(DateTime<Utc>, Status)>, StoreError> {
-        self.ready().await?;
-        let sql = format!(
-            "SELECT checked_at, status FROM health_history WHERE checked_at >= $1 AND job IN {} ORDER BY checked_at, id",
-            self.job_list()
-        );
-        let jobs = serde_json::to_string(jobs).unwrap_or_default();
-        let rows: Vec<(Ts, String)> = with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(Ts(since))
-            .bind(jobs)
-            .fetch_all(p)
-            .await?);
-        Ok(rows.into_iter().filter_map(|(t, s)| Some((t.0, Status::parse(&s)?))).collect())
     }
 }
