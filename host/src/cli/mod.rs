@@ -225,8 +225,12 @@ pub enum PluginCommand {
 }
 
 pub fn main() -> ExitCode {
-    crate::daemon::private_files();
     let cli = Cli::parse();
+    // warden's own files (the state store, the spool, mail, the cache) are private; a
+    // scaffolded plugin is the user's source, made as their other files are.
+    if !matches!(cli.command, Command::Plugin(PluginCommand::New { .. })) {
+        crate::daemon::private_files();
+    }
     init_logging();
     // One runtime worker unless WARDEN_WORKERS says more: a run spends its time waiting on
     // its databases, and a second worker mostly wakes the first (a context switch each time;
