@@ -447,6 +447,10 @@ async fn the_status_page_counts_in_sql_on_both_backends() {
             ],
             "{url}"
         );
+        let newest = store.newest_of(&["web".to_owned(), "api".to_owned(), "never".to_owned()]).await.unwrap();
+        let mut newest: Vec<(String, Status)> = newest.into_iter().map(|s| (s.job, s.status)).collect();
+        newest.sort();
+        assert_eq!(newest, [("api".to_owned(), Status::Degraded), ("web".to_owned(), Status::Operational)], "{url}");
         store.pool().close().await;
     }
     pg.drop_db().await;

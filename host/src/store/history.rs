@@ -182,28 +182,33 @@ impl StateStore {
             .collect())
     }
 
-    /// The newest snapshot of each of `jobs` that has one.
+    /// The newest snapshot of each of `jobs` that has one: one statement, an index seek per
+    /// job (start-up reads it for every probe and heartbeat).
     pub async fn newest_of(&self, jobs: &[String]) -> Result<Vec<Snapshot>, StoreError> {
         self.ready().await?;
-        let sql = "SELECT job, checked_at, status, duration_ms, checks FROM health_history \
-                   WHERE job = $1 ORDER BY checked_at DESC, id DESC LIMIT 1";
-        let mut out = Vec::new();
-        for job in jobs {
-            let row: Option<(String, Ts, String, i64, String)> =
-                with_pool!(&self.pool, |p| sqlx::query_as(sql).bind(job).fetch_optional(p).await?);
-            if let Some((job, checked_at, status, duration_ms, checks)) = row {
-                out.push(snapshot_of(HealthRow { job, checked_at, status, duration_ms, checks })?);
-            }
-        }
-        Ok(out)
+        let sql = format!(
+            "SELECT job, checked_at, status, duration_ms, checks FROM health_history WHERE id IN ( \
+               SELECT (SELECT x.id FROM health_history x WHERE x.job = j.value \
+                       ORDER BY x.checked_at DESC, x.id DESC LIMIT 1) FROM {} AS j)",
+            self.job_list()
+        );
+        let jobs = serde_json::to_string(jobs).unwrap_or_default();
+        let rows: Vec<(String, Ts, String, i64, String)> =
+            with_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(jobs).fetch_all(p).await?);
+        rows.into_iter()
+            .map(|(job, checked_at, status, duration_ms, checks)| {
+                snapshot_of(HealthRow { job, checked_at, status, duration_ms, checks })
+            })
+            .collect()
     }
 
-    /// `(SELECT …)` over the JSON array of job names bound as `$1`, per backend.
+    /// `(SELECT …)` over the JSON array of job names bound as `$1`, per backend; its one
+    /// column is `value`.
     fn job_list(&self) -> &'static str {
         if self.pool.is_sqlite() {
             "(SELECT value FROM json_each($1))"
         } else {
-            "(SELECT jsonb_array_elements_text($1::jsonb))"
+            "(SELECT jsonb_array_elements_text($1::jsonb) AS value)"
         }
     }
 
