@@ -47,7 +47,7 @@ async fn said(shared: &Shared, spec: Arc<crate::config::Job>, job: String, svg: 
             let (stored, counts) =
                 shared.store.job_health(&job, Utc::now() - Duration::days(30)).await.unwrap_or_default();
             // The newest status as this process knows it (the store may not have it yet).
-            let status = shared.latest_of(&job).map(|s| s.status).or(stored);
+            let status = shared.status_of(&job).or(stored);
             let uptime = super::status_page::uptime(&counts).map(|u| format!(" · {}", percent(u))).unwrap_or_default();
             let (message, color) = match status {
                 Some(Status::Operational) => ("operational", ("brightgreen", "#4c1")),

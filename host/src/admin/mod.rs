@@ -40,7 +40,7 @@ use crate::store::StateStore;
 /// What the daemon shares with the HTTP handlers.
 pub struct Shared {
     /// The newest snapshot of each job that takes them (probes, heartbeats).
-    latest: RwLock<std::collections::HashMap<String, Snapshot>>,
+    latest: RwLock<Latest>,
     metrics: PrometheusHandle,
     /// The delivery channels (signing key, opt-out statement), replaced on reload.
     channels: RwLock<Option<Arc<Channels>>>,
@@ -94,8 +94,12 @@ impl Shared {
         admin_token: Option<String>,
     ) -> Arc<Self> {
         let counted = Arc::new(counted_jobs(&config));
+        let mut known = Latest::default();
+        for snapshot in latest {
+            known.keep(snapshot);
+        }
         Arc::new(Self {
-            latest: RwLock::new(latest.into_iter().map(|s| (s.job.clone(), s)).collect()),
+            latest: RwLock::new(known),
             metrics,
             channels: RwLock::new(Some(channels)),
             store,
@@ -156,31 +160,31 @@ impl Shared {
         self.channels.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Keeps each job's newest snapshot: one this process just took, or a newer one another
+    /// Keeps each job's newest status: one this process just took, or a newer one another
     /// replica took (read from the store or a peer), so every replica answers `/health`
     /// alike. Returns whether it was newer.
     pub fn set_latest(&self, snapshot: Snapshot) -> bool {
         let mut latest = self.latest.write().unwrap_or_else(|e| e.into_inner());
-        if latest.get(&snapshot.job).is_some_and(|l| l.checked_at > snapshot.checked_at) {
+        let known = latest.by_job.get(&snapshot.job);
+        if known.is_some_and(|k| k.checked_at > snapshot.checked_at) {
             return false;
         }
         // A changed status is shown at once; the rest of a page waits for its next render.
-        if latest.get(&snapshot.job).map(|l| l.status) != Some(snapshot.status) {
+        if known.map(|k| k.status) != Some(snapshot.status) {
             self.rendered.forget(&snapshot.job);
         }
-        latest.insert(snapshot.job.clone(), snapshot);
+        latest.keep(snapshot);
         true
     }
 
-    /// `job`'s newest snapshot, as this process knows it.
-    pub fn latest_of(&self, job: &str) -> Option<Snapshot> {
-        self.latest.read().unwrap_or_else(|e| e.into_inner()).get(job).cloned()
+    /// `job`'s newest status, as this process knows it.
+    pub fn status_of(&self, job: &str) -> Option<Status> {
+        self.latest.read().unwrap_or_else(|e| e.into_inner()).by_job.get(job).map(|k| k.status)
     }
 
     /// The newest snapshot of any job (what a replica tells its peers).
     pub fn latest(&self) -> Option<Snapshot> {
-        let latest = self.latest.read().unwrap_or_else(|e| e.into_inner());
-        latest.values().max_by_key(|s| s.checked_at).cloned()
+        self.latest.read().unwrap_or_else(|e| e.into_inner()).newest.clone()
     }
 
     /// The jobs whose snapshots make the service's health: those with `health` on (every
@@ -189,38 +193,80 @@ impl Shared {
         self.health_jobs.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The service's health from the counted jobs' newest snapshots, without copying them
-    /// all: the worst one, how many are in each status, and the worst `MAX_LISTED` jobs.
+    /// The service's health from the counted jobs' newest statuses: the worst one's
+    /// snapshot, how many are in each status, and the worst `MAX_LISTED` jobs.
     pub fn health(&self) -> HealthView {
         let jobs = self.health_jobs();
         let latest = self.latest.read().unwrap_or_else(|e| e.into_inner());
         let mut view = HealthView { counted: jobs.len(), ..HealthView::default() };
-        let mut seen: Vec<&Snapshot> = Vec::new();
-        let mut worst: Option<&Snapshot> = None;
-        for snapshot in jobs.iter().filter_map(|j| latest.get(j)) {
+        let mut seen: Vec<(&String, &Known)> = Vec::new();
+        let mut worst: Option<(&String, &Known)> = None;
+        for (job, known) in jobs.iter().filter_map(|j| latest.by_job.get(j).map(|k| (j, k))) {
             view.reported += 1;
-            view.by_status[snapshot.status as usize] += 1;
-            if worst.is_none_or(|w| worse(snapshot, w)) {
-                worst = Some(snapshot);
+            view.by_status[known.status as usize] += 1;
+            if worst.is_none_or(|(_, w)| known.worse_than(w)) {
+                worst = Some((job, known));
             }
-            if snapshot.status != Status::Operational || seen.len() < MAX_LISTED {
-                seen.push(snapshot);
+            if known.status != Status::Operational || seen.len() < MAX_LISTED {
+                seen.push((job, known));
             }
         }
-        seen.sort_by(|a, b| if worse(a, b) { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater });
-        view.jobs = seen.iter().take(MAX_LISTED).map(|s| (s.job.clone(), s.status, s.checked_at)).collect();
-        view.worst = worst.cloned();
+        seen.sort_by(
+            |(_, a), (_, b)| if a.worse_than(b) { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater },
+        );
+        view.jobs = seen.iter().take(MAX_LISTED).map(|(j, k)| ((*j).clone(), k.status, k.checked_at)).collect();
+        // A failing job's own snapshot; when every counted job is operational, the newest
+        // operational snapshot (all its checks passed, as every counted job's did).
+        view.worst = worst.and_then(|(_, k)| k.full.clone().or_else(|| latest.operational.clone()));
         view
+    }
+}
+
+/// What this process knows of each job's newest snapshot. Kept small at 100,000 jobs: a
+/// status and a time per job, in full only the snapshots a failing `/health` shows, the
+/// newest operational one and the newest of all.
+#[derive(Debug, Default)]
+struct Latest {
+    by_job: std::collections::HashMap<String, Known>,
+    operational: Option<Snapshot>,
+    newest: Option<Snapshot>,
+}
+
+#[derive(Debug)]
+struct Known {
+    status: Status,
+    checked_at: chrono::DateTime<chrono::Utc>,
+    /// The snapshot, when not operational.
+    full: Option<Snapshot>,
+}
+
+impl Known {
+    /// Worse news than `other`: a worse status, or the same status checked longer ago.
+    fn worse_than(&self, other: &Known) -> bool {
+        (self.status, std::cmp::Reverse(self.checked_at)) > (other.status, std::cmp::Reverse(other.checked_at))
+    }
+}
+
+impl Latest {
+    fn keep(&mut self, snapshot: Snapshot) {
+        if self.newest.as_ref().is_none_or(|n| n.checked_at <= snapshot.checked_at) {
+            self.newest = Some(snapshot.clone());
+        }
+        let full = if snapshot.status == Status::Operational {
+            if self.operational.as_ref().is_none_or(|o| o.checked_at <= snapshot.checked_at) {
+                self.operational = Some(snapshot.clone());
+            }
+            None
+        } else {
+            Some(snapshot.clone())
+        };
+        let known = Known { status: snapshot.status, checked_at: snapshot.checked_at, full };
+        self.by_job.insert(snapshot.job, known);
     }
 }
 
 /// Jobs a health answer lists by name (worst first); the rest are counted.
 pub const MAX_LISTED: usize = 50;
-
-/// Whether `a` is worse news than `b`: a worse status, or the same status checked longer ago.
-fn worse(a: &Snapshot, b: &Snapshot) -> bool {
-    (a.status, std::cmp::Reverse(a.checked_at)) > (b.status, std::cmp::Reverse(b.checked_at))
-}
 
 /// The service's health as `/health` and the status page show it.
 #[derive(Debug, Default)]
