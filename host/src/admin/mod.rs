@@ -2,10 +2,10 @@
 //! subscriber notices (`unsubscribe.rs`), and the token-protected JSON API under `/admin/`
 //! (`api/`).
 //!
-//! Architecture invariant: `/health` and `/metrics` read in-memory state only (the latest
-//! snapshot and the metrics registry), so they keep answering while the state store is
-//! down. The unsubscribe handler writes only the opt-out; `/admin/` reads the store and
-//! writes only what an operator asks for.
+//! Architecture invariant: `/health` and `/metrics` read in-memory state only (each job's
+//! newest status and the metrics registry), so they keep answering while the state store is
+//! down. The unsubscribe handler writes only the opt-out, pings only their row; `/admin/`
+//! reads the store and writes only what an operator asks for.
 
 mod api;
 mod auth;
