@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs (when absent) and starts what the test suite talks to: PostgreSQL, an
-# S3-compatible server (moto), schemathesis for the API fuzz, Debian's Chromium for the status-page test and promtool (prometheus) for the metrics and alerting rules. Idempotent: safe to run again and again.
+# S3-compatible server (moto), schemathesis for the API fuzz, Debian's Chromium for the status-page test, promtool (prometheus) for the metrics and alerting rules and libfaketime for the clock-step test. Idempotent: safe to run again and again.
 # Prints `export` lines for the test environment on stdout; progress goes to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -78,3 +78,12 @@ if [ ! -x "$PROMTOOL" ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >&2
 fi
 echo "export PROMTOOL='$PROMTOOL'"
+
+# --- libfaketime (Debian's faketime), to step the wall clock of one warden process --------
+FAKETIME_LIB=${WARDEN_TEST_FAKETIME:-/usr/lib/$(uname -m)-linux-gnu/faketime/libfaketime.so.1}
+if [ ! -e "$FAKETIME_LIB" ]; then
+  log "installing faketime (apt-get)"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || true
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >&2
+fi
+echo "export WARDEN_TEST_FAKETIME='$FAKETIME_LIB'"

@@ -11,6 +11,7 @@ mod config_ui;
 mod delivery;
 mod deploy;
 mod e2e;
+mod faults;
 mod fleet;
 mod grants;
 mod guests;

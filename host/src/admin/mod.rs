@@ -61,6 +61,8 @@ pub struct Shared {
     rendered: cache::Rendered,
     /// The jobs that count for `/health`, renewed with the configuration.
     health_jobs: RwLock<Arc<Vec<String>>>,
+    /// This replica's clock minus the store's, and whether that is over the limit (PostgreSQL).
+    clock_skew: RwLock<Option<(f64, bool)>>,
 }
 
 /// What the admin API asks the daemon loop to do; each carries where the answer goes.
@@ -111,6 +113,7 @@ impl Shared {
             pings: ping::Pings::default(),
             rendered: cache::Rendered::default(),
             health_jobs: RwLock::new(counted),
+            clock_skew: RwLock::new(None),
         })
     }
 
@@ -195,6 +198,15 @@ impl Shared {
 
     /// The service's health from the counted jobs' newest statuses: the worst one's
     /// snapshot, how many are in each status, and the worst `MAX_LISTED` jobs.
+    /// This replica's clock minus the store's, in seconds, and whether it is over the limit.
+    pub fn set_clock_skew(&self, seconds: Option<f64>, over: bool) {
+        *self.clock_skew.write().unwrap_or_else(|e| e.into_inner()) = seconds.map(|s| (s, over));
+    }
+
+    pub fn clock_skew(&self) -> Option<(f64, bool)> {
+        *self.clock_skew.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn health(&self) -> HealthView {
         let jobs = self.health_jobs();
         let latest = self.latest.read().unwrap_or_else(|e| e.into_inner());
@@ -357,6 +369,14 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let mut body = serde_json::to_value(crate::health::public(worst)).unwrap_or_default();
     if let Some(map) = body.as_object_mut() {
         map.insert("age_seconds".into(), json!(age));
+        if let Some((skew, over)) = shared.clock_skew() {
+            map.insert("clock_skew_seconds".into(), json!(skew));
+            if over {
+                let side = if skew > 0.0 { "ahead of" } else { "behind" };
+                let warning = format!("this replica's clock is {:.1}s {side} the state store's", skew.abs());
+                map.insert("clock_warning".into(), json!(warning));
+            }
+        }
         let jobs: Vec<_> = view
             .jobs
             .iter()

@@ -1,6 +1,7 @@
 //! `warden run`: the long-running process. Owns the scheduler, spawns job runs, serves
 //! HTTP, reloads the configuration, and shuts down cleanly on SIGTERM or Ctrl-C.
 
+mod clock;
 mod deferred;
 mod execute;
 mod file_watch;
@@ -37,8 +38,8 @@ use crate::tasks::{Event, TaskContext};
 
 /// How long running jobs get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// The loop wakes at least this often, so a wall-clock jump is noticed.
-const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// The loop wakes at least this often, so a wall-clock step is noticed within a second.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// How long a changed schedule file settles before it is read (editors write in steps).
 const RELOAD_SETTLE: Duration = Duration::from_millis(200);
 /// How often histogram samples are folded into their buckets.
@@ -126,6 +127,8 @@ struct Daemon {
     _config_watch: Option<notify::PollWatcher>,
     components_watch: file_watch::ComponentWatch,
     reload_tx: mpsc::UnboundedSender<()>,
+    /// The wall clock against the monotonic one, to notice a step.
+    clock: clock::ClockWatch,
 }
 
 /// Runs until SIGTERM or Ctrl-C. `admin_token` guards `/admin/`; without one those routes
@@ -265,6 +268,7 @@ pub async fn run(path: &Path, config: Config, listen: SocketAddr, admin_token: O
         _config_watch: config_watch,
         components_watch,
         reload_tx,
+        clock: clock::ClockWatch::new(),
     };
     info!(
         config = %path.display(),
@@ -317,8 +321,13 @@ impl Daemon {
     ) -> anyhow::Result<()> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
+            // A step of the wall clock re-plans the schedule before anything fires.
+            let (now, step) = self.clock.look();
+            if let Some(step) = step {
+                self.clock_stepped(step, now);
+            }
             // Fire what is due first, whichever branch woke us: no event can starve the timer.
-            for fire in self.scheduler.due(Utc::now()) {
+            for fire in self.scheduler.due(now) {
                 self.start(fire, Trigger::Schedule);
             }
             let sleep = self
@@ -364,6 +373,19 @@ impl Daemon {
                 _ = tokio::signal::ctrl_c() => { info!("interrupt received, shutting down"); return Ok(()); }
             }
         }
+    }
+
+    fn clock_stepped(&mut self, step: chrono::TimeDelta, now: DateTime<Utc>) {
+        let correction = step.abs() > crate::schedule::CORRECTION;
+        warn!(
+            step_seconds = step.as_seconds_f64(),
+            correction,
+            "the wall clock stepped {}; the schedule is re-planned{}",
+            clock::describe(step),
+            if correction { " from the new time (a correction)" } else { "" }
+        );
+        crate::metrics::record_clock_step(step.as_seconds_f64());
+        self.scheduler.clock_stepped(step, now);
     }
 
     /// At shutdown: runs in flight get `SHUTDOWN_GRACE` to finish, then are stopped (and

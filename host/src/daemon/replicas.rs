@@ -115,6 +115,56 @@ pub async fn beat(store: &StateStore, listen: &str, membership: &Membership) -> 
     }
 }
 
+/// A replica whose clock differs from the store's by more than this says so: replicas agree
+/// on occurrences by wall-clock time, so a skewed one runs its turns early or late.
+const CLOCK_SKEW_LIMIT: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
+/// How often the clock is compared (in heartbeats), and how often a lasting skew is logged.
+const CLOCK_EVERY: u32 = 5;
+const CLOCK_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// This replica's clock against the store's, compared every `CLOCK_EVERY` heartbeats.
+#[derive(Default)]
+struct ClockAgreement {
+    beats: u32,
+    /// When a skew over the limit was last logged; `None` while the clocks agree.
+    logged: Option<std::time::Instant>,
+}
+
+impl ClockAgreement {
+    async fn check(&mut self, store: &StateStore, shared: &Shared) {
+        self.beats += 1;
+        if self.beats % CLOCK_EVERY != 1 {
+            return;
+        }
+        let skew = match store.clock_skew().await {
+            Ok(Some(skew)) => skew,
+            Ok(None) => return,
+            Err(e) => return warn!(error = %e, "could not read the state store's clock"),
+        };
+        let seconds = skew.as_seconds_f64();
+        crate::metrics::record_clock_skew(seconds);
+        let over = skew.abs() > CLOCK_SKEW_LIMIT;
+        shared.set_clock_skew(Some(seconds), over);
+        match (over, self.logged) {
+            (true, Some(at)) if at.elapsed() < CLOCK_LOG_EVERY => {}
+            (true, _) => {
+                warn!(
+                    skew_seconds = seconds,
+                    "this replica's clock is {:.1}s {} the state store's: it runs its turns of the schedule that much off (set up NTP)",
+                    seconds.abs(),
+                    if seconds > 0.0 { "ahead of" } else { "behind" }
+                );
+                self.logged = Some(std::time::Instant::now());
+            }
+            (false, Some(_)) => {
+                info!(skew_seconds = seconds, "this replica's clock agrees with the state store's again");
+                self.logged = None;
+            }
+            (false, None) => {}
+        }
+    }
+}
+
 /// Every `HEARTBEAT`: the heartbeat, taking over replicas that stopped, and picking up
 /// occurrences other replicas skipped; what may be run goes to the daemon over `grabs`.
 /// While the store is unreachable: agreeing with the peers on who leads (`Fleet`).
@@ -125,11 +175,15 @@ pub async fn keep_alive(store: StateStore, listen: String, fleet: Arc<Fleet>, gr
     // outage every replica's heartbeat is old, and none is taken over until the others had
     // their chance to beat again.
     let mut up_since = std::time::Instant::now();
+    let mut clock = ClockAgreement::default();
     loop {
         every.tick().await;
         let beat = beat(&store, &listen, &fleet.membership).await;
         if beat == Beat::Busy {
             continue;
+        }
+        if beat == Beat::Recorded {
+            clock.check(&store, &fleet.shared).await;
         }
         fleet.after_heartbeat(&store, beat == Beat::Recorded).await;
         if beat == Beat::Down {

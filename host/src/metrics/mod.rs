@@ -75,6 +75,26 @@ pub const SPOOL_REJECTED: Metric = m(
     Kind::Counter,
     "Spooled runs the state store refused, set aside in a file beside the spool.",
 );
+pub const CLOCK_STEPS: Metric = m(
+    "warden_clock_steps_total",
+    Kind::Counter,
+    "Steps of the wall clock against the monotonic one (NTP, an operator), by direction (forward, back).",
+);
+pub const CLOCK_SKEW: Metric = m(
+    "warden_clock_skew_seconds",
+    Kind::Gauge,
+    "This replica's wall clock minus the PostgreSQL store's now(), measured at each heartbeat.",
+);
+pub const DISK_FULL: Metric = m(
+    "warden_disk_full",
+    Kind::Gauge,
+    "Whether the last write to the state store or to the spool (label file) failed for lack of space.",
+);
+pub const RUNS_UNSTORED: Metric = m(
+    "warden_runs_unstored_total",
+    Kind::Counter,
+    "Runs that neither the state store nor the spool's file could take, held in memory until one can.",
+);
 pub const OUTBOX_DELIVERED: Metric =
     m("warden_outbox_delivered_total", Kind::Counter, "Outbox rows delivered, by kind.");
 pub const OUTBOX_RETRIED: Metric =
@@ -117,6 +137,10 @@ pub const METRICS: &[Metric] = &[
     QUARANTINED,
     SPOOL_RUNS,
     SPOOL_REJECTED,
+    CLOCK_STEPS,
+    CLOCK_SKEW,
+    DISK_FULL,
+    RUNS_UNSTORED,
     OUTBOX_DELIVERED,
     OUTBOX_RETRIED,
     OUTBOX_FAILED_TOTAL,
@@ -260,6 +284,26 @@ pub fn record_outbox_counts(counts: &[(String, String, i64)]) {
 /// Spooled runs the state store refused, set aside in a file beside the spool.
 pub fn record_spool_rejected(runs: usize) {
     counter!(SPOOL_REJECTED.name).increment(runs as u64);
+}
+
+/// The wall clock stepped by `seconds` (negative: back).
+pub fn record_clock_step(seconds: f64) {
+    counter!(CLOCK_STEPS.name, "direction" => if seconds < 0.0 { "back" } else { "forward" }).increment(1);
+}
+
+/// This replica's clock minus the store's.
+pub fn record_clock_skew(seconds: f64) {
+    gauge!(CLOCK_SKEW.name).set(seconds);
+}
+
+/// Whether the last write to `file` (`state` or `spool`) failed for lack of space.
+pub fn record_disk_full(file: &'static str, full: bool) {
+    gauge!(DISK_FULL.name, "file" => file).set(if full { 1.0 } else { 0.0 });
+}
+
+/// A run neither the store nor the spool's file could take.
+pub fn record_unstored_run() {
+    counter!(RUNS_UNSTORED.name).increment(1);
 }
 
 #[cfg(test)]

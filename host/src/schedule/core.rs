@@ -1,4 +1,5 @@
-//! One timer heap for all jobs: overlap skip, catch-up at start, jitter.
+//! One timer heap for all jobs: overlap skip, catch-up at start, jitter, and re-planning
+//! when the wall clock steps.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -42,6 +43,12 @@ struct Entry {
     enabled: bool,
     running: bool,
     next: Option<Planned>,
+    /// The newest occurrence fired (or recorded in the store at load).
+    last: Option<DateTime<Utc>>,
+    /// Milliseconds this `every` job's occurrences run ahead of the wall clock: after the
+    /// clock stepped back, the job keeps its period on the occurrences after the last one
+    /// it ran (an occurrence never runs twice) until a step forward takes the lead back.
+    lead: i64,
 }
 
 /// The scheduler core. Holds no IO handles; see the module invariant.
@@ -58,6 +65,10 @@ pub struct Scheduler {
 /// `every` jobs with a period under this are "frequent": missing one occurrence while
 /// warden was down costs nothing, since the next is near.
 const FREQUENT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A wall-clock step larger than this is a correction that takes effect at once (Debian
+/// cron's rule): after it, jobs plan from the new time without a lead.
+pub const CORRECTION: chrono::TimeDelta = chrono::TimeDelta::hours(3);
 
 impl Scheduler {
     pub fn new(seed: u64) -> Self {
@@ -112,18 +123,30 @@ impl Scheduler {
             let previous = old.remove(&name);
             let running = previous.as_ref().is_some_and(|p| p.running);
             let unchanged = previous.as_ref().is_some_and(|p| p.enabled == enabled && p.spec.same_as(&spec));
-            let mut entry = Entry { name: name.clone(), spec, enabled, running, next: None };
+            let last = last_runs.get(&name).copied();
+            let mut entry = Entry { name: name.clone(), spec, enabled, running, next: None, last, lead: 0 };
             if enabled {
-                if unchanged {
-                    entry.next = previous.and_then(|p| p.next);
+                if unchanged && let Some(p) = previous {
+                    (entry.next, entry.last, entry.lead) = (p.next, p.last.max(last), p.lead);
                 }
                 if entry.next.is_none() {
-                    if let Some(scheduled) = catch_up(&entry.spec, last_runs.get(&name).copied(), now)
+                    if let Some(scheduled) = catch_up(&entry.spec, last, now)
                         && (frequent_ok || !is_frequent(&entry.spec))
                     {
                         fires.push(decide(&mut entry, scheduled, now));
                     }
-                    entry.next = plan(&mut self.rng, &entry.spec, now);
+                    // A last run ahead of the clock (it stepped back, then warden restarted):
+                    // plan after it, so no occurrence runs twice.
+                    let ahead = last.map(|l| l - now).filter(|a| *a > chrono::TimeDelta::zero() && *a <= CORRECTION);
+                    let after = match (&entry.spec, ahead) {
+                        (ScheduleSpec::Every { .. }, Some(ahead)) => {
+                            entry.lead = ahead.num_milliseconds();
+                            now + ahead
+                        }
+                        (_, Some(ahead)) => now + ahead,
+                        (_, None) => now,
+                    };
+                    entry.next = plan(&mut self.rng, &entry.spec, after, entry.lead);
                 }
             }
             let slot = self.entries.len();
@@ -153,16 +176,68 @@ impl Scheduler {
             let entry = &mut self.entries[slot];
             let Some(planned) = entry.next.take() else { continue };
             fires.push(decide(entry, planned.scheduled, planned.fire_at));
+            entry.last = Some(planned.scheduled);
             // Plan after the occurrence itself, or after `now` when the wake-up was late:
             // a missed stretch fires once, then the schedule continues without a burst.
-            let after = planned.scheduled.max(now - chrono::Duration::milliseconds(1));
-            entry.next = plan(&mut self.rng, &entry.spec, after);
+            let clock = now + chrono::Duration::milliseconds(entry.lead - 1);
+            entry.next = plan(&mut self.rng, &entry.spec, planned.scheduled.max(clock), entry.lead);
             if let Some(next) = entry.next {
                 self.seq += 1;
                 self.heap.push(Reverse((next.fire_at.timestamp_millis(), self.seq, slot)));
             }
         }
         fires
+    }
+
+    /// The wall clock stepped by `step` (positive: forward) at `now`, the time after the
+    /// step; every job is re-planned:
+    /// - back, up to `CORRECTION`: an `every` job keeps its period on the occurrences after
+    ///   the last one it ran (they run ahead of the clock by the step, its lead); a cron job
+    ///   fires at its next time after both `now` and its last run (a repeated time runs once);
+    /// - back further: a correction; every job plans from `now` (an occurrence already in
+    ///   `job_runs` is still refused by its claim);
+    /// - forward: an `every` job's lead is taken back first; what the step skipped is handled
+    ///   by the catch-up rules: a frequent job (under an hour) skips to its next time, any
+    ///   other fires its missed occurrence once (at the next `due`).
+    pub fn clock_stepped(&mut self, step: chrono::TimeDelta, now: DateTime<Utc>) {
+        let correction = step.abs() > CORRECTION;
+        let zero = chrono::TimeDelta::zero();
+        for entry in &mut self.entries {
+            let Some(mut next) = entry.next else { continue };
+            let every = matches!(entry.spec, ScheduleSpec::Every { .. });
+            if step < zero {
+                if every && !correction {
+                    entry.lead += (-step).num_milliseconds();
+                    next.fire_at += step;
+                    entry.next = Some(next);
+                } else {
+                    entry.lead = 0;
+                    let after = match entry.last {
+                        Some(last) if !every && !correction => last.max(now),
+                        _ => now,
+                    };
+                    entry.next = plan(&mut self.rng, &entry.spec, after, 0);
+                }
+            } else {
+                // Due before the step (the step was noticed late): it fires, as any late one.
+                let due_before = next.fire_at <= now - step;
+                let taken = chrono::TimeDelta::milliseconds(entry.lead).min(step);
+                entry.lead -= taken.num_milliseconds();
+                next.fire_at += taken;
+                entry.next = Some(next);
+                let frequent = entry.spec.period(now).is_some_and(|p| p < FREQUENT);
+                if next.fire_at < now && frequent && !due_before {
+                    let clock = now + chrono::TimeDelta::milliseconds(entry.lead);
+                    entry.next = plan(&mut self.rng, &entry.spec, clock, entry.lead);
+                }
+            }
+        }
+        self.heap.clear();
+        for slot in 0..self.entries.len() {
+            if let Some(next) = self.entries[slot].next {
+                self.push(next.fire_at, slot);
+            }
+        }
     }
 
     /// The job's run has ended; its next occurrence may run.
@@ -219,11 +294,13 @@ fn decide(entry: &mut Entry, scheduled: DateTime<Utc>, fire_at: DateTime<Utc>) -
     }
 }
 
-fn plan(rng: &mut SmallRng, spec: &ScheduleSpec, after: DateTime<Utc>) -> Option<Planned> {
+/// The first occurrence after `after`, which fires `lead` milliseconds before it is
+/// scheduled (see `Entry::lead`) plus its jitter.
+fn plan(rng: &mut SmallRng, spec: &ScheduleSpec, after: DateTime<Utc>, lead: i64) -> Option<Planned> {
     let scheduled = spec.next_after(after)?;
     let jitter = i64::try_from(spec.jitter().std().as_millis()).unwrap_or(i64::MAX);
     let delay = if jitter > 0 { rng.random_range(0..jitter) } else { 0 };
-    Some(Planned { scheduled, fire_at: scheduled + chrono::Duration::milliseconds(delay) })
+    Some(Planned { scheduled, fire_at: scheduled + chrono::Duration::milliseconds(delay - lead) })
 }
 
 /// The occurrence a job must run at start-up, if any: its latest occurrence at or

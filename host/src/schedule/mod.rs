@@ -4,9 +4,10 @@
 //! function takes `now`, so tests drive time by hand and the bench drives it fast.
 
 mod core;
+mod local;
 mod spec;
 
-pub use core::{Fire, Planned, Scheduler};
+pub use core::{CORRECTION, Fire, Planned, Scheduler};
 pub use spec::{Millis, ScheduleSpec, offset_for, turn};
 
 #[cfg(test)]

@@ -16,8 +16,9 @@ pub enum ScheduleSpec {
     /// Fires at `offset` past every multiple of `period` since the Unix epoch, delayed by up
     /// to `jitter`. `offset` is below `period`; zero is the epoch grid.
     Every { period: Duration, jitter: Duration, offset: Duration },
-    /// Fires at the cron expression's times in `tz`, delayed by up to `jitter`.
-    Cron { expr: Box<cron::Schedule>, text: String, tz: Tz, jitter: Duration },
+    /// Fires at the cron expression's times in `tz`, delayed by up to `jitter`, across
+    /// daylight saving by cron's rules (`local.rs`); `every_hour`: its hour field is `*`.
+    Cron { expr: Box<cron::Schedule>, text: String, tz: Tz, jitter: Duration, every_hour: bool },
 }
 
 impl ScheduleSpec {
@@ -44,7 +45,8 @@ impl ScheduleSpec {
         if expr.upcoming(tz).next().is_none() {
             return Err(format!("cron expression `{text}` never fires"));
         }
-        Ok(Self::Cron { expr: Box::new(expr), text: text.to_owned(), tz, jitter })
+        let every_hour = full.split_whitespace().nth(2) == Some("*");
+        Ok(Self::Cron { expr: Box::new(expr), text: text.to_owned(), tz, jitter, every_hour })
     }
 
     /// Every `period` on the epoch grid (`align = true`).
@@ -102,7 +104,7 @@ impl ScheduleSpec {
                 let next = (t.div_euclid(p) + 1) * p + o;
                 Utc.timestamp_millis_opt(next).single()
             }
-            Self::Cron { expr, tz, .. } => expr.after(&after.with_timezone(tz)).next().map(|t| t.with_timezone(&Utc)),
+            Self::Cron { expr, tz, every_hour, .. } => super::local::next_after(expr, *tz, *every_hour, after),
         }
     }
 
@@ -115,11 +117,7 @@ impl ScheduleSpec {
                 let t = at.timestamp_millis() - o;
                 Utc.timestamp_millis_opt(t.div_euclid(p) * p + o).single()
             }
-            Self::Cron { expr, tz, .. } => {
-                // `after(t).next_back()` walks backwards from t (exclusive); include t itself.
-                let just_after = at + chrono::Duration::milliseconds(1);
-                expr.after(&just_after.with_timezone(tz)).next_back().map(|t| t.with_timezone(&Utc))
-            }
+            Self::Cron { expr, tz, every_hour, .. } => super::local::latest_at_or_before(expr, *tz, *every_hour, at),
         }
     }
 

@@ -62,6 +62,16 @@ impl StateStore {
         Ok(live)
     }
 
+    /// This replica's wall clock minus the store's (PostgreSQL's `clock_timestamp()`), read
+    /// against the middle of the round trip; `None` on SQLite, where there is one clock.
+    pub async fn clock_skew(&self) -> Result<Option<chrono::TimeDelta>, StoreError> {
+        let Some(pool) = &self.beat_pool else { return Ok(None) };
+        let before = Utc::now();
+        let Ts(theirs) = sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(pool).await?;
+        let after = Utc::now();
+        Ok(Some(before + (after - before) / 2 - theirs))
+    }
+
     /// Takes over every replica whose heartbeat is older than `live_for`, in one
     /// transaction (so two replicas never take over the same one): its `running` runs are
     /// recorded abandoned, its outbox leases released, its row removed.
