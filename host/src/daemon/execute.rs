@@ -206,7 +206,8 @@ pub(super) async fn start(
                 report.detail = Some("held: another replica leads through the store outage".into());
                 return Err(report);
             }
-            warn!(job = %job.name, error = %e, "state store unreachable; running the job unclaimed")
+            metrics::record_disk_full("state", e.is_disk_full());
+            warn!(job = %job.name, error = %e, "{}; running the job unclaimed", e.outage())
         }
         Err(e) => {
             // Busy past all patience, or the store refused the claim: running it unclaimed
@@ -372,6 +373,12 @@ pub(super) async fn finish(job: &Job, ran: Ran, ctx: &RunContext, policies: Opti
         },
         _ => false,
     };
+    match &stored {
+        Ok(()) => metrics::record_disk_full("state", false),
+        // Not tried (the claim found the store out, and said why): the gauge stands.
+        Err(StoreError::Unreachable) => {}
+        Err(e) => metrics::record_disk_full("state", e.is_disk_full()),
+    }
     match stored {
         Ok(()) => {
             ctx.spool.committed(&commit);
@@ -381,13 +388,12 @@ pub(super) async fn finish(job: &Job, ran: Ran, ctx: &RunContext, policies: Opti
             warn!(job = %job.name, error = %e, "state store unreachable and another replica leads through the outage; this run's decisions are left to it");
             report.queued_alerts = false;
         }
-        Err(e) => match ctx.spool.push(with_whole_state(commit, &ctx.spool)) {
-            Ok(()) => {
-                report.spooled = true;
-                warn!(job = %job.name, error = %e, spool = %ctx.spool.path().display(), "state store unavailable; run spooled");
-            }
-            Err(io) => error!(job = %job.name, error = %e, spool_error = %io, "could not record the run, nor spool it"),
-        },
+        Err(e) => {
+            // On disk or, when the spool's own disk is full, in memory (`Spool::push` says so).
+            let on_disk = ctx.spool.push(with_whole_state(commit, &ctx.spool)).is_ok();
+            report.spooled = true;
+            warn!(job = %job.name, error = %e, spool = %ctx.spool.path().display(), on_disk, "{}; run spooled", e.outage());
+        }
     }
     metrics::record_spool(ctx.spool.len());
     report.seconds = started.elapsed().as_secs_f64();

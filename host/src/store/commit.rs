@@ -144,12 +144,10 @@ impl StateStore {
                 continue; // applied by an earlier drain that could not truncate the spool
             }
             let run_id = match run.run_id {
-                Some(id) => {
-                    if !tx.end_claimed(id, run, now, &self.replica).await? {
-                        continue;
-                    }
-                    Some(id)
-                }
+                Some(id) => match tx.end_claimed(id, run, now, &self.replica).await? {
+                    Some(id) => Some(id),
+                    None => continue,
+                },
                 // Ran while the store was unreachable: recorded now, unless another
                 // replica claimed the occurrence meanwhile.
                 None => tx.record_unclaimed(run, now, &self.replica).await?,
@@ -278,10 +276,17 @@ impl Tx<'_> {
         Ok(done > 0)
     }
 
-    /// Writes the end of a claimed run; false when the run was taken over (another replica
-    /// thought this one stopped, recorded the run abandoned and ran the occurrence again:
-    /// its result stands). A run missing from `job_runs` is refused.
-    async fn end_claimed(&mut self, id: i64, run: &RunCommit, now: Ts, replica: &str) -> Result<bool, StoreError> {
+    /// Writes the end of a claimed run; its id, or `None` when the run was taken over
+    /// (another replica thought this one stopped, recorded the run abandoned and ran the
+    /// occurrence again: its result stands). A run missing from `job_runs` (its claim was
+    /// lost: a disk that filled as it committed) is recorded anew, as an unclaimed one is.
+    async fn end_claimed(
+        &mut self,
+        id: i64,
+        run: &RunCommit,
+        now: Ts,
+        replica: &str,
+    ) -> Result<Option<i64>, StoreError> {
         let sql = "UPDATE job_runs SET finished_at = $2, outcome = $3, error = $4, rows_affected = $5, detail = $6, \
                    lateness_ms = $7 WHERE id = $1 AND replica = $8";
         let updated = on_tx!(self, |t| sqlx::query(sql)
@@ -297,17 +302,18 @@ impl Tx<'_> {
             .await?
             .rows_affected());
         if updated > 0 {
-            return Ok(true);
+            return Ok(Some(id));
         }
         let holder: Option<String> = on_tx!(self, |t| sqlx::query_scalar("SELECT replica FROM job_runs WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut **t)
             .await?);
         let Some(holder) = holder else {
-            return Err(StoreError::Corrupt(format!("run {id} of {} is not in job_runs", run.job)));
+            tracing::warn!(job = %run.job, run = id, "the run's claim is not in job_runs (lost as it was written); the run is recorded anew");
+            return Ok(self.record_unclaimed(run, now, replica).await?);
         };
         tracing::warn!(job = %run.job, run = id, by = %holder, "the run was taken over by another replica; its result is dropped");
-        Ok(false)
+        Ok(None)
     }
 
     /// Records a run that was never claimed (the store was unreachable): its id, or `None`

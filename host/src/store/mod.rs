@@ -382,8 +382,12 @@ impl StateStore {
                 .bind(&self.replica)
                 .bind(now)
                 .bind(ABANDONED);
+            // Every row fetched, never `fetch_optional`: SQLite commits an autocommit
+            // statement when it is stepped to its end, and a commit that fails then (a full
+            // disk) must be seen; a statement dropped after its first row hides it, and the
+            // id it returned belongs to a row that was rolled back.
             let id = match turn.conn(&options).await {
-                Ok(conn) => q.fetch_optional(conn).await,
+                Ok(conn) => q.fetch_all(conn).await.map(|ids| ids.into_iter().next()),
                 Err(e) => Err(e),
             };
             turn.end(id.is_err()).await;
@@ -429,8 +433,9 @@ impl StateStore {
                 .bind(&self.replica)
                 .bind(Ts(Utc::now()))
                 .bind(ABANDONED);
+            // Every row fetched, so a failed commit is seen (see `claim`).
             let row: Result<Option<(i64, String)>, _> = match turn.conn(&options).await {
-                Ok(conn) => q.fetch_optional(conn).await,
+                Ok(conn) => q.fetch_all(conn).await.map(|rows| rows.into_iter().next()),
                 Err(e) => Err(e),
             };
             turn.end(row.is_err()).await;
@@ -626,12 +631,32 @@ fn snapshot_of(row: HealthRow) -> Result<Snapshot, StoreError> {
     })
 }
 
-/// Whether an error means the database could not be reached (as opposed to refusing a query).
-/// A pool timeout counts: sqlx retries a refused connect until the acquire timeout. Where
-/// the pool is at hand, `StateStore::is_busy` tells a busy pool from an unreachable server.
+/// Whether an error means the database could not be reached, or cannot take writes because
+/// its disk is full (as opposed to refusing a query): an outage either way, waited out with the
+/// spool. A pool timeout counts: sqlx retries a refused connect until the acquire timeout.
+/// Where the pool is at hand, `StateStore::is_busy` tells a busy pool from an unreachable server.
 pub fn unreachable(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_))
         || matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+        || disk_full(e)
+}
+
+/// Whether the database said its disk is full: SQLite's `SQLITE_FULL` (13), PostgreSQL's
+/// `disk_full` (53100).
+pub fn disk_full(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c == "13" || c == "53100"))
+}
+
+impl StoreError {
+    /// Whether the store failed because its disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Query(q) if disk_full(q))
+    }
+
+    /// What kind of outage this is, for a log line: "disk full" or "unreachable".
+    pub fn outage(&self) -> &'static str {
+        if self.is_disk_full() { "the state store's disk is full" } else { "state store unavailable" }
+    }
 }
 
 impl StateStore {

@@ -42,8 +42,12 @@ impl StateStore {
             .bind(comment)
             .bind(created_by)
             .bind(Ts(Utc::now()))
-            .fetch_one(p)
-            .await?))
+            // Every row fetched, so SQLite's commit at the statement's end is seen to fail.
+            .fetch_all(p)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or(StoreError::Corrupt("the new silence returned no id".into()))?))
     }
 
     /// Silences not yet ended at `now` (active or still to come), or all of them.

@@ -63,6 +63,8 @@ struct Inner {
     silenced: HashMap<String, String>,
     /// Each (policy, job)'s state as last known: read from the store, or written since.
     known: KnownStates,
+    /// The file lacks records memory holds (its disk was full): the next write rewrites it whole.
+    unsaved: bool,
 }
 
 /// The spool. Cheap to clone; one per process.
@@ -159,15 +161,58 @@ impl Spool {
         self.lock().known.state(policy, job)
     }
 
-    /// Appends a run; it is on disk when this returns.
+    /// Appends a run; it is on disk when this returns `Ok`. When the file cannot be written
+    /// (its disk is full) the run is kept in memory all the same, sent from and moved into the
+    /// store like any other, and the error says it would not outlive a restart.
     pub fn push(&self, run: RunCommit) -> std::io::Result<()> {
         let mut inner = self.lock();
         let base_state = if inner.runs.is_empty() { inner.known.to_map() } else { HashMap::new() };
         let mark = format!("{:032x}", rand::random::<u128>());
         let record = Record::Run { mark, run: Box::new(run), base_state };
-        self.append(&record)?;
-        inner.apply(record);
-        Ok(())
+        let kept = self.keep(&mut inner, record);
+        if kept.is_err() {
+            crate::metrics::record_unstored_run();
+        }
+        kept
+    }
+
+    /// Writes `record` to the file (the whole file again, if it lacks earlier ones) and
+    /// applies it in memory whether or not the write succeeded.
+    fn keep(&self, inner: &mut Inner, record: Record) -> std::io::Result<()> {
+        let written = if inner.unsaved {
+            inner.apply(record);
+            self.rewrite(inner)
+        } else {
+            let written = self.append(&record);
+            inner.apply(record);
+            written
+        };
+        self.note_written(inner, &written);
+        written
+    }
+
+    fn note_written(&self, inner: &mut Inner, written: &std::io::Result<()>) {
+        match written {
+            Ok(()) => {
+                if inner.unsaved {
+                    tracing::info!(spool = %self.path.display(), runs = inner.runs.len(), "the spool's file holds everything again");
+                }
+                inner.unsaved = false;
+                crate::metrics::record_disk_full("spool", false);
+            }
+            Err(e) => {
+                let full = e.kind() == std::io::ErrorKind::StorageFull;
+                tracing::error!(
+                    spool = %self.path.display(),
+                    error = %e,
+                    runs = inner.runs.len(),
+                    "could not write the spool{}: what it holds is kept in memory, sent and moved into the store from there, and lost if warden stops before the file can be written",
+                    if full { " (disk full)" } else { "" }
+                );
+                inner.unsaved = true;
+                crate::metrics::record_disk_full("spool", full);
+            }
+        }
     }
 
     /// Spooled email and ticket rows not yet sent (subscriber fan-out waits for the store).
@@ -199,22 +244,19 @@ impl Spool {
         self.gate.lock().await
     }
 
-    /// Records that a spooled row was sent; on disk when this returns.
+    /// Records that a spooled row was sent: in memory at once (it is not sent again by this
+    /// process), on disk when this returns `Ok`.
     pub fn delivered(&self, dedup_key: &str) -> std::io::Result<()> {
         let record = Record::Delivered { dedup_key: dedup_key.to_owned(), at: Utc::now() };
         let mut inner = self.lock();
-        self.append(&record)?;
-        inner.apply(record);
-        Ok(())
+        self.keep(&mut inner, record)
     }
 
-    /// Records that a spooled row was held back by a silence; on disk when this returns.
+    /// Records that a spooled row was held back by a silence, as `delivered` does.
     pub fn silenced(&self, dedup_key: &str, why: &str) -> std::io::Result<()> {
         let record = Record::Silenced { dedup_key: dedup_key.to_owned(), why: why.to_owned() };
         let mut inner = self.lock();
-        self.append(&record)?;
-        inner.apply(record);
-        Ok(())
+        self.keep(&mut inner, record)
     }
 
     /// The silences as last read from the store, kept beside the spool so that a restart
@@ -287,7 +329,10 @@ impl Spool {
             .collect();
         inner.delivered = delivered;
         inner.silenced = silenced;
-        self.rewrite(&inner).map_err(|e| StoreError::Corrupt(format!("spool {}: {e}", self.path.display())))?;
+        // The runs are in the store; a file that cannot be rewritten only holds them twice
+        // (their marks make a second move a no-op) until the next write rewrites it.
+        let written = self.rewrite(&inner);
+        self.note_written(&mut inner, &written);
         tracing::info!(runs = runs.len(), spool = %self.path.display(), "spool drained into the state store");
         Ok(runs.len())
     }
@@ -304,8 +349,11 @@ impl Spool {
     fn rewrite(&self, inner: &Inner) -> std::io::Result<()> {
         let tmp = self.path.with_extension("tmp");
         let mut file = std::fs::File::create(&tmp)?;
+        // The first run carries the state the rest build on (what a restart decides from).
+        let mut base_state = inner.known.to_map();
         for (mark, run) in &inner.runs {
-            let record = Record::Run { mark: mark.clone(), run: Box::new(run.clone()), base_state: HashMap::new() };
+            let base_state = std::mem::take(&mut base_state);
+            let record = Record::Run { mark: mark.clone(), run: Box::new(run.clone()), base_state };
             file.write_all(&serde_json::to_vec(&record).map_err(std::io::Error::other)?)?;
             file.write_all(b"\n")?;
         }
