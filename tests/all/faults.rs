@@ -273,10 +273,7 @@ fn a_full_disk(spool_full: bool) {
     assert!(aside.is_empty(), "runs set aside: {aside:?}\n{log}");
     // Nothing lost, nothing doubled: every run the log tells of is in job_runs, once.
     for job in ["orders", "p0", "p1", "p2", "p3", "p4"] {
-        let stored = occurrences(&state.0, job);
-        let keys: std::collections::HashSet<_> = stored.iter().collect();
-        assert_eq!(keys.len(), stored.len(), "{job}: an occurrence twice");
-        assert_eq!(stored.len(), logged_runs(&log, job), "{job}: runs lost\n{log}");
+        assert_every_run_stored_once(job, &[&log], &sqlite_runs(&state.0, job));
     }
     let emails: i64 = tokio::runtime::Runtime::new().unwrap().block_on(async {
         let db = state.0.join("warden-state.db");
@@ -297,4 +294,221 @@ fn a_full_disk_under_the_state_store_is_an_outage_by_its_name_and_loses_nothing(
 #[test]
 fn a_full_disk_under_the_spool_too_keeps_the_runs_in_memory_says_so_and_loses_nothing() {
     a_full_disk(true);
+}
+
+/// `n` probes every second on the SQLite state beside the schedule.
+fn probes_on_sqlite(n: usize) -> crate::schedule::Schedule {
+    let mut s = schedule().state("sqlite://warden-state.db").target("sqlite://target.db", "");
+    for i in 0..n {
+        s = s.job(probe(&format!("p{i}"), "1s", &[DB]));
+    }
+    s
+}
+
+/// (scheduled_at, outcome, error) of `job` in the PostgreSQL store at `url`.
+fn pg_runs(url: &str, job: &str) -> Vec<(chrono::DateTime<chrono::Utc>, String, Option<String>)> {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let rows =
+            sqlx::query_as("SELECT scheduled_at, outcome, error FROM warden.job_runs WHERE job = $1 ORDER BY id")
+                .bind(job)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        pool.close().await;
+        rows
+    })
+}
+
+/// (scheduled_at, outcome, error) of `job` in the SQLite store in `dir`.
+fn sqlite_runs(dir: &Path, job: &str) -> Vec<(chrono::DateTime<chrono::Utc>, String, Option<String>)> {
+    let db = dir.join("warden-state.db");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+        sqlx::query_as("SELECT scheduled_at, outcome, error FROM job_runs WHERE job = $1 ORDER BY id")
+            .bind(job)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    })
+}
+
+/// Nothing lost, nothing doubled: every run the logs tell of is stored, no occurrence is
+/// stored twice, none is left `running`.
+fn assert_every_run_stored_once(
+    job: &str,
+    logs: &[&str],
+    stored: &[(chrono::DateTime<chrono::Utc>, String, Option<String>)],
+) {
+    let keys: std::collections::HashSet<_> = stored.iter().map(|(at, ..)| at).collect();
+    assert_eq!(keys.len(), stored.len(), "{job}: an occurrence stored twice: {stored:?}");
+    assert!(!stored.iter().any(|(_, outcome, _)| outcome == "running"), "{job}: left running: {stored:?}");
+    let finished = stored.iter().filter(|(_, outcome, error)| {
+        outcome != "skipped" && !error.as_deref().is_some_and(|e| e.contains("abandoned"))
+    });
+    let logged: usize = logs.iter().map(|log| logged_runs(log, job)).sum();
+    assert!(finished.count() >= logged, "{job}: {logged} runs logged, fewer stored: {stored:?}");
+}
+
+#[test]
+fn sigstop_for_30_seconds_then_resume_runs_the_missed_stretch_once_and_goes_on() {
+    let (dir, config) = probes_on_sqlite(20).write();
+    let daemon = Daemon::start(dir.path(), &config);
+    daemon.wait_runs("p0", 3);
+    daemon.signal("STOP");
+    // The fault is the fixed window: 30 s without the process running.
+    std::thread::sleep(Duration::from_secs(30));
+    daemon.signal("CONT");
+    wait_for(Duration::from_secs(5), "/health after the resume", || (daemon.get("/health").0 == 200).then_some(()));
+    daemon.wait_runs("p0", 3);
+    let log_path = daemon.log.clone();
+    assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
+    let log = std::fs::read_to_string(log_path).unwrap();
+    assert!(!log.contains("the wall clock stepped"), "a stop is not a clock step:\n{log}");
+    for i in 0..20 {
+        let job = format!("p{i}");
+        let stored = sqlite_runs(dir.path(), &job);
+        assert_every_run_stored_once(&job, &[&log], &stored);
+        // The stretch missed while stopped fires once, then the schedule goes on: no storm.
+        let long_gaps = stored.windows(2).filter(|w| (w[1].0 - w[0].0).num_seconds() > 10).count();
+        assert_eq!(long_gaps, 1, "{job}: {stored:?}");
+    }
+}
+
+#[test]
+fn kill_9_in_the_middle_of_group_commits_loses_and_doubles_nothing() {
+    let (dir, config) = probes_on_sqlite(60).write();
+    let mut first = Daemon::start(dir.path(), &config);
+    first.wait_runs("p0", 4);
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let first_log = first.log();
+    drop(first);
+    let second = Daemon::start(dir.path(), &config);
+    second.wait_runs("p0", 3);
+    let log_path = second.log.clone();
+    assert_eq!(second.terminate(Duration::from_secs(15)), Some(0));
+    let second_log = std::fs::read_to_string(log_path).unwrap();
+    for i in 0..60 {
+        let job = format!("p{i}");
+        assert_every_run_stored_once(&job, &[&first_log, &second_log], &sqlite_runs(dir.path(), &job));
+    }
+}
+
+#[test]
+fn a_schedule_reloaded_during_a_store_outage_runs_and_everything_moves_in_once() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(crate::support::TestDb::create());
+    let proxy = crate::support::Proxy::start("127.0.0.1:5432".parse().unwrap());
+    let state_url = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
+    let base = schedule().state(&state_url).target("sqlite://target.db", "").job(probe("a", "1s", &[DB]));
+    let (dir, config) = base.write();
+    let daemon = Daemon::start(dir.path(), &config);
+    daemon.wait_runs("a", 2);
+    proxy.cut();
+    wait_for(Duration::from_secs(20), "the outage", || daemon.log().contains("run spooled").then_some(()));
+    std::fs::write(&config, base.job(probe("b", "1s", &[DB])).to_string()).unwrap();
+    wait_for(Duration::from_secs(20), "the reload", || daemon.log().contains("configuration reloaded").then_some(()));
+    daemon.wait_runs("b", 3);
+    proxy.restore();
+    wait_for(Duration::from_secs(30), "the spool to drain", || {
+        (daemon.log().contains("spool drained into the state store")
+            && gauge(&daemon.get("/metrics").1, "warden_spool_runs") == 0.0)
+            .then_some(())
+    });
+    daemon.wait_runs("b", 2);
+    let log_path = daemon.log.clone();
+    assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
+    let log = std::fs::read_to_string(log_path).unwrap();
+    for job in ["a", "b"] {
+        let stored = pg_runs(&db.url, job);
+        assert!(!stored.is_empty(), "{job}");
+        assert_every_run_stored_once(job, &[&log], &stored);
+    }
+    rt.block_on(db.drop_db());
+}
+
+/// Ends every connection to `database` but this one: what a server restart looks like
+/// from the client's side.
+fn terminate_backends(database: &str) -> u64 {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let admin = sqlx::PgPool::connect(&crate::support::pg_admin_url()).await.unwrap();
+        let ended: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(database)
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+        let n = ended.into_iter().filter(|e| *e).count() as u64;
+        admin.close().await;
+        n
+    })
+}
+
+#[test]
+fn the_target_database_restarted_under_the_probes_is_reconnected() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let target = rt.block_on(crate::support::TestDb::create());
+    let sessions = r#"{ name = "q", kind = "sql", query = "SELECT 1" }"#;
+    let (dir, config) = schedule()
+        .state("sqlite://warden-state.db")
+        .target(&target.url, "demo_schema = false")
+        .job(probe("probe", "1s", &[DB, sessions]))
+        .job(crate::schedule::job("pool", "1s", "pool-stats"))
+        .write();
+    let daemon = Daemon::start(dir.path(), &config);
+    daemon.wait_operational(Duration::from_secs(20));
+    for _ in 0..2 {
+        // Every connection warden holds to the target is cut as soon as it holds one.
+        wait_for(Duration::from_secs(15), "warden connected to the target", || {
+            (terminate_backends(&target.name) > 0).then_some(())
+        });
+        daemon.wait_runs("probe", 2);
+    }
+    // Every connection it held was cut; the probe is operational again on new ones.
+    wait_for(Duration::from_secs(15), "an operational probe after the restarts", || {
+        let (code, body) = daemon.get("/health");
+        (code == 200 && body.contains("\"status\":\"operational\"")).then_some(())
+    });
+    let before = daemon.runs("probe");
+    daemon.wait_runs("probe", 3);
+    let stored = sqlite_runs(dir.path(), "probe");
+    let last: Vec<_> = stored.iter().rev().take(3).map(|(_, outcome, _)| outcome.as_str()).collect();
+    assert_eq!(last, ["ok", "ok", "ok"], "{stored:?}");
+    assert!(daemon.runs("probe") >= before + 3);
+    let log_path = daemon.log.clone();
+    assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
+    let log = std::fs::read_to_string(log_path).unwrap();
+    assert_every_run_stored_once("probe", &[&log], &sqlite_runs(dir.path(), "probe"));
+    rt.block_on(target.drop_db());
+}
+
+#[test]
+fn the_state_store_restarted_during_group_commits_loses_and_doubles_nothing() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(crate::support::TestDb::create());
+    let mut s = schedule().state(&db.url).target("sqlite://target.db", "");
+    for i in 0..40 {
+        s = s.job(probe(&format!("p{i}"), "1s", &[DB]));
+    }
+    let (dir, config) = s.write();
+    let daemon = Daemon::start(dir.path(), &config);
+    daemon.wait_runs("p0", 3);
+    for _ in 0..3 {
+        terminate_backends(&db.name);
+        daemon.wait_runs("p0", 2);
+    }
+    wait_for(Duration::from_secs(30), "an empty spool", || {
+        (gauge(&daemon.get("/metrics").1, "warden_spool_runs") == 0.0).then_some(())
+    });
+    daemon.wait_runs("p0", 2);
+    let log_path = daemon.log.clone();
+    assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
+    let log = std::fs::read_to_string(log_path).unwrap();
+    for i in 0..40 {
+        let job = format!("p{i}");
+        assert_every_run_stored_once(&job, &[&log], &pg_runs(&db.url, &job));
+    }
+    rt.block_on(db.drop_db());
 }

@@ -336,7 +336,7 @@ impl Dispatcher {
                     crate::metrics::record_delivery(row.kind, "delivered");
                     info!(kind = %row.kind, key = %key, "delivered from the spool: {note}");
                     if let Err(e) = self.spool.delivered(&key) {
-                        warn!(key = %key, error = %e, "could not note the delivery in the spool; it may be sent again");
+                        warn!(key = %key, error = %e, "could not note the delivery in the spool's file; it is sent again only if warden restarts before the file can be written");
                     }
                     retry.remove(&key);
                 }

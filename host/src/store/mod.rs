@@ -653,9 +653,9 @@ impl StoreError {
         matches!(self, StoreError::Query(q) if disk_full(q))
     }
 
-    /// What kind of outage this is, for a log line: "disk full" or "unreachable".
+    /// What kind of outage this is, for a log line: the disk full, or unreachable.
     pub fn outage(&self) -> &'static str {
-        if self.is_disk_full() { "the state store's disk is full" } else { "state store unavailable" }
+        if self.is_disk_full() { "the state store's disk is full" } else { "state store unreachable" }
     }
 }
 
