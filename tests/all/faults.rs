@@ -512,3 +512,146 @@ fn the_state_store_restarted_during_group_commits_loses_and_doubles_nothing() {
     }
     rt.block_on(db.drop_db());
 }
+
+/// A `tcp` check that passes until the returned listener is dropped.
+fn flipping_check() -> (std::net::TcpListener, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let check = format!(
+        r#"{{ name = "api", kind = "tcp", address = "{}", critical = true, timeout = "500ms" }}"#,
+        listener.local_addr().unwrap()
+    );
+    (listener, check)
+}
+
+/// (kind, state, attempts) of every outbox row in the SQLite store in `dir`.
+fn outbox(dir: &Path) -> Vec<(String, String, i64)> {
+    let db = dir.join("warden-state.db");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+        sqlx::query_as("SELECT kind, state, attempts FROM outbox ORDER BY id").fetch_all(&pool).await.unwrap()
+    })
+}
+
+#[test]
+fn an_smtp_relay_hanging_mid_data_is_timed_out_and_the_mail_arrives_once() {
+    let smtp = crate::smtp_server::SmtpServer::start();
+    smtp.stall_next_messages(1);
+    let (listener, check) = flipping_check();
+    let (dir, config) = schedule()
+        .product("MNW")
+        .state("sqlite://warden-state.db")
+        .target("sqlite://target.db", "")
+        .alerts(&smtp.url(), "backoff = \"1s\"")
+        .job(probe("health-probe", "1s", &[&check]))
+        .table(crate::policies::status_alert_policy())
+        .write();
+    let daemon = Daemon::start(dir.path(), &config);
+    daemon.wait_operational(Duration::from_secs(20));
+    drop(listener);
+    // The first session stalls after a line of the message; warden gives up on it after
+    // 30 s, closes the pool's connections (the stalled one with them) and sends again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while smtp.count() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no mail after the stall:\n{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_for(Duration::from_secs(10), "the delivery recorded", || {
+        outbox(dir.path()).iter().any(|(kind, state, _)| kind == "email" && state == "delivered").then_some(())
+    });
+    daemon.wait_runs("health-probe", 3);
+    assert_eq!(smtp.count(), 1, "the mail arrives once");
+    let email: Vec<_> = outbox(dir.path()).into_iter().filter(|(kind, ..)| kind == "email").collect();
+    assert_eq!(email.len(), 1, "{email:?}");
+    assert_eq!(email[0].2, 2, "the stalled attempt and the one that went through: {email:?}");
+    assert!(daemon.log().contains("will retry"), "{}", daemon.log());
+    assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
+}
+
+/// An HTTP receiver that answers 500 for `down` from its first request, then 200; keeps the
+/// bodies it accepted.
+struct FlakyReceiver {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FlakyReceiver {
+    fn start(down: Duration) -> FlakyReceiver {
+        use std::io::{BufRead, Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let receiver = FlakyReceiver {
+            addr: listener.local_addr().unwrap(),
+            accepted: Default::default(),
+            refused: Default::default(),
+        };
+        let (accepted, refused) = (receiver.accepted.clone(), receiver.refused.clone());
+        std::thread::spawn(move || {
+            let first = std::sync::OnceLock::new();
+            for stream in listener.incoming().flatten() {
+                let mut input = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if input.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = input.read_exact(&mut body);
+                let since = *first.get_or_init(std::time::Instant::now);
+                let mut out = stream;
+                if since.elapsed() < down {
+                    refused.fetch_add(1, Ordering::SeqCst);
+                    let _ = out.write_all(
+                        b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                } else {
+                    accepted.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+                    let _ = out.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                }
+            }
+        });
+        receiver
+    }
+}
+
+#[test]
+fn a_ticket_webhook_answering_500_for_two_minutes_gets_the_ticket_once_and_the_mail_is_not_held() {
+    let receiver = FlakyReceiver::start(Duration::from_secs(120));
+    let smtp = crate::smtp_server::SmtpServer::start();
+    let (listener, check) = flipping_check();
+    // The shipped retry defaults (backoff 5 s, doubling, 10 attempts) outlast two minutes.
+    let tickets = format!("[alerts.tickets]\nwebhook = \"http://{}/tickets\"", receiver.addr);
+    let (dir, config) = schedule()
+        .product("MNW")
+        .state("sqlite://warden-state.db")
+        .target("sqlite://target.db", "")
+        .alerts(&smtp.url(), &tickets)
+        .job(probe("health-probe", "1s", &[&check]))
+        .table(crate::policies::status_alert_policy())
+        .write();
+    let daemon = Daemon::start(dir.path(), &config);
+    daemon.wait_operational(Duration::from_secs(20));
+    drop(listener);
+    // The mail goes at once; the ticket's retries hold nothing else back.
+    smtp.wait_for(1, Duration::from_secs(20));
+    wait_for(Duration::from_secs(200), "the ticket accepted after the receiver's two bad minutes", || {
+        (!receiver.accepted.lock().unwrap().is_empty()).then_some(())
+    });
+    wait_for(Duration::from_secs(10), "the ticket recorded delivered", || {
+        outbox(dir.path()).iter().any(|(kind, state, _)| kind == "ticket" && state == "delivered").then_some(())
+    });
+    daemon.wait_runs("health-probe", 3);
+    assert_eq!(receiver.accepted.lock().unwrap().len(), 1, "the ticket arrives once");
+    let refused = receiver.refused.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(refused >= 4, "retried through the two minutes: {refused} attempts refused");
+    assert_eq!(smtp.count(), 1);
+    let ticket: Vec<_> = outbox(dir.path()).into_iter().filter(|(kind, ..)| kind == "ticket").collect();
+    assert_eq!(ticket.len(), 1, "{ticket:?}");
+    assert_eq!(ticket[0].2 as usize, refused + 1, "{ticket:?}");
+    assert_eq!(daemon.terminate(Duration::from_secs(15)), Some(0));
+}

@@ -40,6 +40,9 @@ struct State {
     refuse_sessions: AtomicUsize,
     /// While set, every message is refused with `451` after DATA.
     defer: AtomicBool,
+    /// The next this-many messages stop mid-DATA: the server reads one line of the message,
+    /// then neither reads nor answers for a minute.
+    stall_data: AtomicUsize,
     sessions: AtomicUsize,
     /// While set, a message is kept and its `250` waits until it is cleared.
     hold: AtomicBool,
@@ -115,6 +118,11 @@ impl SmtpServer {
     /// While on, each message is refused with `451` after its DATA.
     pub fn defer(&self, on: bool) {
         self.state.defer.store(on, Ordering::SeqCst);
+    }
+
+    /// The next `n` messages hang mid-DATA (a relay that stops answering in the middle).
+    pub fn stall_next_messages(&self, n: usize) {
+        self.state.stall_data.store(n, Ordering::SeqCst);
     }
 
     /// While on, each accepted message waits for its `250`: the sender has sent it but does
@@ -243,6 +251,13 @@ fn session(stream: TcpStream, state: &State) -> std::io::Result<()> {
             }
             "DATA" => {
                 reply(&mut input, b"354 end with <CRLF>.<CRLF>\r\n")?;
+                let stall = state.stall_data.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+                if stall.is_ok() {
+                    line.clear();
+                    input.read_line(&mut line)?;
+                    std::thread::sleep(Duration::from_secs(60));
+                    return Ok(());
+                }
                 let mut data = String::new();
                 loop {
                     line.clear();

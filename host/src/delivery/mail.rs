@@ -2,6 +2,7 @@
 //! SMTP with lettre, or writing them as `.eml` files when no SMTP server is configured.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub use crate::base::text::{redact, write_atomically};
@@ -17,11 +18,20 @@ use crate::health::Status;
 
 /// How long one SMTP exchange may take.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one message's whole SMTP exchange may take, from connect to the final `250`.
+const SMTP_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where mail goes.
 #[derive(Clone)]
 pub enum Mailer {
-    Smtp { transport: AsyncSmtpTransport<Tokio1Executor>, url: String },
+    /// `transport` is replaced (and its pool dropped, closing every connection in it) when a
+    /// relay stops answering: lettre would put the hung connection back in the pool, and the
+    /// next message would hang on it too.
+    Smtp {
+        transport: Arc<RwLock<AsyncSmtpTransport<Tokio1Executor>>>,
+        url: String,
+        ca: Option<PathBuf>,
+    },
     Dir(PathBuf),
 }
 
@@ -71,18 +81,11 @@ impl Mailer {
     /// run inside the Tokio runtime (lettre's pool).
     pub fn new(smtp: Option<&str>, ca: Option<&Path>, mail_dir: &Path) -> Result<Mailer, String> {
         match smtp {
-            Some(url) => {
-                let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-                    .map_err(|e| format!("invalid SMTP URL `{}`: {e}", redact(url)))?;
-                if let Some(ca) = ca {
-                    builder = builder.tls(tls_with_ca(url, ca)?);
-                }
-                let transport = builder
-                    .timeout(Some(SMTP_TIMEOUT))
-                    .pool_config(PoolConfig::new().max_size(super::MAX_IN_FLIGHT + 2))
-                    .build();
-                Ok(Mailer::Smtp { transport, url: url.to_owned() })
-            }
+            Some(url) => Ok(Mailer::Smtp {
+                transport: Arc::new(RwLock::new(transport(url, ca)?)),
+                url: url.to_owned(),
+                ca: ca.map(Path::to_path_buf),
+            }),
             None => Ok(Mailer::Dir(mail_dir.to_path_buf())),
         }
     }
@@ -91,11 +94,28 @@ impl Mailer {
     /// replaces the file instead of adding one).
     pub async fn send(&self, message: &Message, name: &str) -> Result<String, Failure> {
         match self {
-            Mailer::Smtp { transport, url } => match transport.send(message.clone()).await {
-                Ok(_) => Ok(format!("sent through {}", redact(url))),
-                Err(e) if e.is_permanent() => Err(Failure::Permanent(format!("SMTP refused the message: {e}"))),
-                Err(e) => Err(Failure::Retry(format!("SMTP {}: {e}", redact(url)))),
-            },
+            // lettre's `timeout` bounds the connect, not a relay that stops answering in the
+            // middle of DATA: the whole exchange has its own deadline, or one hung relay
+            // would hold a delivery lane (and its outbox row) forever.
+            Mailer::Smtp { transport: shared, url, ca } => {
+                let transport = shared.read().unwrap_or_else(|e| e.into_inner()).clone();
+                match tokio::time::timeout(SMTP_SEND_TIMEOUT, transport.send(message.clone())).await {
+                    Ok(Ok(_)) => Ok(format!("sent through {}", redact(url))),
+                    Ok(Err(e)) if e.is_permanent() => Err(Failure::Permanent(format!("SMTP refused the message: {e}"))),
+                    Ok(Err(e)) => Err(Failure::Retry(format!("SMTP {}: {e}", redact(url)))),
+                    Err(_) => {
+                        // A fresh pool: the hung connection goes with the old one.
+                        if let Ok(fresh) = self::transport(url, ca.as_deref()) {
+                            *shared.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                        }
+                        Err(Failure::Retry(format!(
+                            "SMTP {}: no answer within {}s; its connections are closed and the message is sent again",
+                            redact(url),
+                            SMTP_SEND_TIMEOUT.as_secs()
+                        )))
+                    }
+                }
+            }
             Mailer::Dir(dir) => {
                 let path = dir.join(format!("{name}.eml"));
                 write_atomically(&path, &message.formatted())
@@ -104,6 +124,16 @@ impl Mailer {
             }
         }
     }
+}
+
+/// An SMTP transport with its pool for `url` (trusting `ca` besides the public roots).
+fn transport(url: &str, ca: Option<&Path>) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+        .map_err(|e| format!("invalid SMTP URL `{}`: {e}", redact(url)))?;
+    if let Some(ca) = ca {
+        builder = builder.tls(tls_with_ca(url, ca)?);
+    }
+    Ok(builder.timeout(Some(SMTP_TIMEOUT)).pool_config(PoolConfig::new().max_size(super::MAX_IN_FLIGHT + 2)).build())
 }
 
 /// A stable short name for an outbox row: the first 16 bytes of SHA-256 of its dedup key.
