@@ -180,6 +180,11 @@ impl Shared {
         true
     }
 
+    /// Drops the rendered badges and status page that show `job`.
+    pub fn forget_rendered(&self, job: &str) {
+        self.rendered.forget(job);
+    }
+
     /// `job`'s newest status, as this process knows it.
     pub fn status_of(&self, job: &str) -> Option<Status> {
         self.latest.read().unwrap_or_else(|e| e.into_inner()).by_job.get(job).map(|k| k.status)

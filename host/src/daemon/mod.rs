@@ -405,6 +405,29 @@ impl Daemon {
     }
 }
 
+/// What a run does with its snapshot as soon as it has one: `/health` and the badges show
+/// it at once. The flag says whether it changed the job's status.
+fn observer(shared: Arc<Shared>) -> (impl Fn(&Event) + Send + Sync, Arc<std::sync::atomic::AtomicBool>) {
+    let changed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = changed.clone();
+    let observe = move |event: &Event| {
+        if let Event::Snapshot(snapshot) = event {
+            let before = shared.status_of(&snapshot.job);
+            shared.set_latest(snapshot.clone());
+            flag.store(before != Some(snapshot.status), std::sync::atomic::Ordering::Relaxed);
+        }
+    };
+    (observe, changed)
+}
+
+/// After the run's commit: a page rendered between the change and the commit read the store
+/// without it (an uptime missing its newest run); it is rendered again.
+fn after_run(shared: &Shared, job: &str, changed: &std::sync::atomic::AtomicBool) {
+    if changed.load(std::sync::atomic::Ordering::Relaxed) {
+        shared.forget_rendered(job);
+    }
+}
+
 /// Sleeps until `at`; never wakes without one.
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
@@ -555,13 +578,10 @@ impl Daemon {
             // Bounded work: wait for a slot; the wait is lateness, not the task's time.
             let Ok(_slot) = slots.acquire_owned().await else { return (job.name.clone(), false) };
             let lateness = (Utc::now() - fire_at).to_std().unwrap_or_default();
-            let observe = move |event: &Event| {
-                if let Event::Snapshot(snapshot) = event {
-                    shared.set_latest(snapshot.clone());
-                }
-            };
+            let (observe, changed) = observer(shared.clone());
             let at = Occurrence { scheduled, trigger, claimed: None, lateness: Some(lateness) };
             let report = execute_listened(&job, at, &ctx, &listeners, &observe).await;
+            after_run(&shared, &job.name, &changed);
             (job.name.clone(), report.queued_alerts)
         });
     }
@@ -613,13 +633,10 @@ impl Daemon {
         };
         let (ctx, shared, listeners) = (self.ctx.clone(), self.shared.clone(), self.listeners());
         self.running.spawn(async move {
-            let observe = move |event: &Event| {
-                if let Event::Snapshot(snapshot) = event {
-                    shared.set_latest(snapshot.clone());
-                }
-            };
+            let (observe, changed) = observer(shared.clone());
             let at = Occurrence { scheduled, trigger: Trigger::Manual, claimed: Some(id), lateness: None };
             let report = execute_listened(&job, at, &ctx, &listeners, &observe).await;
+            after_run(&shared, &job.name, &changed);
             (job.name.clone(), report.queued_alerts)
         });
         Ok(id)

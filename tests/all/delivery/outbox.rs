@@ -387,17 +387,27 @@ async fn spooled_runs_the_store_refuses_are_set_aside_and_do_not_block_the_rest(
     let (dir, path) = schedule().write();
     let config = warden::config::load(&path).unwrap();
     let ctx = warden::daemon::open(&config).await.unwrap();
-    let run = |run_id: Option<i64>, key: &str| {
+    let run = |job: &str, key: &str| {
         let decision = Decision {
             policy: "p".into(),
             state_writes: BTreeMap::new(),
             outbox: vec![email(key, key)],
             read_mark: None,
         };
-        RunCommit { run_id, ..RunCommit::ok("probe", vec![decision]) }
+        RunCommit::ok(job, vec![decision])
     };
-    // A run the store cannot take (its outbox row names a job run that does not exist).
-    ctx.spool.push(run(Some(999_999), "poison")).unwrap();
+    // A run the store refuses (as a constraint would: a trigger raises on its job).
+    let db = dir.path().join("warden-state.db");
+    let raw = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON job_runs WHEN NEW.job = 'poison' \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+    )
+    .execute(&raw)
+    .await
+    .unwrap();
+    raw.close().await;
+    ctx.spool.push(run("poison", "poison")).unwrap();
     assert_eq!(ctx.spool.drain(&ctx.store).await.unwrap(), 1);
     assert!(ctx.spool.is_empty());
     assert!(ctx.store.outbox().await.unwrap().is_empty());
@@ -409,7 +419,7 @@ async fn spooled_runs_the_store_refuses_are_set_aside_and_do_not_block_the_rest(
     assert_eq!(aside.len(), 1, "set aside in one file");
     assert!(std::fs::read_to_string(aside[0].path()).unwrap().contains("poison"));
     // The next one flows.
-    ctx.spool.push(run(None, "fine")).unwrap();
+    ctx.spool.push(run("probe", "fine")).unwrap();
     ctx.spool.drain(&ctx.store).await.unwrap();
     let keys: Vec<String> = ctx.store.outbox().await.unwrap().into_iter().map(|r| r.1).collect();
     assert_eq!(keys, ["fine"]);
