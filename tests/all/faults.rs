@@ -49,19 +49,6 @@ fn start_with(dir: &Path, config: &Path, env: &[(&'static str, String)]) -> Daem
     Daemon::start_with_env(dir, config, &env)
 }
 
-/// The scheduled occurrences of `job` in the SQLite store in `dir`, in the order they ran.
-fn occurrences(dir: &Path, job: &str) -> Vec<chrono::DateTime<chrono::Utc>> {
-    let db = dir.join("warden-state.db");
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
-        sqlx::query_scalar("SELECT scheduled_at FROM job_runs WHERE job = $1 AND trigger <> 'manual' ORDER BY id")
-            .bind(job)
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-    })
-}
-
 fn counter(metrics: &str, series: &str) -> f64 {
     metrics.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
 }
@@ -98,7 +85,7 @@ fn the_wall_clock_stepping_back_then_forward_neither_stalls_nor_runs_an_occurren
     let log = std::fs::read_to_string(log).unwrap();
     assert!(!log.contains("already claimed"), "an occurrence was tried twice:\n{log}");
     // Every period one occurrence, each after the one before: none lost, none twice.
-    let runs = occurrences(dir.path(), "probe");
+    let runs: Vec<_> = sqlite_runs(dir.path(), "probe").into_iter().map(|(at, ..)| at).collect();
     assert!(runs.len() >= 13, "{runs:?}");
     for pair in runs.windows(2) {
         assert_eq!((pair[1] - pair[0]).num_milliseconds(), 1000, "a gap or a repeat: {runs:?}");
